@@ -1,0 +1,36 @@
+"""ortho_optax: composable Optax transformations for Muon-style optimizers.
+
+Orthogonalization engines (Newton-Schulz with published coefficient tables,
+Gram Newton-Schulz, AuON, exact SVD) and, built on them, Optax
+``GradientTransformation``s and named optimizers.
+"""
+
+from ortho_optax._auon import auon as auon_orthogonalize
+from ortho_optax._coefficients import PRESETS as COEFFICIENT_PRESETS
+from ortho_optax._coefficients import CoefficientTable as CoefficientTable
+from ortho_optax._flops import count_matmul_flops as count_matmul_flops
+from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax._newton_schulz import newton_schulz as newton_schulz
+from ortho_optax._orthogonalize import orthogonalize as orthogonalize
+from ortho_optax._orthogonalize import (
+    orthogonalize_flops as orthogonalize_flops,
+)
+from ortho_optax._orthogonalize import select_method as select_method
+from ortho_optax._polar import orthogonality_error as orthogonality_error
+from ortho_optax._polar import polar_svd as polar_svd
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "COEFFICIENT_PRESETS",
+    "CoefficientTable",
+    "auon_orthogonalize",
+    "count_matmul_flops",
+    "gram_newton_schulz",
+    "newton_schulz",
+    "orthogonality_error",
+    "orthogonalize",
+    "orthogonalize_flops",
+    "polar_svd",
+    "select_method",
+)

@@ -1,0 +1,72 @@
+r"""AuON: linear-time cosh-RMS normalization (and its hybrid with Newton-Schulz)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from ortho_optax import _checks
+from ortho_optax import _coefficients
+from ortho_optax import _newton_schulz
+from ortho_optax import _normalization
+
+
+def auon(
+    x: jax.Array,
+    *,
+    gamma: float = 1.0,
+    hybrid_steps: int = 0,
+    eps: float = 1e-7,
+) -> jax.Array:
+  r"""AuON's cosh-RMS normalization, optionally after Newton-Schulz steps.
+
+  With :math:`N = mn` entries,
+
+  .. math::
+    X = \frac{G}{\|G\|_F + \epsilon}, \qquad
+    r = \sqrt{\tfrac{1}{N} \textstyle\sum_{ij} \cosh(\gamma X_{ij})^2},
+    \qquad U = \frac{X}{r + 10^{-8}} .
+
+  ``cosh`` only sets the scalar :math:`r \in [1, \sqrt{1 + \sinh^2(\gamma)
+  / N}]`; :math:`U` is a uniform rescaling of :math:`X` (no
+  orthogonalization, linear time). With ``hybrid_steps > 0``, that many
+  quintic Newton-Schulz steps with Muon's coefficients run on :math:`X`
+  before the cosh scaling (Hybrid-AuON; the paper uses one).
+
+  Args:
+    x: array of shape ``(..., m, n)``.
+    gamma: gain inside ``cosh`` (the paper's 1.0; the 2026 code uses 1.5).
+    hybrid_steps: Newton-Schulz steps before the scaling (0: plain AuON).
+    eps: added to the Frobenius norm.
+
+  Returns:
+    An array with the shape and dtype of ``x``.
+
+  References:
+    Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
+    Updates <https://arxiv.org/abs/2509.24320>`_, 2025
+  """
+  x = _checks.check_matrix(x)
+  if isinstance(hybrid_steps, bool) or not isinstance(hybrid_steps, int):
+    raise TypeError(f"`hybrid_steps` must be an int, got {hybrid_steps!r}.")
+  if hybrid_steps < 0:
+    raise ValueError(f"`hybrid_steps` must be >= 0, got {hybrid_steps}.")
+  _checks.check_nonnegative(eps, "eps")
+  out_dtype = x.dtype
+  wd = _normalization.working_dtype(x.dtype)
+  xw = x.astype(wd)
+  norm = jnp.sqrt(jnp.sum(jnp.abs(xw) ** 2, axis=(-2, -1), keepdims=True))
+  xn = xw / (norm + eps)
+  if hybrid_steps:
+    transpose = xn.shape[-2] > xn.shape[-1]
+    if transpose:
+      xn = jnp.swapaxes(xn, -1, -2)
+    rows = _coefficients.MUON_ROWS * hybrid_steps
+    xn = _newton_schulz.iterate(xn, rows, wd)
+    if transpose:
+      xn = jnp.swapaxes(xn, -1, -2)
+  r = jnp.sqrt(
+      jnp.mean(jnp.abs(jnp.cosh(gamma * xn)) ** 2, axis=(-2, -1), keepdims=True)
+  )
+  return (xn / (r + 1e-8)).astype(out_dtype)
+

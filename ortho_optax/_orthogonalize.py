@@ -1,0 +1,164 @@
+"""One entry point over the orthogonalization engines, and their FLOP model."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from ortho_optax import _auon
+from ortho_optax import _checks
+from ortho_optax import _coefficients
+from ortho_optax import _gram
+from ortho_optax import _newton_schulz
+from ortho_optax import _normalization
+from ortho_optax import _polar
+
+METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "polar_svd", "auon")
+
+_ENGINES = {
+    "newton_schulz": _newton_schulz.newton_schulz,
+    "gram_newton_schulz": _gram.gram_newton_schulz,
+    "polar_svd": _polar.polar_svd,
+    "auon": _auon.auon,
+}
+
+# Half-precision Gram iterations amplify round-off in R (Gram-NS README and
+# the spec's measurements: unstable in bfloat16), so "auto" only picks the
+# Gram form when the matmuls run in at least float32.
+_GRAM_SAFE_DTYPES = (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
+
+
+def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
+  r"""Maps ``x`` to (an approximation of) its polar factor :math:`U V^H`.
+
+  ``method="auto"`` runs the Polar Express polynomial (5 steps, Schatten-4
+  normalization with safety factor 1.02, unless ``options`` say otherwise;
+  see :func:`auto_defaults`)
+  through whichever of :func:`newton_schulz` and :func:`gram_newton_schulz`
+  costs fewer FLOPs for the shape (see :func:`orthogonalize_flops`): both
+  apply the same polynomial, so the choice changes the cost, not the
+  result. With ``T`` steps on a wide ``m x n`` matrix (``alpha = n / m``)
+  the standard form costs ``T (4 alpha + 2) m^3`` and the Gram form about
+  ``(8 alpha + 28) m^3`` for five steps with one restart, so the Gram form
+  is chosen from ``alpha`` of about 1.5 up (0.67x the FLOPs at
+  ``alpha = 4``). It is never chosen for matmuls in bfloat16/float16, where
+  it is unstable.
+
+  Args:
+    x: array of shape ``(..., m, n)``; leading axes are batch axes.
+    method: ``"auto"``, ``"newton_schulz"``, ``"gram_newton_schulz"``,
+      ``"polar_svd"`` or ``"auon"``.
+    **options: keyword arguments of the chosen engine (for ``"auto"``: those
+      of :func:`newton_schulz`, plus ``restarts`` for the Gram form).
+
+  Returns:
+    An array with the shape and dtype of ``x``.
+  """
+  _checks.check_choice(method, "method", METHODS)
+  if method == "auto":
+    x = _checks.check_matrix(x)
+    options = auto_defaults(options)
+    method = select_method(x.shape, x.dtype, **options)
+    if method == "newton_schulz":
+      options = {k: v for k, v in options.items() if k != "restarts"}
+  return _ENGINES[method](x, **options)
+
+
+def auto_defaults(options: dict) -> dict:
+  r"""Fills in the defaults of ``method="auto"``.
+
+  Polar Express coefficients with the Schatten-4 normalization
+  :math:`\|X X^H\|_F^{1/2}`: an upper bound of :math:`\sigma_{max}` (so as
+  safe as Frobenius) that is tighter, and free, because the first step's
+  Gram matrix is reused. It is not applied to presets designed for another
+  normalization (``"turbo"`` keeps AOL).
+  """
+  options = dict(options)
+  coeffs = options.setdefault("coeffs", "polar_express")
+  table = _coefficients.get_table(coeffs)
+  if options.get("normalization") is None:
+    own = table.normalization if table is not None else "frobenius"
+    options["normalization"] = "schatten4" if own == "frobenius" else own
+  return options
+
+
+def select_method(shape: Sequence[int], dtype=jnp.float32, **options) -> str:
+  """The engine ``orthogonalize(method="auto")`` uses for this shape."""
+  if len(shape) < 2:
+    raise ValueError(
+        f"`shape` must have rank >= 2, got {tuple(shape)}."
+    )
+  cdt = _checks.check_compute_dtype(options.get("compute_dtype"), dtype)
+  ns_opts = {k: v for k, v in options.items() if k != "restarts"}
+  ns = orthogonalize_flops(shape, "newton_schulz", **ns_opts)
+  if cdt not in [jnp.dtype(d) for d in _GRAM_SAFE_DTYPES]:
+    return "newton_schulz"
+  gram = orthogonalize_flops(shape, "gram_newton_schulz", **options)
+  return "gram_newton_schulz" if gram < ns else "newton_schulz"
+
+
+def orthogonalize_flops(
+    shape: Sequence[int], method: str = "auto", **options
+) -> int:
+  r"""Matmul FLOPs of ``orthogonalize(x, method, **options)`` for real ``x``.
+
+  With ``m <= n`` the sides after orientation and ``B`` the batch size:
+
+  * ``newton_schulz``: ``B T (4 m^2 n + 2 m^3)`` (Gram, square, product with
+    X per step), plus ``10 * 2 m^2`` for the ``"spectral"`` power iteration;
+  * ``gram_newton_schulz``: ``B [2 m^2 n (1 + 2 restarts + 1 ...)]``: one
+    ``X X^H`` and one ``Q X`` per segment, and ``4 L - 3`` products of
+    ``m x m`` matrices (``2 m^3`` each) for a segment of ``L`` steps;
+  * ``auon``: ``hybrid_steps`` standard steps;
+  * ``polar_svd``: the ``U V^H`` product, ``2 m^2 n`` (the SVD is not a
+    matmul and is not counted).
+
+  Complex inputs cost four times as much. These numbers equal the
+  ``dot_general`` FLOPs counted from the traced program
+  (:func:`count_matmul_flops`), which the tests check.
+
+  Args:
+    shape: the input's shape ``(..., m, n)``.
+    method: as in :func:`orthogonalize`.
+    **options: the engine's options (``coeffs``, ``steps``, ``restarts``,
+      ``normalization``, ``hybrid_steps``, ...); others are ignored.
+
+  Returns:
+    The FLOP count, a Python int.
+  """
+  _checks.check_choice(method, "method", METHODS)
+  shape = tuple(int(s) for s in shape)
+  if len(shape) < 2:
+    raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
+  if method == "auto":
+    options = auto_defaults(options)
+    method = select_method(shape, jnp.float32, **options)
+  batch = math.prod(shape[:-2])
+  m, n = sorted(shape[-2:])
+  if method == "polar_svd":
+    return batch * 2 * m * m * n
+  if method == "auon":
+    return batch * options.get("hybrid_steps", 0) * (4 * m * m * n + 2 * m**3)
+  rows, _ = _coefficients.resolve_coefficients(
+      options.get("coeffs", "polar_express"), shape, options.get("steps")
+  )
+  steps = len(rows)
+  table = _coefficients.get_table(options.get("coeffs", "polar_express"))
+  normalization = options.get("normalization") or (
+      table.normalization if table is not None else "frobenius"
+  )
+  extra = 0
+  if normalization == "spectral":
+    extra = _normalization.SPECTRAL_POWER_ITERATIONS * 2 * m * m
+  if method == "newton_schulz":
+    return batch * (steps * (4 * m * m * n + 2 * m**3) + extra)
+  restarts = _gram.check_restarts(options.get("restarts"), steps)
+  bounds = (0,) + restarts + (steps,)
+  lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
+  segments = len(lengths)
+  mmn = 2 * segments * 2 * m * m * n  # one X X^H and one Q X per segment
+  mmm = sum(4 * length - 3 for length in lengths) * 2 * m**3
+  return batch * (mmn + mmm + extra)
