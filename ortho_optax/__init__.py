@@ -11,6 +11,9 @@ from ortho_optax._coefficients import CoefficientTable as CoefficientTable
 from ortho_optax._flops import count_matmul_flops as count_matmul_flops
 from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
 from ortho_optax._newton_schulz import newton_schulz as newton_schulz
+from ortho_optax._orthogonalization import (
+    scale_by_orthogonalization as scale_by_orthogonalization,
+)
 from ortho_optax._orthogonalize import orthogonalize as orthogonalize
 from ortho_optax._orthogonalize import (
     orthogonalize_flops as orthogonalize_flops,
@@ -18,19 +21,28 @@ from ortho_optax._orthogonalize import (
 from ortho_optax._orthogonalize import select_method as select_method
 from ortho_optax._polar import orthogonality_error as orthogonality_error
 from ortho_optax._polar import polar_svd as polar_svd
+from ortho_optax._routing import DimensionNumbers as DimensionNumbers
+from ortho_optax._routing import (
+    dimension_numbers_tree as dimension_numbers_tree,
+)
+from ortho_optax._routing import label_params as label_params
 
 __version__ = "0.1.0"
 
 __all__ = (
     "COEFFICIENT_PRESETS",
     "CoefficientTable",
+    "DimensionNumbers",
     "auon_orthogonalize",
     "count_matmul_flops",
+    "dimension_numbers_tree",
     "gram_newton_schulz",
+    "label_params",
     "newton_schulz",
     "orthogonality_error",
     "orthogonalize",
     "orthogonalize_flops",
     "polar_svd",
+    "scale_by_orthogonalization",
     "select_method",
 )

@@ -1,0 +1,434 @@
+"""Routing: which leaves are matrices, how they reshape to (batch, m, n), and back.
+
+This is the only module that knows about conv kernels, stacked layers and
+embedding/head names. Transforms call :func:`dimension_numbers_tree` to learn
+which leaves are matrices, and :func:`map_matrices` / :func:`map_matrix_groups`
+to work on them as ``(batch, fan_in, fan_out)`` arrays.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+MATRIX = "orthogonalize"
+OTHER = "adam"
+
+# Path components naming embeddings and output heads. Every reference keeps
+# these on Adam (KellerJordan/Muon README, Moonlight, nanochat, maxtext).
+EMBED_HEAD_NAMES = frozenset({
+    "embed",
+    "embedding",
+    "embeddings",
+    "wte",
+    "wpe",
+    "lm_head",
+    "head",
+    "logits",
+    "unembed",
+    "unembedding",
+    "output_head",
+})
+
+
+class DimensionNumbers(NamedTuple):
+  """Which axes of a leaf are its matrix's fan-in and fan-out.
+
+  All other axes are batch axes (stacked layers, heads, ...). Compatible
+  with ``optax.contrib.MuonDimensionNumbers``, which has the same fields.
+
+  Attributes:
+    reduction_axis: axis or axes contracted with the input (fan-in).
+    output_axis: axis or axes of the output (fan-out).
+  """
+
+  reduction_axis: Sequence[int] | int = 0
+  output_axis: Sequence[int] | int = 1
+
+
+def _is_dimnums(x) -> bool:
+  return (
+      isinstance(x, tuple)
+      and hasattr(x, "reduction_axis")
+      and hasattr(x, "output_axis")
+  )
+
+
+def _axes(a) -> tuple[int, ...]:
+  return (a,) if isinstance(a, int) else tuple(a)
+
+
+def normalize_dimension_numbers(
+    dn, ndim: int, path: str = "", shape=()
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+  """Returns ``(batch_axes, reduction_axes, output_axes)``, all non-negative."""
+  red = tuple(a % ndim if -ndim <= a < ndim else a for a in _axes(dn.reduction_axis))
+  out = tuple(a % ndim if -ndim <= a < ndim else a for a in _axes(dn.output_axis))
+  where = f" for the leaf at {path} with shape {tuple(shape)}" if path else ""
+  if not red or not out:
+    raise ValueError(
+        f"Dimension numbers {dn} need at least one reduction and one output"
+        f" axis{where}."
+    )
+  for a in red + out:
+    if not 0 <= a < ndim:
+      raise ValueError(
+          f"Dimension numbers {dn} name axis {a}, out of range for rank"
+          f" {ndim}{where}."
+      )
+  if len(set(red + out)) != len(red + out):
+    raise ValueError(f"Dimension numbers {dn} repeat an axis{where}.")
+  batch = tuple(a for a in range(ndim) if a not in red + out)
+  return batch, red, out
+
+
+def fan_in_out(shape, dn) -> tuple[int, int]:
+  """``(fan_in, fan_out)`` of a leaf with these dimension numbers."""
+  _, red, out = normalize_dimension_numbers(dn, len(shape))
+  return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
+
+
+def to_matrix(x: jax.Array, dn) -> jax.Array:
+  """Reshapes a leaf to ``(batch, fan_in, fan_out)``."""
+  batch, red, out = normalize_dimension_numbers(dn, x.ndim)
+  xt = jnp.transpose(x, batch + red + out)
+  b = math.prod(x.shape[a] for a in batch)
+  return xt.reshape(
+      b, math.prod(x.shape[a] for a in red), math.prod(x.shape[a] for a in out)
+  )
+
+
+def from_matrix(y: jax.Array, dn, shape) -> jax.Array:
+  """Inverse of :func:`to_matrix` for a leaf of shape ``shape``."""
+  batch, red, out = normalize_dimension_numbers(dn, len(shape))
+  perm = batch + red + out
+  yt = y.reshape(tuple(shape[a] for a in perm))
+  inv = [0] * len(perm)
+  for i, a in enumerate(perm):
+    inv[a] = i
+  return jnp.transpose(yt, inv)
+
+
+def _path_names(path) -> list[str]:
+  names = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)).lower())
+        break
+  return names
+
+
+def is_embedding_or_head(path) -> bool:
+  """Whether a leaf's path names an embedding table or an output head."""
+  for name in _path_names(path):
+    if name in EMBED_HEAD_NAMES or "embed" in name:
+      return True
+  return False
+
+
+def default_dimension_numbers(path, leaf) -> DimensionNumbers | None:
+  """The default routing of one leaf (``None``: not orthogonalized).
+
+  * ``ndim < 2``, or a path naming an embedding or head: ``None``.
+  * 2-D ``(in, out)`` kernels: ``DimensionNumbers(0, 1)``.
+  * 3-D: stacked layers ``(layers, in, out)``: ``DimensionNumbers(1, 2)``;
+    when the path names a ``conv``, a 1-D conv kernel ``(width, in, out)``:
+    ``DimensionNumbers((0, 1), 2)``.
+  * 4-D: a Flax HWIO conv kernel: ``DimensionNumbers((0, 1, 2), 3)``, i.e.
+    ``(kh * kw * in, out)``.
+  * 5-D and more: ``None`` (pass explicit dimension numbers).
+  """
+  ndim = getattr(leaf, "ndim", 0)
+  if ndim < 2 or is_embedding_or_head(path):
+    return None
+  if ndim == 2:
+    return DimensionNumbers(0, 1)
+  if ndim == 3:
+    if any("conv" in n for n in _path_names(path)):
+      return DimensionNumbers((0, 1), 2)
+    return DimensionNumbers(1, 2)
+  if ndim == 4:
+    return DimensionNumbers((0, 1, 2), 3)
+  return None
+
+
+Rules = (
+    Sequence[tuple[str, Any]]
+    | Callable[[str, Any], Any]
+    | None
+)
+
+
+def _apply_rules(rules, path, leaf, default):
+  if rules is None:
+    return default
+  key = jax.tree_util.keystr(path)
+  if callable(rules):
+    out = rules(key, leaf)
+    return default if out is ... else out
+  for pattern, value in rules:
+    if re.search(pattern, key):
+      return value
+  return default
+
+
+def dimension_numbers_tree(
+    params, *, rules: Rules = None, dimension_numbers=None
+):
+  """A tree like ``params`` of :class:`DimensionNumbers` or ``None``.
+
+  ``None`` marks a leaf that is not orthogonalized (it goes to Adam in the
+  named optimizers).
+
+  Args:
+    params: the parameter tree (arrays or ``ShapeDtypeStruct``s).
+    rules: overrides, applied after the defaults: either a sequence of
+      ``(regex, value)`` pairs matched with ``re.search`` against the leaf's
+      path (``jax.tree_util.keystr``; the first match wins), or a callable
+      ``(path_str, leaf) -> value`` returning ``...`` to keep the default.
+      A value is ``"orthogonalize"`` (default dimension numbers for the
+      rank, ``(0, 1)`` for 2-D), ``"adam"`` or ``None`` (not orthogonalized),
+      or a :class:`DimensionNumbers` / ``optax.contrib.MuonDimensionNumbers``.
+    dimension_numbers: optax-style routing, for users migrating from
+      ``optax.contrib.muon``: a tree (or prefix tree) of dimension numbers
+      and ``None``, or a callable ``params -> tree``. When given it replaces
+      the name/rank defaults (``rules`` still apply on top).
+
+  Returns:
+    The tree of dimension numbers (``None`` leaves for the other leaves).
+  """
+  leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=lambda x: x is None
+  )
+  if dimension_numbers is not None:
+    dn_tree = (
+        dimension_numbers(params)
+        if callable(dimension_numbers)
+        else dimension_numbers
+    )
+    user = _broadcast_prefix(dn_tree, params)
+  else:
+    user = None
+  out = []
+  for i, (path, leaf) in enumerate(leaves_with_path):
+    if leaf is None:
+      out.append(None)
+      continue
+    default = (
+        user[i] if user is not None else default_dimension_numbers(path, leaf)
+    )
+    value = _apply_rules(rules, path, leaf, default)
+    out.append(_resolve_value(value, path, leaf))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _broadcast_prefix(prefix, params) -> list:
+  """Flattens a prefix tree of dimension numbers to one entry per leaf."""
+  full = jax.tree_util.tree_map(
+      lambda p, x: jax.tree_util.tree_map(
+          lambda _: p, x, is_leaf=lambda y: y is None
+      ),
+      prefix,
+      params,
+      is_leaf=lambda x: x is None or _is_dimnums(x),
+  )
+  return jax.tree_util.tree_leaves(
+      full, is_leaf=lambda x: x is None or _is_dimnums(x)
+  )
+
+
+def _resolve_value(value, path, leaf):
+  key = jax.tree_util.keystr(path)
+  shape = tuple(getattr(leaf, "shape", ()))
+  if value is None or value == OTHER:
+    return None
+  if value == MATRIX:
+    dn = default_dimension_numbers((), leaf)
+    if dn is None:
+      raise ValueError(
+          f"The leaf at {key} with shape {shape} was routed to"
+          f" {MATRIX!r} but has rank {len(shape)}; a matrix needs rank >= 2"
+          " (pass DimensionNumbers for rank >= 5)."
+      )
+    value = dn
+  if not _is_dimnums(value):
+    raise ValueError(
+        f"Unknown routing value {value!r} for the leaf at {key} with shape"
+        f" {shape}; accepted values are {MATRIX!r}, {OTHER!r}, None or"
+        " DimensionNumbers."
+    )
+  if len(shape) < 2:
+    raise ValueError(
+        f"The leaf at {key} with shape {shape} has dimension numbers"
+        f" {value} but rank {len(shape)}; a matrix needs rank >= 2."
+    )
+  dtype = getattr(leaf, "dtype", None)
+  if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+    raise ValueError(
+        f"The leaf at {key} with shape {shape} has dtype {dtype}; only"
+        " floating or complex leaves can be orthogonalized."
+    )
+  normalize_dimension_numbers(value, len(shape), key, shape)
+  return DimensionNumbers(value.reduction_axis, value.output_axis)
+
+
+def label_params(
+    params,
+    *,
+    rules: Rules = None,
+    dimension_numbers=None,
+):
+  """Labels each leaf ``"orthogonalize"`` or ``"adam"``.
+
+  Hidden matrices (rank >= 2) are orthogonalized; rank < 2 leaves and
+  leaves whose path names an embedding or an output head (``embed``,
+  ``embedding``, ``wte``, ``lm_head``, ``head``, ``logits``, ``unembed``, ...)
+  go to Adam. See :func:`dimension_numbers_tree` for ``rules`` and
+  ``dimension_numbers``. The result is meant for ``optax.partition``.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> import ortho_optax
+    >>> params = {"embed": jnp.zeros((10, 4)), "w": jnp.zeros((4, 4)),
+    ...           "b": jnp.zeros(4)}
+    >>> ortho_optax.label_params(params)
+    {'b': 'adam', 'embed': 'adam', 'w': 'orthogonalize'}
+  """
+  dns = dimension_numbers_tree(
+      params, rules=rules, dimension_numbers=dimension_numbers
+  )
+  return jax.tree_util.tree_map(
+      lambda d: OTHER if d is None else MATRIX,
+      dns,
+      is_leaf=lambda x: x is None or _is_dimnums(x),
+  )
+
+
+def _is_masked(x) -> bool:
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def resolve_dimension_numbers(updates, dimension_numbers, rules=None):
+  """The dimension-numbers tree for ``updates`` (a tree or a callable)."""
+  if callable(dimension_numbers) and not _is_dimnums(dimension_numbers):
+    dimension_numbers = dimension_numbers(updates)
+  if dimension_numbers is None:
+    return dimension_numbers_tree(updates, rules=rules)
+  if _is_dimnums(dimension_numbers):
+    return jax.tree_util.tree_map(
+        lambda x: None if _is_masked(x) else dimension_numbers,
+        updates,
+        is_leaf=_is_masked,
+    )
+  return dimension_numbers_tree(
+      updates, rules=rules, dimension_numbers=dimension_numbers
+  )
+
+
+def _flatten_pairs(updates, dns):
+  leaves, treedef = jax.tree_util.tree_flatten(updates, is_leaf=_is_masked)
+  dn_leaves = treedef.flatten_up_to(dns) if dns is not None else [None] * len(
+      leaves
+  )
+  return leaves, dn_leaves, treedef
+
+
+def map_matrices(fn, updates, dns, *others):
+  """Applies ``fn(m, *other_ms) -> m`` to each matrix leaf as ``(B, in, out)``.
+
+  Leaves whose dimension numbers are ``None`` (and masked leaves) are
+  returned unchanged. ``others`` are trees with the same structure, reshaped
+  the same way.
+  """
+  leaves, dn_leaves, treedef = _flatten_pairs(updates, dns)
+  other_leaves = [treedef.flatten_up_to(o) for o in others]
+  out = []
+  for i, (x, dn) in enumerate(zip(leaves, dn_leaves)):
+    if dn is None or _is_masked(x):
+      out.append(x)
+      continue
+    ms = [to_matrix(o[i], dn) for o in other_leaves]
+    y = fn(to_matrix(x, dn), *ms)
+    out.append(from_matrix(y, dn, x.shape))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class MatrixGroup(NamedTuple):
+  """Same-shape matrices stacked for one batched call.
+
+  Attributes:
+    stack: array of shape ``(N, m, n)`` with ``m <= n`` (tall matrices are
+      transposed, which commutes with orthogonalization).
+    members: for each leaf index in the group, ``(index, count, transposed)``.
+  """
+
+  stack: jax.Array
+  members: tuple[tuple[int, int, bool], ...]
+
+
+def group_matrices(updates, dns) -> tuple[list[MatrixGroup], Any]:
+  """Stacks the matrix leaves of ``updates`` by oriented shape and dtype.
+
+  Returns:
+    ``(groups, context)``; pass both to :func:`ungroup_matrices`.
+  """
+  leaves, dn_leaves, treedef = _flatten_pairs(updates, dns)
+  buckets: dict[tuple, list] = {}
+  for i, (x, dn) in enumerate(zip(leaves, dn_leaves)):
+    if dn is None or _is_masked(x):
+      continue
+    mat = to_matrix(x, dn)
+    transposed = mat.shape[-2] > mat.shape[-1]
+    if transposed:
+      mat = jnp.swapaxes(mat, -1, -2)
+    key = (mat.shape[-2], mat.shape[-1], jnp.dtype(mat.dtype).name)
+    buckets.setdefault(key, []).append((i, mat, transposed))
+  groups = []
+  for key in sorted(buckets):
+    items = buckets[key]
+    stack = (
+        items[0][1]
+        if len(items) == 1
+        else jnp.concatenate([m for _, m, _ in items], axis=0)
+    )
+    members = tuple((i, m.shape[0], t) for i, m, t in items)
+    groups.append(MatrixGroup(stack, members))
+  return groups, (leaves, dn_leaves, treedef)
+
+
+def ungroup_matrices(stacks: Sequence[jax.Array], groups, context):
+  """Scatters processed stacks back into a tree like the grouped one."""
+  leaves, dn_leaves, treedef = context
+  out = list(leaves)
+  for stack, group in zip(stacks, groups):
+    offset = 0
+    for i, count, transposed in group.members:
+      mat = stack[offset : offset + count]
+      offset += count
+      if transposed:
+        mat = jnp.swapaxes(mat, -1, -2)
+      out[i] = from_matrix(mat, dn_leaves[i], leaves[i].shape).astype(
+          leaves[i].dtype
+      )
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def map_matrix_groups(fn, updates, dns):
+  """Applies batched ``fn((N, m, n)) -> (N, m, n)`` once per shape group.
+
+  Every matrix leaf is reshaped to ``(B, fan_in, fan_out)``, oriented wide,
+  and stacked with the other leaves of the same shape and dtype, so a tree
+  of ``L`` identical layers costs one batched call instead of ``L``.
+  """
+  groups, context = group_matrices(updates, dns)
+  stacks = [fn(g.stack) for g in groups]
+  return ungroup_matrices(stacks, groups, context)
