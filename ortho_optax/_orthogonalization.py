@@ -18,6 +18,7 @@ def scale_by_orthogonalization(
     method: str = "auto",
     dimension_numbers=None,
     rules: _routing.Rules = None,
+    sharding: str | None = None,
     **engine_options,
 ) -> optax.GradientTransformation:
   r"""Replaces each matrix update by (an approximation of) its polar factor.
@@ -38,6 +39,8 @@ def scale_by_orthogonalization(
       a tree of them (``None`` leaves pass through), or a callable
       ``params -> tree``. ``optax.contrib.MuonDimensionNumbers`` works too.
     rules: routing overrides, see :func:`label_params`.
+    sharding: where the matrices are orthogonalized across devices.
+      ``None``: leave it to XLA.
     **engine_options: options of the engine (``coeffs``, ``steps``,
       ``normalization``, ``eps``, ``compute_dtype``, ``restarts``, ...).
 
@@ -49,6 +52,10 @@ def scale_by_orthogonalization(
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   _checks.check_choice(method, "method", _orthogonalize.METHODS)
+  if sharding is not None:
+    raise ValueError(
+        f"Unknown `sharding` {sharding!r}; accepted values are (None,)."
+    )
   # Surface bad engine options now rather than at the first update.
   jax.eval_shape(
       lambda: _orthogonalize.orthogonalize(
