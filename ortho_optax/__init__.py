@@ -10,6 +10,10 @@ from ortho_optax._coefficients import PRESETS as COEFFICIENT_PRESETS
 from ortho_optax._coefficients import CoefficientTable as CoefficientTable
 from ortho_optax._flops import count_matmul_flops as count_matmul_flops
 from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax._momentum import ScaleByMomentumState as ScaleByMomentumState
+from ortho_optax._momentum import scale_by_momentum as scale_by_momentum
+from ortho_optax._muon import muon as muon
+from ortho_optax._muon import turbo_muon as turbo_muon
 from ortho_optax._newton_schulz import newton_schulz as newton_schulz
 from ortho_optax._orthogonalization import (
     scale_by_orthogonalization as scale_by_orthogonalization,
@@ -26,23 +30,29 @@ from ortho_optax._routing import (
     dimension_numbers_tree as dimension_numbers_tree,
 )
 from ortho_optax._routing import label_params as label_params
+from ortho_optax._shape import scale_by_shape as scale_by_shape
 
 __version__ = "0.1.0"
 
 __all__ = (
     "COEFFICIENT_PRESETS",
     "CoefficientTable",
+    "ScaleByMomentumState",
     "DimensionNumbers",
     "auon_orthogonalize",
     "count_matmul_flops",
     "dimension_numbers_tree",
     "gram_newton_schulz",
     "label_params",
+    "muon",
     "newton_schulz",
     "orthogonality_error",
     "orthogonalize",
     "orthogonalize_flops",
     "polar_svd",
+    "scale_by_momentum",
     "scale_by_orthogonalization",
+    "scale_by_shape",
     "select_method",
+    "turbo_muon",
 )

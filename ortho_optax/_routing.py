@@ -135,7 +135,9 @@ def is_embedding_or_head(path) -> bool:
   return False
 
 
-def default_dimension_numbers(path, leaf) -> DimensionNumbers | None:
+def default_dimension_numbers(
+    path, leaf, *, use_names: bool = True
+) -> DimensionNumbers | None:
   """The default routing of one leaf (``None``: not orthogonalized).
 
   * ``ndim < 2``, or a path naming an embedding or head: ``None``.
@@ -148,7 +150,7 @@ def default_dimension_numbers(path, leaf) -> DimensionNumbers | None:
   * 5-D and more: ``None`` (pass explicit dimension numbers).
   """
   ndim = getattr(leaf, "ndim", 0)
-  if ndim < 2 or is_embedding_or_head(path):
+  if ndim < 2 or (use_names and is_embedding_or_head(path)):
     return None
   if ndim == 2:
     return DimensionNumbers(0, 1)
@@ -182,7 +184,11 @@ def _apply_rules(rules, path, leaf, default):
 
 
 def dimension_numbers_tree(
-    params, *, rules: Rules = None, dimension_numbers=None
+    params,
+    *,
+    rules: Rules = None,
+    dimension_numbers=None,
+    use_names: bool = True,
 ):
   """A tree like ``params`` of :class:`DimensionNumbers` or ``None``.
 
@@ -202,6 +208,8 @@ def dimension_numbers_tree(
       ``optax.contrib.muon``: a tree (or prefix tree) of dimension numbers
       and ``None``, or a callable ``params -> tree``. When given it replaces
       the name/rank defaults (``rules`` still apply on top).
+    use_names: whether embedding/head names exclude a leaf by default
+      (``False`` inside a branch that only receives matrices).
 
   Returns:
     The tree of dimension numbers (``None`` leaves for the other leaves).
@@ -224,7 +232,9 @@ def dimension_numbers_tree(
       out.append(None)
       continue
     default = (
-        user[i] if user is not None else default_dimension_numbers(path, leaf)
+        user[i]
+        if user is not None
+        else default_dimension_numbers(path, leaf, use_names=use_names)
     )
     value = _apply_rules(rules, path, leaf, default)
     out.append(_resolve_value(value, path, leaf))
@@ -310,6 +320,21 @@ def label_params(
       lambda d: OTHER if d is None else MATRIX,
       dns,
       is_leaf=lambda x: x is None or _is_dimnums(x),
+  )
+
+
+def branch_dimension_numbers(params, *, dimension_numbers=None, rules=None):
+  """Dimension numbers inside a branch that only receives matrix leaves.
+
+  The leaves were already chosen (by :func:`label_params` or the user's
+  labels), so names no longer exclude anything; only the rank (or the
+  user's dimension numbers and rules) decide the reshaping.
+  """
+  return dimension_numbers_tree(
+      params,
+      rules=rules,
+      dimension_numbers=dimension_numbers,
+      use_names=False,
   )
 
 

@@ -1,0 +1,107 @@
+"""What every named optimizer shares: argument checks and the Adam split."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from ortho_optax import _routing
+
+# Skipping a non-finite step forever (rather than after a few tries, optax's
+# default) is what "never a silent NaN parameter" means.
+_NEVER_GIVE_UP = 2**31 - 1
+
+
+def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
+  """Raises unless ``learning_rate`` is a schedule or a number >= 0."""
+  if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
+    return
+  try:
+    lr = float(learning_rate)
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+        f"`{name}` must be a number or an optax schedule, got"
+        f" {learning_rate!r}."
+    ) from e
+  if not lr >= 0.0:
+    raise ValueError(f"`{name}` must be >= 0, got {learning_rate!r}.")
+
+
+def check_nonnegative(value, name: str) -> None:
+  """Raises unless a concrete ``value`` is >= 0 (traced values pass)."""
+  if isinstance(value, jax.core.Tracer) or callable(value):
+    return
+  try:
+    v = float(value)
+  except (TypeError, ValueError) as e:
+    raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
+  if not v >= 0.0:
+    raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+
+
+def matrix_and_adam(
+    matrix_tx: optax.GradientTransformation,
+    *,
+    learning_rate: optax.ScalarOrSchedule,
+    adam_learning_rate: optax.ScalarOrSchedule | None,
+    adam_b1,
+    adam_b2,
+    adam_eps,
+    adam_weight_decay,
+    labels=None,
+    dimension_numbers=None,
+    rules: _routing.Rules = None,
+    other_tx: optax.GradientTransformation | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  """Sends matrices to ``matrix_tx`` and every other leaf to AdamW.
+
+  Args:
+    matrix_tx: the transformation of the ``"orthogonalize"`` leaves,
+      including its learning rate.
+    learning_rate: the matrices' learning rate; AdamW's too unless
+      ``adam_learning_rate`` is given.
+    adam_learning_rate: AdamW's learning rate (``None``: ``learning_rate``).
+    adam_b1: AdamW's first-moment decay.
+    adam_b2: AdamW's second-moment decay.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's decoupled weight decay.
+    labels: ``None`` (:func:`label_params` with ``rules`` and
+      ``dimension_numbers``), or a tree / callable of ``"orthogonalize"`` and
+      ``"adam"`` labels.
+    dimension_numbers: optax-style routing, see :func:`label_params`.
+    rules: routing overrides, see :func:`label_params`.
+    other_tx: replaces AdamW for the other leaves (e.g. Scion's LMOs).
+    skip_nonfinite: wrap the result in ``optax.apply_if_finite`` so that a
+      step with a NaN or infinite gradient is skipped (parameters and state
+      unchanged) instead of writing NaNs into the parameters.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  check_learning_rate(learning_rate)
+  if adam_learning_rate is None:
+    adam_learning_rate = learning_rate
+  check_learning_rate(adam_learning_rate, "adam_learning_rate")
+  if other_tx is None:
+    check_nonnegative(adam_weight_decay, "adam_weight_decay")
+    other_tx = optax.adamw(
+        adam_learning_rate,
+        b1=adam_b1,
+        b2=adam_b2,
+        eps=adam_eps,
+        weight_decay=adam_weight_decay,
+    )
+  if labels is None:
+    def labels(params):
+      return _routing.label_params(
+          params, rules=rules, dimension_numbers=dimension_numbers
+      )
+  tx = optax.partition(
+      {_routing.MATRIX: matrix_tx, _routing.OTHER: other_tx}, labels
+  )
+  if skip_nonfinite:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
+  return tx
+
+

@@ -1,0 +1,222 @@
+"""Muon and Turbo-Muon: momentum, orthogonalization, shape scaling, AdamW aside."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import optax
+
+from ortho_optax import _base
+from ortho_optax import _momentum
+from ortho_optax import _orthogonalization
+from ortho_optax import _routing
+from ortho_optax import _shape
+
+
+def engine_options(**options) -> dict:
+  """The engine options that were set (``None`` means the engine default)."""
+  return {k: v for k, v in options.items() if v is not None}
+
+
+def muon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    beta: jax.typing.ArrayLike = 0.95,
+    nesterov: bool = True,
+    momentum_form: str = "ema",
+    bias_correction: bool = False,
+    method: str = "auto",
+    coeffs=None,
+    steps: int | None = None,
+    normalization: str | None = None,
+    eps: float | None = None,
+    compute_dtype=None,
+    shape_rule: str = "muon",
+    shape_rms: float = 0.2,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask=None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    labels=None,
+    rules: _routing.Rules = None,
+    dimension_numbers=None,
+    mu_dtype=None,
+    sharding: str | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  r"""Muon: orthogonalized momentum for hidden matrices, AdamW for the rest.
+
+  For each hidden matrix :math:`W` with gradient :math:`G_t`:
+
+  .. math::
+    M_t = \beta M_{t-1} + (1 - \beta) G_t, \quad
+    U_t = \beta M_t + (1 - \beta) G_t, \quad
+    O_t = \mathrm{polar}(U_t) \approx U V^T, \\
+    W_t = W_{t-1} - \eta\,(s(W)\,O_t + \lambda W_{t-1}),
+
+  with :math:`s(W) = \sqrt{\max(1, \mathrm{fan\_out}/\mathrm{fan\_in})}`
+  (``shape_rule="muon"``). Embeddings, output heads and rank < 2 leaves go
+  to AdamW (see :func:`label_params`), as every reference recommends;
+  ``optax.contrib.muon`` sends every 2-D leaf to Muon instead.
+
+  The default orthogonalization is :func:`orthogonalize`'s ``"auto"``
+  (Polar Express coefficients, Schatten-4 normalization, the Gram form where
+  it is cheaper): more accurate than the reference's Muon coefficients at
+  the same or fewer FLOPs.
+
+  Settings that reproduce the reference Muon step (KellerJordan/Muon,
+  float32):
+
+  .. code-block:: python
+
+    muon(lr, method="newton_schulz", coeffs="muon",
+         normalization="frobenius", eps=1e-7)
+
+  Settings that reproduce ``optax.contrib.muon(lr)`` on its Muon leaves:
+
+  .. code-block:: python
+
+    muon(lr, bias_correction=True, method="newton_schulz", coeffs="muon",
+         normalization="frobenius", eps=1e-8, adam_b2=0.999)
+
+  Args:
+    learning_rate: learning rate (or schedule) of the matrices, and of AdamW
+      unless ``adam_learning_rate`` is given.
+    beta: momentum coefficient.
+    nesterov: Nesterov look-ahead.
+    momentum_form: ``"ema"`` or ``"sum"``, see :func:`scale_by_momentum`.
+    bias_correction: optax.contrib's bias-corrected momentum.
+    method: orthogonalization engine, see :func:`orthogonalize`.
+    coeffs: Newton-Schulz coefficients (preset name or array); ``None`` for
+      the engine default.
+    steps: Newton-Schulz steps; ``None`` for the table's length.
+    normalization: input normalization; ``None`` for the engine default.
+    eps: normalization epsilon; ``None`` for the engine default (1e-7).
+    compute_dtype: dtype of the orthogonalization matmuls.
+    shape_rule: ``"muon"``, ``"moonlight"``, ``"spectral"`` or ``"none"``,
+      see :func:`scale_by_shape`.
+    shape_rms: target RMS of the ``"moonlight"`` rule.
+    weight_decay: decoupled weight decay of the matrices, multiplied by the
+      learning rate (:math:`W \leftarrow W(1 - \eta\lambda)`).
+    weight_decay_mask: mask for the weight decay (tree or callable).
+    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
+    adam_b1: AdamW's :math:`\beta_1`.
+    adam_b2: AdamW's :math:`\beta_2`.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay.
+    labels: a tree or callable of ``"orthogonalize"``/``"adam"`` labels;
+      ``None`` for :func:`label_params`.
+    rules: routing overrides, see :func:`label_params`.
+    dimension_numbers: optax-style routing (``MuonDimensionNumbers`` tree or
+      callable), see :func:`label_params`.
+    mu_dtype: dtype of the momentum buffer.
+    sharding: how the orthogonalization is spread over devices, see
+      :func:`scale_by_orthogonalization`.
+    skip_nonfinite: skip steps whose gradients are not finite instead of
+      writing NaNs into the parameters (``optax.apply_if_finite``).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import ortho_optax
+    >>> params = {"w": jnp.ones((4, 8)), "b": jnp.zeros(8)}
+    >>> tx = ortho_optax.muon(0.02)
+    >>> state = tx.init(params)
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, state, params)
+    >>> params = optax.apply_updates(params, updates)
+
+  References:
+    Jordan et al., `Muon: An optimizer for hidden layers in neural networks
+    <https://kellerjordan.github.io/posts/muon/>`_, 2024
+
+    Liu et al., `Muon is Scalable for LLM Training
+    <https://arxiv.org/abs/2502.16982>`_, 2025
+  """
+  _base.check_learning_rate(learning_rate)
+  _base.check_nonnegative(weight_decay, "weight_decay")
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  matrix_tx = optax.chain(
+      _momentum.scale_by_momentum(
+          beta,
+          nesterov=nesterov,
+          form=momentum_form,
+          bias_correction=bias_correction,
+          mu_dtype=mu_dtype,
+      ),
+      _orthogonalization.scale_by_orthogonalization(
+          method=method,
+          dimension_numbers=branch_dn,
+          sharding=sharding,
+          **engine_options(
+              coeffs=coeffs,
+              steps=steps,
+              normalization=normalization,
+              eps=eps,
+              compute_dtype=compute_dtype,
+          ),
+      ),
+      _shape.scale_by_shape(
+          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
+      ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _base.matrix_and_adam(
+      matrix_tx,
+      learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      labels=labels,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+      skip_nonfinite=skip_nonfinite,
+  )
+
+
+def turbo_muon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    steps: int = 4,
+    **kwargs,
+) -> optax.GradientTransformation:
+  r"""Turbo-Muon: Muon with AOL preconditioning and one step fewer.
+
+  The AOL row rescaling :math:`s_i = (\sum_j |X X^T|_{ij})^{-1/2}`
+  guarantees :math:`\sigma_{max}(\mathrm{diag}(s) X) \le 1` while leaving
+  the spectrum much closer to 1 than Frobenius normalization, so the first
+  Newton-Schulz step can be dropped: 4 steps with the last four Dion rows
+  (``coeffs="turbo"``), 20 % fewer FLOPs than 5-step Muon. AOL is a row
+  rescaling, so on strongly low-rank momenta it changes the update
+  direction slightly (see the spec's caveat).
+
+  Args:
+    learning_rate: as in :func:`muon`.
+    steps: Newton-Schulz steps (the paper's 4).
+    **kwargs: any other argument of :func:`muon`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Boissin et al., `Turbo-Muon: Accelerating Orthogonality-Based
+    Optimization with Pre-Conditioning <https://arxiv.org/abs/2512.04632>`_,
+    2025
+  """
+  kwargs.setdefault("coeffs", "turbo")
+  kwargs.setdefault("normalization", "aol")
+  kwargs.setdefault("method", "newton_schulz")
+  return muon(learning_rate, steps=steps, **kwargs)

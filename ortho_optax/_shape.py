@@ -1,0 +1,83 @@
+"""``scale_by_shape``: per-matrix update scaling from fan-in and fan-out."""
+
+from __future__ import annotations
+
+import math
+
+import optax
+
+from ortho_optax import _checks
+from ortho_optax import _routing
+
+SHAPE_RULES = ("muon", "moonlight", "spectral", "none")
+
+
+def shape_factor(fan_in: int, fan_out: int, rule: str, rms=0.2):
+  """The scale factor of one matrix for ``rule`` (see :func:`scale_by_shape`)."""
+  if rule == "muon":
+    return math.sqrt(max(1.0, fan_out / fan_in))
+  if rule == "moonlight":
+    return rms * math.sqrt(max(fan_in, fan_out))
+  if rule == "spectral":
+    return math.sqrt(fan_out / fan_in)
+  return 1.0
+
+
+def scale_by_shape(
+    rule: str = "muon",
+    *,
+    rms=0.2,
+    dimension_numbers=None,
+    rules: _routing.Rules = None,
+) -> optax.GradientTransformation:
+  r"""Scales each matrix update by a factor of its shape.
+
+  With ``fan_in`` and ``fan_out`` from the leaf's dimension numbers (a Flax
+  ``(in, out)`` kernel; PyTorch's "rows" are ``fan_out``):
+
+  * ``"muon"``: :math:`\sqrt{\max(1, \mathrm{fan\_out} / \mathrm{fan\_in})}`
+    (KellerJordan/Muon);
+  * ``"moonlight"``: :math:`\mathrm{rms} \cdot \sqrt{\max(\mathrm{fan\_in},
+    \mathrm{fan\_out})}`, which gives an orthogonalized update the RMS
+    ``rms`` (0.2 matches AdamW's, so Muon can reuse AdamW's learning rate);
+  * ``"spectral"``: :math:`\sqrt{\mathrm{fan\_out} / \mathrm{fan\_in}}`
+    (Scion, Dion's ``"spectral_norm"``);
+  * ``"none"``: 1.
+
+  Non-matrix leaves pass through unchanged.
+
+  Args:
+    rule: one of ``"muon"``, ``"moonlight"``, ``"spectral"``, ``"none"``.
+    rms: target RMS of the ``"moonlight"`` rule.
+    dimension_numbers: as in :func:`scale_by_orthogonalization`.
+    rules: routing overrides, see :func:`label_params`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with an empty state.
+
+  References:
+    Liu et al., `Muon is Scalable for LLM Training
+    <https://arxiv.org/abs/2502.16982>`_, 2025
+
+    Pethick et al., `Training Deep Learning Models with Norm-Constrained
+    LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
+  """
+  _checks.check_choice(rule, "rule", SHAPE_RULES)
+  if rule == "moonlight":
+    _checks.check_nonnegative(rms, "rms")
+
+  def init_fn(params):
+    _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+
+    def scale(m):
+      f = shape_factor(m.shape[-2], m.shape[-1], rule, rms)
+      return (m * f).astype(m.dtype)
+
+    return _routing.map_matrices(scale, updates, dns), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
