@@ -117,15 +117,27 @@ def gram_newton_schulz(
 
 
 def _segment(r, rows, cdt):
-  """Returns ``Q`` with ``X_end = Q X_start`` for the steps in ``rows``."""
-  eye = jnp.eye(r.shape[-1], dtype=cdt)
+  """Returns ``Q`` with ``X_end = Q X_start`` for the steps in ``rows``.
+
+  As in :func:`_newton_schulz.quintic_step`, products run in ``cdt`` and
+  the elementwise epilogues in at least float32 (coefficients unrounded).
+  """
+  wd = _normalization.working_dtype(cdt)
+
+  def mm(p, q):
+    return matmul(p, q, cdt, keep_accumulator=True)
+
+  eye = jnp.eye(r.shape[-1], dtype=wd)
   q = None
   for i, (a, b, c) in enumerate(rows):
-    z = b * r + c * matmul(r, r, cdt)
+    z = (b * r.astype(wd) + c * mm(r, r)).astype(cdt)
     # Q starts as the identity, so its first update needs no product.
-    q = (z + a * eye) if q is None else (matmul(q, z, cdt) + a * q)
+    if q is None:
+      q = z.astype(wd) + a * eye
+    else:
+      q = mm(q, z) + a * q.astype(wd)
     q = q.astype(cdt)
     if i + 1 < len(rows):
-      rz = matmul(r, z, cdt) + a * r
-      r = (matmul(z, rz, cdt) + a * rz).astype(cdt)
+      rz = (mm(r, z) + a * r.astype(wd)).astype(cdt)
+      r = (mm(z, rz) + a * rz.astype(wd)).astype(cdt)
   return q

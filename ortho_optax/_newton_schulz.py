@@ -118,10 +118,18 @@ def prepare(x, coeffs, steps, normalization, eps, compute_dtype):
 
 
 def quintic_step(x, a, row, compute_dtype):
-  """``a_t X + (b_t A + c_t A^2) X`` given ``A = X X^H``."""
+  """``a_t X + (b_t A + c_t A^2) X`` given ``A = X X^H``.
+
+  The matmuls run in ``compute_dtype``; the elementwise epilogues run in at
+  least float32, so the coefficients are not rounded to a half-precision
+  ``compute_dtype`` (bfloat16 would turn Muon's 3.4445 into 3.4375). The
+  result is in that working dtype; the caller casts it back.
+  """
   ca, cb, cc = row
-  b = cb * a + cc * matmul(a, a, compute_dtype)
-  return ca * x + matmul(b, x, compute_dtype)
+  wd = _normalization.working_dtype(compute_dtype)
+  aa = matmul(a, a, compute_dtype, keep_accumulator=True)
+  b = (cb * a.astype(wd) + cc * aa).astype(compute_dtype)
+  return ca * x.astype(wd) + matmul(b, x, compute_dtype, keep_accumulator=True)
 
 
 def iterate(x0, rows, compute_dtype, *, a0=None):
@@ -137,7 +145,9 @@ def iterate(x0, rows, compute_dtype, *, a0=None):
   rest = rows[1:]
   if not rest:
     return x
-  real = jnp.finfo(compute_dtype).dtype
+  # Coefficients in the (at least float32) epilogue dtype, not rounded to
+  # a half-precision compute_dtype.
+  real = jnp.finfo(_normalization.working_dtype(compute_dtype)).dtype
   table = jnp.asarray(np.asarray(rest), dtype=real)
 
   def body(x, row):

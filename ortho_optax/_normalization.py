@@ -33,13 +33,22 @@ def gram(x: jax.Array, compute_dtype) -> jax.Array:
   return matmul(x, jnp.swapaxes(x.conj(), -1, -2), compute_dtype)
 
 
-def matmul(a: jax.Array, b: jax.Array, compute_dtype) -> jax.Array:
-  """A batched matmul in ``compute_dtype``, accumulated in at least float32."""
+def matmul(
+    a: jax.Array, b: jax.Array, compute_dtype, *, keep_accumulator=False
+) -> jax.Array:
+  """A batched matmul in ``compute_dtype``, accumulated in at least float32.
+
+  With ``keep_accumulator=True`` the (at least float32) accumulator is
+  returned instead of being rounded back to ``compute_dtype``, so that an
+  epilogue such as ``b * A + c * (A @ A)`` is evaluated with unrounded
+  coefficients and rounded once.
+  """
   a = a.astype(compute_dtype)
   b = b.astype(compute_dtype)
   acc = working_dtype(compute_dtype)
   if acc != compute_dtype:
-    return jnp.matmul(a, b, preferred_element_type=acc).astype(compute_dtype)
+    out = jnp.matmul(a, b, preferred_element_type=acc)
+    return out if keep_accumulator else out.astype(compute_dtype)
   return jnp.matmul(a, b)
 
 
@@ -73,7 +82,6 @@ def normalize(
     return (xw / (norm * input_scale + eps)).astype(compute_dtype), None
 
   a = gram(x.astype(compute_dtype), compute_dtype).astype(wd)
-  real = jnp.real(a) if jnp.iscomplexobj(a) else a
   if normalization == "aol":
     # AOL (Prach & Lampert 2022): s_i = 1 / sqrt(sum_j |A_ij|) guarantees
     # sigma_max(diag(s) X) <= 1 by a Schur test on diag(s) A diag(s).
@@ -89,7 +97,7 @@ def normalize(
       # ||X||_{S4}^2 = ||X X^H||_F >= sigma_max^2 (Gelfand bound, k = 1).
       lam = fro_a
     elif normalization == "spectral":
-      lam = jnp.minimum(_power_lambda_max(real) * SPECTRAL_SAFETY**2, fro_a)
+      lam = jnp.minimum(_power_lambda_max(a) * SPECTRAL_SAFETY**2, fro_a)
     else:  # pragma: no cover - checked by the callers
       raise ValueError(normalization)
     s = jax.lax.rsqrt(jnp.maximum(lam, eps)) / input_scale
@@ -101,11 +109,14 @@ def normalize(
 def _power_lambda_max(a: jax.Array) -> jax.Array:
   """Power-iteration estimate of ``lambda_max`` of PSD ``a``, shape (..., 1, 1).
 
-  The start vector is fixed (a deterministic pseudo-random draw), so the
-  estimate is reproducible and jit-safe.
+  ``a`` may be complex Hermitian (its real part is not enough: for complex
+  ``a`` its ``lambda_max`` can be far smaller). The start vector is fixed (a
+  deterministic pseudo-random draw), so the estimate is reproducible and
+  jit-safe.
   """
   m = a.shape[-1]
-  v = jax.random.normal(jax.random.key(0), (m,), dtype=a.dtype)
+  real = jnp.finfo(a.dtype).dtype
+  v = jax.random.normal(jax.random.key(0), (m,), dtype=real).astype(a.dtype)
   v = jnp.broadcast_to(v, a.shape[:-1])
   tiny = jnp.finfo(a.dtype).tiny
   for _ in range(SPECTRAL_POWER_ITERATIONS):
