@@ -127,7 +127,8 @@ def _segment(r, rows, cdt):
   def mm(p, q):
     return matmul(p, q, cdt, keep_accumulator=True)
 
-  eye = jnp.eye(r.shape[-1], dtype=wd)
+  # Broadcast explicitly: batched R under jax_numpy_rank_promotion='raise'.
+  eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=wd), r.shape)
   q = None
   for i, (a, b, c) in enumerate(rows):
     z = (b * r.astype(wd) + c * mm(r, r)).astype(cdt)
