@@ -5,16 +5,34 @@ Gram Newton-Schulz, AuON, exact SVD) and, built on them, Optax
 ``GradientTransformation``s and named optimizers.
 """
 
+from ortho_optax._adamuon import adamuon as adamuon
 from ortho_optax._auon import auon as auon_orthogonalize
+from ortho_optax._auon_optimizer import auon as auon
+from ortho_optax._auon_optimizer import hybrid_auon as hybrid_auon
 from ortho_optax._coefficients import PRESETS as COEFFICIENT_PRESETS
 from ortho_optax._coefficients import CoefficientTable as CoefficientTable
+from ortho_optax._elementwise_norm import (
+    ScaleByElementwiseNormState as ScaleByElementwiseNormState,
+)
+from ortho_optax._elementwise_norm import (
+    scale_by_elementwise_norm as scale_by_elementwise_norm,
+)
 from ortho_optax._flops import count_matmul_flops as count_matmul_flops
 from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax._lmo import LMONorm as LMONorm
+from ortho_optax._lmo import scale_by_lmo as scale_by_lmo
 from ortho_optax._momentum import ScaleByMomentumState as ScaleByMomentumState
 from ortho_optax._momentum import scale_by_momentum as scale_by_momentum
 from ortho_optax._muon import muon as muon
 from ortho_optax._muon import turbo_muon as turbo_muon
+from ortho_optax._neuron_norm import (
+    ScaleByNeuronNormState as ScaleByNeuronNormState,
+)
+from ortho_optax._neuron_norm import (
+    scale_by_neuron_norm as scale_by_neuron_norm,
+)
 from ortho_optax._newton_schulz import newton_schulz as newton_schulz
+from ortho_optax._normuon import normuon as normuon
 from ortho_optax._orthogonalization import (
     scale_by_orthogonalization as scale_by_orthogonalization,
 )
@@ -25,34 +43,56 @@ from ortho_optax._orthogonalize import (
 from ortho_optax._orthogonalize import select_method as select_method
 from ortho_optax._polar import orthogonality_error as orthogonality_error
 from ortho_optax._polar import polar_svd as polar_svd
+from ortho_optax._qk_clip import qk_clip as qk_clip
+from ortho_optax._robust import clip_by_quantile as clip_by_quantile
+from ortho_optax._root import root as root
 from ortho_optax._routing import DimensionNumbers as DimensionNumbers
 from ortho_optax._routing import (
     dimension_numbers_tree as dimension_numbers_tree,
 )
 from ortho_optax._routing import label_params as label_params
+from ortho_optax._scion import scion as scion
+from ortho_optax._scion import scion_norms as scion_norms
 from ortho_optax._shape import scale_by_shape as scale_by_shape
+from ortho_optax._trust_region import trust_region as trust_region
 
 __version__ = "0.1.0"
 
 __all__ = (
     "COEFFICIENT_PRESETS",
     "CoefficientTable",
+    "LMONorm",
+    "ScaleByElementwiseNormState",
     "ScaleByMomentumState",
     "DimensionNumbers",
+    "ScaleByNeuronNormState",
+    "adamuon",
+    "auon",
     "auon_orthogonalize",
+    "clip_by_quantile",
     "count_matmul_flops",
     "dimension_numbers_tree",
     "gram_newton_schulz",
+    "hybrid_auon",
     "label_params",
     "muon",
     "newton_schulz",
+    "normuon",
     "orthogonality_error",
     "orthogonalize",
     "orthogonalize_flops",
     "polar_svd",
+    "qk_clip",
+    "root",
+    "scale_by_elementwise_norm",
+    "scale_by_lmo",
     "scale_by_momentum",
+    "scale_by_neuron_norm",
     "scale_by_orthogonalization",
     "scale_by_shape",
+    "scion",
+    "scion_norms",
     "select_method",
+    "trust_region",
     "turbo_muon",
 )

@@ -1,0 +1,150 @@
+"""AdaMuon: Muon on the sign of the momentum, with an elementwise second moment."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import optax
+
+from ortho_optax import _base
+from ortho_optax import _elementwise_norm
+from ortho_optax import _momentum
+from ortho_optax import _muon
+from ortho_optax import _orthogonalization
+from ortho_optax import _routing
+
+
+def adamuon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    beta: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
+    nesterov: bool = True,
+    rms: jax.typing.ArrayLike = 0.2,
+    method: str = "auto",
+    coeffs=None,
+    steps: int | None = None,
+    normalization: str | None = None,
+    ns_eps: float | None = None,
+    compute_dtype=None,
+    weight_decay: jax.typing.ArrayLike = 0.01,
+    weight_decay_mask=None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    labels=None,
+    rules: _routing.Rules = None,
+    dimension_numbers=None,
+    mu_dtype=None,
+    sharding: str | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  r"""AdaMuon: orthogonalized sign-momentum with an elementwise second moment.
+
+  For each hidden matrix :math:`W` of shape ``(m, n)``:
+
+  .. math::
+    M_t = \beta M_{t-1} + (1 - \beta) G_t, \quad
+    O_t = \mathrm{polar}(\mathrm{sign}(\beta M_t + (1 - \beta) G_t)), \\
+    v_t = \beta v_{t-1} + (1 - \beta)\, O_t \odot O_t, \quad
+    \hat O_t = O_t \oslash (\sqrt{v_t} + \epsilon), \\
+    W_t = W_{t-1} - \eta \Big(\frac{0.2 \sqrt{mn}}{\|\hat O_t\|_F
+      + \epsilon} \hat O_t + \lambda W_{t-1}\Big).
+
+  The sign is taken *before* the orthogonalization, the second moment
+  uses the momentum's :math:`\beta` (zero init, no bias correction), and
+  the final update has RMS 0.2 (AdamW's), so no shape factor is applied.
+  See :func:`scale_by_elementwise_norm`; the sign is ``optax.scale_by_sign``.
+
+  Settings that reproduce the reference step (Chongjie-Si/AdaMuon,
+  ``gpt2/models/optimizers/adamuon.py``; float32):
+
+  .. code-block:: python
+
+    adamuon(lr, method="newton_schulz", coeffs="muon",
+            normalization="frobenius", ns_eps=1e-7)
+
+  Reference defaults: ``lr=0.02``, ``weight_decay=0.01``, ``beta=0.95``;
+  its GPT-2 runs use one ``lr=6e-4`` and ``weight_decay=0.1`` for both
+  AdaMuon and AdamW.
+
+  Args:
+    learning_rate: learning rate (or schedule) of the matrices, and of AdamW
+      unless ``adam_learning_rate`` is given.
+    beta: momentum coefficient, also the second moment's decay.
+    eps: added to :math:`\sqrt{v}` and to the Frobenius norm.
+    nesterov: Nesterov look-ahead.
+    rms: RMS of the update.
+    method: orthogonalization engine, see :func:`orthogonalize`.
+    coeffs: Newton-Schulz coefficients; ``None`` for the engine default.
+    steps: Newton-Schulz steps; ``None`` for the table's length.
+    normalization: the engine's input normalization.
+    ns_eps: the engine's normalization epsilon.
+    compute_dtype: dtype of the orthogonalization matmuls.
+    weight_decay: decoupled weight decay, multiplied by the learning rate.
+    weight_decay_mask: mask for the weight decay (tree or callable).
+    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
+    adam_b1: AdamW's :math:`\beta_1`.
+    adam_b2: AdamW's :math:`\beta_2`.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay.
+    labels: as in :func:`muon`.
+    rules: routing overrides, see :func:`label_params`.
+    dimension_numbers: optax-style routing, see :func:`label_params`.
+    mu_dtype: dtype of the momentum buffer.
+    sharding: see :func:`scale_by_orthogonalization`.
+    skip_nonfinite: skip steps with non-finite gradients.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Si et al., `AdaMuon: Adaptive Muon Optimizer
+    <https://arxiv.org/abs/2507.11005>`_, 2025
+  """
+  _base.check_learning_rate(learning_rate)
+  _base.check_nonnegative(weight_decay, "weight_decay")
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  matrix_tx = optax.chain(
+      _momentum.scale_by_momentum(
+          beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
+      ),
+      optax.scale_by_sign(),
+      _orthogonalization.scale_by_orthogonalization(
+          method=method,
+          dimension_numbers=branch_dn,
+          sharding=sharding,
+          **_muon.engine_options(
+              coeffs=coeffs,
+              steps=steps,
+              normalization=normalization,
+              eps=ns_eps,
+              compute_dtype=compute_dtype,
+          ),
+      ),
+      _elementwise_norm.scale_by_elementwise_norm(
+          beta, eps, rms=rms, dimension_numbers=branch_dn
+      ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _base.matrix_and_adam(
+      matrix_tx,
+      learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      labels=labels,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+      skip_nonfinite=skip_nonfinite,
+  )

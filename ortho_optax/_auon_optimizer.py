@@ -1,0 +1,162 @@
+"""AuON and Hybrid-AuON: cosh-RMS normalized momentum instead of a polar factor."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import optax
+
+from ortho_optax import _base
+from ortho_optax import _momentum
+from ortho_optax import _orthogonalization
+from ortho_optax import _routing
+from ortho_optax import _shape
+
+
+def auon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    beta: jax.typing.ArrayLike = 0.95,
+    nesterov: bool = True,
+    gamma: jax.typing.ArrayLike = 1.0,
+    hybrid_steps: int = 0,
+    eps: float = 1e-7,
+    shape_rule: str = "muon",
+    shape_rms: float = 0.2,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask=None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    labels=None,
+    rules: _routing.Rules = None,
+    dimension_numbers=None,
+    mu_dtype=None,
+    sharding: str | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  r"""AuON: Nesterov momentum normalized by a cosh-RMS, in linear time.
+
+  For each hidden matrix :math:`W` with :math:`N` entries:
+
+  .. math::
+    M_t = \beta M_{t-1} + (1 - \beta) G_t, \quad
+    U_t = \beta M_t + (1 - \beta) G_t, \quad
+    X_t = U_t / (\|U_t\|_F + 10^{-7}), \\
+    r_t = \sqrt{\tfrac{1}{N} \textstyle\sum_{ij} \cosh(\gamma X_{t,ij})^2},
+    \quad W_t = W_{t-1} - \eta\,(s(W)\, X_t / (r_t + 10^{-8})
+      + \lambda W_{t-1}),
+
+  with Muon's :math:`s(W) = \sqrt{\max(1, \mathrm{fan\_out} /
+  \mathrm{fan\_in})}` (the first AuON code). Since :math:`\|X\|_F = 1`,
+  :math:`1 \le r \le \sqrt{1 + \sinh^2(\gamma)/N}`: for large matrices AuON
+  is Frobenius-normalized momentum (normalized SGD-M) times the shape
+  factor. There is no orthogonalization (see :func:`auon_orthogonalize`).
+
+  The paper's settings (first code, ``Auon_Adam_train.py``): :math:`\gamma
+  = 1`, :math:`\beta = 0.95`, no weight decay on the AuON matrices, AdamW
+  with ``adam_learning_rate = 0.1 * learning_rate`` and
+  ``adam_weight_decay=0.1``; LM learning rate 0.055 (config 0.24).
+
+  Args:
+    learning_rate: learning rate (or schedule) of the matrices, and of AdamW
+      unless ``adam_learning_rate`` is given.
+    beta: momentum coefficient.
+    nesterov: Nesterov look-ahead.
+    gamma: gain inside ``cosh`` (the paper's 1; the 2026 code's 1.5).
+    hybrid_steps: Newton-Schulz steps (Muon's coefficients) on :math:`X`
+      before the cosh scaling; 0 is AuON, see :func:`hybrid_auon`.
+    eps: added to the Frobenius norm.
+    shape_rule: see :func:`scale_by_shape`.
+    shape_rms: target RMS of the ``"moonlight"`` rule.
+    weight_decay: decoupled weight decay, multiplied by the learning rate.
+    weight_decay_mask: mask for the weight decay (tree or callable).
+    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
+    adam_b1: AdamW's :math:`\beta_1`.
+    adam_b2: AdamW's :math:`\beta_2`.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay.
+    labels: as in :func:`muon`.
+    rules: routing overrides, see :func:`label_params`.
+    dimension_numbers: optax-style routing, see :func:`label_params`.
+    mu_dtype: dtype of the momentum buffer.
+    sharding: see :func:`scale_by_orthogonalization`.
+    skip_nonfinite: skip steps with non-finite gradients.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
+    Updates <https://arxiv.org/abs/2509.24320>`_, 2025
+  """
+  _base.check_learning_rate(learning_rate)
+  _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_nonnegative(gamma, "gamma")
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  matrix_tx = optax.chain(
+      _momentum.scale_by_momentum(
+          beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
+      ),
+      _orthogonalization.scale_by_orthogonalization(
+          method="auon",
+          dimension_numbers=branch_dn,
+          sharding=sharding,
+          gamma=gamma,
+          hybrid_steps=hybrid_steps,
+          eps=eps,
+      ),
+      _shape.scale_by_shape(
+          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
+      ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _base.matrix_and_adam(
+      matrix_tx,
+      learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      labels=labels,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+      skip_nonfinite=skip_nonfinite,
+  )
+
+
+def hybrid_auon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    hybrid_steps: int = 1,
+    **kwargs,
+) -> optax.GradientTransformation:
+  r"""Hybrid-AuON: Newton-Schulz steps before AuON's cosh-RMS scaling.
+
+  As :func:`auon`, with ``hybrid_steps`` quintic Newton-Schulz steps
+  (Muon's coefficients) applied to :math:`X_t = U_t / \|U_t\|_F` before
+  :math:`r_t` is computed. The paper uses one step (the default); the 2026
+  code's ``HybridAuON`` uses five.
+
+  Args:
+    learning_rate: as in :func:`auon`.
+    hybrid_steps: Newton-Schulz steps (the paper's 1).
+    **kwargs: any other argument of :func:`auon`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
+    Updates <https://arxiv.org/abs/2509.24320>`_, 2025
+  """
+  return auon(learning_rate, hybrid_steps=hybrid_steps, **kwargs)

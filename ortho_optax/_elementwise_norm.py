@@ -1,0 +1,91 @@
+"""``scale_by_elementwise_norm``: AdaMuon's second moment with RMS matching."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ortho_optax import _checks
+from ortho_optax import _momentum
+from ortho_optax import _neuron_norm
+from ortho_optax import _routing
+
+
+class ScaleByElementwiseNormState(NamedTuple):
+  """State of :func:`scale_by_elementwise_norm`.
+
+  ``nu`` is the elementwise second moment of each matrix leaf (its shape and
+  dtype); leaves that are not matrices hold ``optax.MaskedNode()``.
+  """
+
+  nu: optax.Updates
+
+
+def scale_by_elementwise_norm(
+    beta: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-8,
+    *,
+    rms: jax.typing.ArrayLike = 0.2,
+    dimension_numbers=None,
+    rules: _routing.Rules = None,
+) -> optax.GradientTransformation:
+  r"""AdaMuon's elementwise second moment, then RMS matching.
+
+  For each matrix :math:`O` (an orthogonalized update) of shape
+  ``(fan_in, fan_out) = (m, n)``:
+
+  .. math::
+    v_t = \beta v_{t-1} + (1 - \beta)\, O_t \odot O_t, \qquad
+    \hat O_t = O_t \oslash (\sqrt{v_t} + \epsilon), \qquad
+    \hat O_t \leftarrow \hat O_t\, \frac{\mathrm{rms} \sqrt{mn}}
+      {\|\hat O_t\|_F + \epsilon},
+
+  (zero init, no bias correction), so every update has RMS ``rms`` (AdamW's
+  typical 0.2, to reuse its learning rate). Leaves that are not matrices
+  pass through unchanged.
+
+  Args:
+    beta: decay of the second moment in ``[0, 1)`` (AdaMuon uses the
+      momentum's 0.95).
+    eps: added to :math:`\sqrt{v}` and to the Frobenius norm.
+    rms: the RMS of the output.
+    dimension_numbers: as in :func:`scale_by_orthogonalization`.
+    rules: routing overrides, see :func:`label_params`.
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is a
+    :class:`ScaleByElementwiseNormState`.
+
+  References:
+    Si et al., `AdaMuon: Adaptive Muon Optimizer
+    <https://arxiv.org/abs/2507.11005>`_, 2025
+  """
+  _momentum.check_beta(beta, "beta")
+  for value, name in ((eps, "eps"), (rms, "rms")):
+    if not isinstance(value, jax.core.Tracer):
+      _checks.check_nonnegative(value, name)
+
+  def init_fn(params):
+    dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    return ScaleByElementwiseNormState(
+        nu=_neuron_norm.matrix_state(
+            params, dns, lambda x, dn: jnp.zeros_like(x)
+        )
+    )
+
+  def normalize(o, v):
+    v = beta * v + (1 - beta) * o * o
+    o_hat = o / (jnp.sqrt(v) + eps)
+    target = rms * jnp.sqrt(float(o.shape[-2] * o.shape[-1]))
+    return o_hat * (target / (_neuron_norm.frobenius(o_hat) + eps)), v
+
+  def update_fn(updates, state, params=None):
+    del params
+    dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    updates, nu = _neuron_norm.map_with_state(normalize, updates, state.nu, dns)
+    return updates, ScaleByElementwiseNormState(nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)

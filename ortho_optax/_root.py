@@ -1,0 +1,149 @@
+"""ROOT: Muon on the quantile-clipped momentum, with shape-keyed coefficients."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import optax
+
+from ortho_optax import _base
+from ortho_optax import _momentum
+from ortho_optax import _muon
+from ortho_optax import _orthogonalization
+from ortho_optax import _robust
+from ortho_optax import _routing
+from ortho_optax import _shape
+
+
+def root(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    beta: jax.typing.ArrayLike = 0.95,
+    nesterov: bool = True,
+    q: jax.typing.ArrayLike = 0.9,
+    method: str = "newton_schulz",
+    coeffs="root",
+    steps: int | None = 5,
+    normalization: str | None = "frobenius",
+    eps: float | None = 1e-7,
+    compute_dtype=None,
+    shape_rule: str = "moonlight",
+    shape_rms: float = 0.2,
+    weight_decay: jax.typing.ArrayLike = 0.1,
+    weight_decay_mask=None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: jax.typing.ArrayLike = 0.1,
+    labels=None,
+    rules: _routing.Rules = None,
+    dimension_numbers=None,
+    mu_dtype=None,
+    sharding: str | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  r"""ROOT: robust orthogonalized optimizer.
+
+  For each hidden matrix :math:`W` of shape ``(A, B)``, with sum-form
+  Nesterov momentum:
+
+  .. math::
+    M_t = \mu M_{t-1} + G_t, \quad U_t = G_t + \mu M_t, \quad
+    \tau_t = \mathrm{quantile}_{0.9}(|U_t|) + 10^{-9}, \\
+    B_t = \mathrm{clip}(U_t, -\tau_t, \tau_t), \quad
+    O_t = \mathrm{NS}_5(B_t), \\
+    W_t = W_{t-1}(1 - \eta\lambda) - \eta\, 0.2 \sqrt{\max(A, B)}\, O_t .
+
+  :math:`B_t = U_t - T_\tau[U_t]` is the momentum minus its soft-thresholded
+  outliers (see :func:`clip_by_quantile`); the Newton-Schulz step uses
+  ROOT's shape-keyed ("AdaNewton") coefficients, the ``"root"`` preset
+  (Muon's for shapes outside its table), with Frobenius pre-normalization
+  (eps 1e-7); the shape factor is Moonlight's, so AdamW's learning rate and
+  weight decay are reused, and AdamW gets the same learning rate and
+  weight decay (0.1), betas (0.9, 0.95).
+
+  The defaults are the reference's (huawei-noah/noah-research,
+  ``ROOT/examples/example_train.py``): ``weight_decay=0.1`` for both
+  branches, :math:`\mu = 0.95`, 5 steps; its learning rate is ``1e-3``
+  (cosine schedule with warmup).
+
+  Args:
+    learning_rate: learning rate (or schedule) of the matrices, and of AdamW
+      unless ``adam_learning_rate`` is given (the reference's ``1e-3``).
+    beta: momentum coefficient :math:`\mu`.
+    nesterov: Nesterov look-ahead.
+    q: the clipping quantile.
+    method: orthogonalization engine, see :func:`orthogonalize`.
+    coeffs: Newton-Schulz coefficients (ROOT's shape-keyed table).
+    steps: Newton-Schulz steps.
+    normalization: the engine's input normalization.
+    eps: the engine's normalization epsilon.
+    compute_dtype: dtype of the orthogonalization matmuls.
+    shape_rule: see :func:`scale_by_shape` (Moonlight's rule).
+    shape_rms: target RMS of the ``"moonlight"`` rule.
+    weight_decay: decoupled weight decay, multiplied by the learning rate.
+    weight_decay_mask: mask for the weight decay (tree or callable).
+    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
+    adam_b1: AdamW's :math:`\beta_1`.
+    adam_b2: AdamW's :math:`\beta_2`.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay (the reference's 0.1).
+    labels: as in :func:`muon`.
+    rules: routing overrides, see :func:`label_params`.
+    dimension_numbers: optax-style routing, see :func:`label_params`.
+    mu_dtype: dtype of the momentum buffer.
+    sharding: see :func:`scale_by_orthogonalization`.
+    skip_nonfinite: skip steps with non-finite gradients.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    He et al., `ROOT: Robust Orthogonalized Optimizer for Neural Network
+    Training <https://arxiv.org/abs/2511.20626>`_, 2025
+  """
+  _base.check_learning_rate(learning_rate)
+  _base.check_nonnegative(weight_decay, "weight_decay")
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  matrix_tx = optax.chain(
+      _momentum.scale_by_momentum(
+          beta, nesterov=nesterov, form="sum", mu_dtype=mu_dtype
+      ),
+      _robust.clip_by_quantile(q, dimension_numbers=branch_dn),
+      _orthogonalization.scale_by_orthogonalization(
+          method=method,
+          dimension_numbers=branch_dn,
+          sharding=sharding,
+          **_muon.engine_options(
+              coeffs=coeffs,
+              steps=steps,
+              normalization=normalization,
+              eps=eps,
+              compute_dtype=compute_dtype,
+          ),
+      ),
+      _shape.scale_by_shape(
+          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
+      ),
+      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  return _base.matrix_and_adam(
+      matrix_tx,
+      learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      labels=labels,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+      skip_nonfinite=skip_nonfinite,
+  )

@@ -1,0 +1,325 @@
+"""Scion: per-layer norm-constrained LMOs (uSCG and SCG), with its presets."""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import jax
+import optax
+
+from ortho_optax import _base
+from ortho_optax import _checks
+from ortho_optax import _lmo
+from ortho_optax import _momentum
+from ortho_optax import _muon
+from ortho_optax import _routing
+from ortho_optax import _trust_region
+
+HEAD_NAMES = frozenset({
+    "head",
+    "lm_head",
+    "logits",
+    "output_head",
+    "unembed",
+    "unembedding",
+})
+
+# Scion's documented layer assignments (LIONS-EPFL/scion, README and
+# examples): role -> (norm, radius). Roles: "input" (embeddings; for "mlp"
+# and "cnn" also the first matrix), "hidden", "output" (heads; for "mlp" and
+# "cnn" also the last matrix) and "vector" (rank < 2).
+SCION_PRESETS = {
+    # examples/shallow-nanogpt (untied wte / lm_head).
+    "gpt": {
+        "input": (_lmo.LMONorm("sign", normalized=False), 1.0),
+        "hidden": (_lmo.LMONorm("spectral"), 3.0),
+        "output": (_lmo.LMONorm("sign"), 10.0),
+        "vector": (_lmo.LMONorm("bias_rms"), 3.0),
+    },
+    # README, MLP.
+    "mlp": {
+        "input": (_lmo.LMONorm("spectral", max=True), 1.0),
+        "hidden": (_lmo.LMONorm("spectral"), 1.0),
+        "output": (_lmo.LMONorm("sign"), 2.0**10),
+        "vector": (_lmo.LMONorm("bias_rms"), 1.0),
+    },
+    # README, CNN.
+    "cnn": {
+        "input": (_lmo.LMONorm("auto"), 8.0),
+        "hidden": (_lmo.LMONorm("auto"), 8.0),
+        "output": (_lmo.LMONorm("sign"), 128.0),
+        "vector": (_lmo.LMONorm("bias_rms"), 8.0),
+    },
+}
+
+_POSITIONAL = ("mlp", "cnn")
+
+
+def _is_masked(x) -> bool:
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def _role(names) -> str | None:
+  if any(n in HEAD_NAMES for n in names):
+    return "output"
+  if any("embed" in n or n in ("wte", "wpe") for n in names):
+    return "input"
+  return None
+
+
+def scion_norms(
+    params,
+    preset: str = "gpt",
+    *,
+    input_pattern: str | None = None,
+    output_pattern: str | None = None,
+):
+  r"""Scion's documented per-layer norms and radii for a parameter tree.
+
+  Each leaf gets a role and the preset's ``(norm, radius)`` for it:
+
+  * ``"gpt"``: input ``LMONorm("sign", normalized=False)`` radius 1, hidden
+    ``"spectral"`` 3, output ``"sign"`` 10, rank < 2 ``"bias_rms"`` 3;
+  * ``"mlp"``: input ``LMONorm("spectral", max=True)`` 1, hidden
+    ``"spectral"`` 1, output ``"sign"`` :math:`2^{10}`, rank < 2
+    ``"bias_rms"`` 1;
+  * ``"cnn"``: input and hidden ``"auto"`` 8, output ``"sign"`` 128,
+    rank < 2 ``"bias_rms"`` 8.
+
+  ``"gpt"`` is the shallow-nanoGPT assignment (untied ``wte`` and
+  ``lm_head``; learning rates around :math:`2^{-5}` to :math:`2^{-7}`,
+  ``alpha=0.1``); ``"mlp"`` and ``"cnn"`` are the README's (learning rates
+  :math:`2^{-6}` with ``alpha=0.1`` and :math:`2^{-4}` with ``alpha=0.5``).
+  The reference models have no rank < 2 parameters under "gpt" and "mlp";
+  they get ``bias_rms`` with the hidden radius, as in Scion's CNN and DeiT
+  examples.
+
+  Roles: a path naming an output head (``head``, ``lm_head``, ``logits``,
+  ``unembed``, ...) or matching ``output_pattern`` is "output"; a path
+  naming an embedding (``embed``, ``wte``, ...) or matching
+  ``input_pattern`` is "input". For ``"mlp"`` and ``"cnn"`` without such
+  names, the first and last matrix leaves (in tree order) are the input and
+  output layers. Rank < 2 leaves are always "rank < 2".
+
+  Args:
+    params: the parameter tree (arrays or ``ShapeDtypeStruct``; masked and
+      ``None`` leaves get ``None``).
+    preset: ``"gpt"``, ``"mlp"`` or ``"cnn"``.
+    input_pattern: regex (``re.search`` on ``jax.tree_util.keystr`` of the
+      path) of the input layer's leaves.
+    output_pattern: regex of the output layer's leaves.
+
+  Returns:
+    ``(norms, radii)``: two trees like ``params`` of :class:`LMONorm` and
+    floats, for :func:`scale_by_lmo` or :func:`scion`.
+
+  References:
+    Pethick et al., `Training Deep Learning Models with Norm-Constrained
+    LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
+  """
+  _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  table = SCION_PRESETS[preset]
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(
+      params, is_leaf=_is_masked
+  )
+  roles = []
+  for path, x in leaves:
+    if _is_masked(x):
+      roles.append("masked")
+      continue
+    if len(getattr(x, "shape", ())) < 2:
+      roles.append("vector")
+      continue
+    key = jax.tree_util.keystr(path)
+    role = _role(_routing._path_names(path)) or "hidden"
+    if output_pattern is not None and re.search(output_pattern, key):
+      role = "output"
+    elif input_pattern is not None and re.search(input_pattern, key):
+      role = "input"
+    roles.append(role)
+  if preset in _POSITIONAL:
+    matrices = [
+        i for i, r in enumerate(roles) if r not in ("vector", "masked")
+    ]
+    has = set(roles)
+    if matrices and "input" not in has and input_pattern is None:
+      roles[matrices[0]] = "input"
+    if len(matrices) > 1 and "output" not in has and output_pattern is None:
+      roles[matrices[-1]] = "output"
+  norms, radii = [], []
+  for role in roles:
+    if role == "masked":
+      norms.append(None)
+      radii.append(None)
+      continue
+    n, r = table[role]
+    norms.append(n)
+    radii.append(r)
+  return (
+      jax.tree_util.tree_unflatten(treedef, norms),
+      jax.tree_util.tree_unflatten(treedef, radii),
+  )
+
+
+def scion(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    preset: str = "gpt",
+    norms=None,
+    radii=None,
+    alpha: jax.typing.ArrayLike = 0.1,
+    constrained: bool = True,
+    eps: jax.typing.ArrayLike = 1e-8,
+    method: str = "auto",
+    coeffs=None,
+    steps: int | None = None,
+    normalization: str | None = None,
+    ns_eps: float | None = None,
+    compute_dtype=None,
+    adam_learning_rate: optax.ScalarOrSchedule | None = None,
+    adam_b1: jax.typing.ArrayLike = 0.9,
+    adam_b2: jax.typing.ArrayLike = 0.95,
+    adam_eps: jax.typing.ArrayLike = 1e-8,
+    adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    labels=None,
+    rules: _routing.Rules = None,
+    dimension_numbers=None,
+    mu_dtype=None,
+    sharding: str | None = None,
+    skip_nonfinite: bool = True,
+) -> optax.GradientTransformation:
+  r"""Scion: stochastic conditional gradient with per-layer norm LMOs.
+
+  With :math:`\gamma` the learning rate, :math:`\rho` each layer's radius
+  and :math:`\mathrm{dual}` its norm's dual direction
+  (:func:`scale_by_lmo`):
+
+  .. math::
+    d_k = (1 - \alpha) d_{k-1} + \alpha g_k, \qquad
+    x_{k+1} = (1 - \gamma) x_k - \gamma \rho\, \mathrm{dual}(d_k)
+    \quad \text{(SCG, ``constrained=True``)}, \\
+    x_{k+1} = x_k - \gamma \rho\, \mathrm{dual}(d_k)
+    \quad \text{(uSCG, ``constrained=False``)}.
+
+  :math:`\alpha` is the averaging weight on the new gradient ("one minus
+  the usual momentum"; 1 is no averaging), without Nesterov; the buffer
+  starts at zero. The constrained step is decoupled weight decay with
+  coefficient 1 (``optax.add_decayed_weights(1.0)`` before
+  ``scale_by_learning_rate``): the iterates started in the ball of radius
+  :math:`\rho` stay there (needs :math:`\gamma \le 1`). Unlike the Muon
+  family, Scion applies an LMO to *every* parameter (embeddings, heads,
+  biases), with the norms and radii of ``preset`` (see
+  :func:`scion_norms`) unless ``norms`` / ``radii`` are given.
+
+  Reference defaults (LIONS-EPFL/scion): ``alpha=0.1``, constrained;
+  the reference runs Newton-Schulz with Muon's coefficients in bfloat16:
+
+  .. code-block:: python
+
+    scion(lr, method="newton_schulz", coeffs="muon",
+          normalization="frobenius", ns_eps=1e-7,
+          compute_dtype=jnp.bfloat16)
+
+  Args:
+    learning_rate: :math:`\gamma` (or a schedule); at most 1 when
+      ``constrained``.
+    preset: ``"gpt"``, ``"mlp"`` or ``"cnn"``, see :func:`scion_norms`.
+    norms: ``None`` (the preset's), a norm name, :class:`LMONorm`, a tree of
+      them or a callable ``params -> tree``, see :func:`scale_by_lmo`.
+    radii: ``None`` (the preset's when ``norms`` is ``None``, else 1), a
+      number, a tree or a callable ``params -> tree``.
+    alpha: weight of the new gradient in the average, in ``(0, 1]``.
+    constrained: SCG (weight decay 1) instead of uSCG.
+    eps: added to the norms that divide.
+    method: orthogonalization engine of the spectral norms.
+    coeffs: Newton-Schulz coefficients; ``None`` for the engine default.
+    steps: Newton-Schulz steps; ``None`` for the table's length.
+    normalization: the engine's input normalization.
+    ns_eps: the engine's normalization epsilon.
+    compute_dtype: dtype of the orthogonalization matmuls.
+    adam_learning_rate: learning rate of the leaves that ``labels`` sends
+      to AdamW (``None``: ``learning_rate``).
+    adam_b1: AdamW's :math:`\beta_1`.
+    adam_b2: AdamW's :math:`\beta_2`.
+    adam_eps: AdamW's epsilon.
+    adam_weight_decay: AdamW's weight decay.
+    labels: ``None`` (every leaf gets its LMO) or a tree / callable of
+      ``"orthogonalize"`` (LMO) and ``"adam"`` labels.
+    rules: routing overrides, see :func:`label_params`.
+    dimension_numbers: optax-style routing, see :func:`label_params`.
+    mu_dtype: dtype of the momentum buffer.
+    sharding: see :func:`scale_by_orthogonalization`.
+    skip_nonfinite: skip steps with non-finite gradients.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Pethick et al., `Training Deep Learning Models with Norm-Constrained
+    LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
+  """
+  _base.check_learning_rate(learning_rate)
+  _trust_region.check_alpha(alpha)
+  _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  if constrained and not callable(learning_rate):
+    try:
+      too_large = float(learning_rate) > 1.0
+    except TypeError:  # traced under inject_hyperparams
+      too_large = False
+    if too_large:
+      raise ValueError(
+          "`learning_rate` must be <= 1 with `constrained=True` (the SCG"
+          f" step is a convex combination), got {learning_rate!r}."
+      )
+  if norms is None:
+    norms = lambda p: scion_norms(p, preset)[0]  # noqa: E731
+    if radii is None:
+      radii = lambda p: scion_norms(p, preset)[1]  # noqa: E731
+  elif radii is None:
+    radii = 1.0
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  lmo_tx = optax.chain(
+      _momentum.scale_by_momentum(
+          1 - alpha, nesterov=False, form="ema", mu_dtype=mu_dtype
+      ),
+      _lmo.scale_by_lmo(
+          norms,
+          radius=radii,
+          eps=eps,
+          method=method,
+          dimension_numbers=branch_dn,
+          sharding=sharding,
+          **_muon.engine_options(
+              coeffs=coeffs,
+              steps=steps,
+              normalization=normalization,
+              eps=ns_eps,
+              compute_dtype=compute_dtype,
+          ),
+      ),
+      optax.add_decayed_weights(1.0 if constrained else 0.0),
+      optax.scale_by_learning_rate(learning_rate),
+  )
+  if labels is None:
+    def labels(params):
+      return jax.tree.map(
+          lambda _: _routing.MATRIX, params, is_leaf=lambda x: x is None
+      )
+  return _base.matrix_and_adam(
+      lmo_tx,
+      learning_rate=learning_rate,
+      adam_learning_rate=adam_learning_rate,
+      adam_b1=adam_b1,
+      adam_b2=adam_b2,
+      adam_eps=adam_eps,
+      adam_weight_decay=adam_weight_decay,
+      labels=labels,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+      skip_nonfinite=skip_nonfinite,
+  )
