@@ -21,9 +21,9 @@ def auon(
     nesterov: bool = True,
     gamma: jax.typing.ArrayLike = 1.0,
     hybrid_steps: int = 0,
-    eps: float = 1e-7,
+    eps: float | None = None,
     shape_rule: str = "muon",
-    shape_rms: float = 0.2,
+    shape_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
@@ -69,9 +69,9 @@ def auon(
     gamma: gain inside ``cosh`` (the paper's 1; the 2026 code's 1.5).
     hybrid_steps: Newton-Schulz steps (Muon's coefficients) on :math:`X`
       before the cosh scaling; 0 is AuON, see :func:`hybrid_auon`.
-    eps: added to the Frobenius norm.
+    eps: added to the Frobenius norm (``None``: the paper's 1e-7).
     shape_rule: see :func:`scale_by_shape`.
-    shape_rms: target RMS of the ``"moonlight"`` rule.
+    shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
@@ -111,10 +111,12 @@ def auon(
           sharding=sharding,
           gamma=gamma,
           hybrid_steps=hybrid_steps,
-          eps=eps,
+          eps=1e-7 if eps is None else eps,
       ),
       _shape.scale_by_shape(
-          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
+          shape_rule,
+          rms=0.2 if shape_rms is None else shape_rms,
+          dimension_numbers=branch_dn,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
@@ -134,29 +136,16 @@ def auon(
   )
 
 
-def hybrid_auon(
-    learning_rate: optax.ScalarOrSchedule,
-    *,
-    hybrid_steps: int = 1,
-    **kwargs,
-) -> optax.GradientTransformation:
-  r"""Hybrid-AuON: Newton-Schulz steps before AuON's cosh-RMS scaling.
+hybrid_auon = functools.partial(auon, hybrid_steps=1)
+hybrid_auon.__doc__ = r"""Hybrid-AuON: Newton-Schulz steps before AuON's cosh-RMS scaling.
 
-  As :func:`auon`, with ``hybrid_steps`` quintic Newton-Schulz steps
-  (Muon's coefficients) applied to :math:`X_t = U_t / \|U_t\|_F` before
-  :math:`r_t` is computed. The paper uses one step (the default); the 2026
-  code's ``HybridAuON`` uses five.
-
-  Args:
-    learning_rate: as in :func:`auon`.
-    hybrid_steps: Newton-Schulz steps (the paper's 1).
-    **kwargs: any other argument of :func:`auon`.
-
-  Returns:
-    An ``optax.GradientTransformation``.
+  :func:`auon` with ``hybrid_steps=1``: one quintic Newton-Schulz step
+  (Muon's coefficients) is applied to :math:`X_t = U_t / \|U_t\|_F` before
+  :math:`r_t` is computed, as in the paper; the 2026 code's ``HybridAuON``
+  uses five (``hybrid_auon(lr, hybrid_steps=5)``). Takes every argument of
+  :func:`auon`.
 
   References:
     Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025
   """
-  return auon(learning_rate, hybrid_steps=hybrid_steps, **kwargs)

@@ -236,7 +236,9 @@ def scale_by_lmo(
     eps: added to the norms that divide (Scion's 1e-8).
     method: orthogonalization engine of the spectral norms, see
       :func:`orthogonalize`.
-    dimension_numbers: as in :func:`scale_by_orthogonalization`.
+    dimension_numbers: as in :func:`scale_by_orthogonalization`, except
+      that ``None`` routes by rank only (embedding and head names do not
+      exclude a leaf: every leaf gets its LMO).
     rules: routing overrides, see :func:`label_params`.
     sharding: as in :func:`scale_by_orthogonalization`.
     **engine_options: options of the engine (``coeffs``, ``steps``, ...).
@@ -261,7 +263,13 @@ def scale_by_lmo(
 
   def plan(updates):
     """Per leaf: ``(leaf, dn, norm, kind)`` (``kind`` None: unchanged)."""
-    dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    if dimension_numbers is None:
+      # Every leaf gets an LMO: embeddings and heads are matrices too.
+      dns = _routing.branch_dimension_numbers(updates, rules=rules)
+    else:
+      dns = _routing.resolve_dimension_numbers(
+          updates, dimension_numbers, rules
+      )
     leaves, treedef = jax.tree.flatten(updates, is_leaf=_is_masked)
     dn_leaves = treedef.flatten_up_to(dns)
     tree = norm(updates) if callable(norm) and not isinstance(

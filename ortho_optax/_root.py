@@ -26,10 +26,10 @@ def root(
     coeffs="root",
     steps: int | None = 5,
     normalization: str | None = "frobenius",
-    eps: float | None = 1e-7,
+    eps: float | None = None,
     compute_dtype=None,
     shape_rule: str = "moonlight",
-    shape_rms: float = 0.2,
+    shape_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.1,
     weight_decay_mask=None,
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
@@ -79,10 +79,10 @@ def root(
     coeffs: Newton-Schulz coefficients (ROOT's shape-keyed table).
     steps: Newton-Schulz steps.
     normalization: the engine's input normalization.
-    eps: the engine's normalization epsilon.
+    eps: the engine's normalization epsilon (``None``: ROOT's 1e-7).
     compute_dtype: dtype of the orthogonalization matmuls.
     shape_rule: see :func:`scale_by_shape` (Moonlight's rule).
-    shape_rms: target RMS of the ``"moonlight"`` rule.
+    shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
@@ -124,12 +124,14 @@ def root(
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,
-              eps=eps,
+              eps=1e-7 if eps is None else eps,
               compute_dtype=compute_dtype,
           ),
       ),
       _shape.scale_by_shape(
-          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
+          shape_rule,
+          rms=0.2 if shape_rms is None else shape_rms,
+          dimension_numbers=branch_dn,
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),

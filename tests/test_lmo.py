@@ -1,0 +1,332 @@
+"""Tests of scale_by_lmo (Scion's LMOs in the (in, out) layout) and presets."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ortho_optax
+from ortho_optax import _lmo
+
+LMONorm = ortho_optax.LMONorm
+
+
+def _normal(seed, shape):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def _polar(x):
+  u, _, vh = np.linalg.svd(np.asarray(x, np.float64), full_matrices=False)
+  return u @ vh
+
+
+def _dual(norm, tree, **kwargs):
+  tx = ortho_optax.scale_by_lmo(norm, method="polar_svd", **kwargs)
+  out, _ = tx.update(tree, tx.init(tree))
+  return out
+
+
+# ----------------------------------------------- NumPy Scion, PyTorch layout
+# Transcriptions of LIONS-EPFL/scion's LMOs on g of shape (d_out, d_in).
+
+
+def _scion_spectral(g, normalized=True, use_max=False):
+  d_out, d_in = g.shape
+  s = math.sqrt(d_out / d_in) if normalized else math.sqrt(d_out)
+  if use_max:
+    s = max(1.0, s)
+  return _polar(g) * s
+
+
+def _scion_spectral_conv(g):  # g: (O, I, kh, kw)
+  o, i, kh, kw = g.shape
+  out = _polar(g.reshape(o, -1)).reshape(g.shape)
+  return out * math.sqrt(o / i) / (kh * kw)
+
+
+def _scion_col_norm(g, normalized=False):
+  g = np.asarray(g, np.float64)
+  rms = np.sqrt(np.sum(g**2, axis=0, keepdims=True)) / math.sqrt(g.shape[0])
+  if normalized:
+    rms = rms * g.shape[1]
+  return g / (rms + 1e-8)
+
+
+def _scion_row_norm(g, normalized=True):
+  g = np.asarray(g, np.float64)
+  rms = np.sqrt(np.sum(g**2, axis=-1, keepdims=True))
+  if normalized:
+    rms = rms * math.sqrt(g.shape[-1])
+  return g / (rms + 1e-8)
+
+
+def _scion_sign(g, normalized=True):
+  return np.sign(g) / g.shape[1] if normalized else np.sign(g)
+
+
+def _scion_bias_rms(g):
+  g = np.asarray(g, np.float64)
+  return g / (np.sqrt(np.mean(g**2, axis=0, keepdims=True)) + 1e-8)
+
+
+# Each case: (norm, JAX-layout function via the PyTorch layout).
+_MATRIX_CASES = {
+    "spectral": ("spectral", lambda w: _scion_spectral(w.T).T),
+    "spectral_unnormalized": (
+        LMONorm("spectral", normalized=False),
+        lambda w: _scion_spectral(w.T, normalized=False).T,
+    ),
+    "spectral_max": (
+        LMONorm("spectral", max=True),
+        lambda w: _scion_spectral(w.T, use_max=True).T,
+    ),
+    "col_norm": ("col_norm", lambda w: _scion_col_norm(w.T).T),
+    "col_norm_normalized": (
+        LMONorm("col_norm", normalized=True),
+        lambda w: _scion_col_norm(w.T, normalized=True).T,
+    ),
+    "row_norm": ("row_norm", lambda w: _scion_row_norm(w.T).T),
+    "row_norm_unnormalized": (
+        LMONorm("row_norm", normalized=False),
+        lambda w: _scion_row_norm(w.T, normalized=False).T,
+    ),
+    "sign": ("sign", lambda w: _scion_sign(w.T).T),
+    "sign_unnormalized": (
+        LMONorm("sign", normalized=False),
+        lambda w: _scion_sign(w.T, normalized=False).T,
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_MATRIX_CASES))
+@pytest.mark.parametrize("shape", [(6, 4), (4, 9)])
+def test_scion_scaling_matches_pytorch_layout(case, shape):
+  norm, reference = _MATRIX_CASES[case]
+  w = _normal(0, shape)  # (fan_in, fan_out)
+  out = _dual(norm, {"w": jnp.asarray(w)})["w"]
+  np.testing.assert_allclose(out, reference(w), rtol=2e-5, atol=2e-6)
+
+
+def test_spectral_conv_matches_pytorch_layout():
+  w = _normal(1, (3, 3, 2, 5))  # HWIO
+  out = _dual("spectral_conv", {"conv": jnp.asarray(w)})["conv"]
+  oihw = np.transpose(w, (3, 2, 0, 1))
+  expected = np.transpose(_scion_spectral_conv(oihw), (2, 3, 1, 0))
+  np.testing.assert_allclose(out, expected, rtol=2e-5, atol=2e-6)
+
+
+def test_spectral_conv_1d():
+  w = _normal(2, (3, 4, 6))  # (width, in, out)
+  dn = ortho_optax.DimensionNumbers((0, 1), 2)
+  out = _dual("spectral_conv", {"c": jnp.asarray(w)}, dimension_numbers=dn)
+  expected = _polar(w.reshape(12, 6)).reshape(w.shape) * math.sqrt(6 / 4) / 3
+  np.testing.assert_allclose(out["c"], expected, rtol=2e-5, atol=2e-6)
+
+
+def test_bias_rms_matches_scion():
+  b = _normal(3, (7,))
+  out = _dual("bias_rms", {"b": jnp.asarray(b)})["b"]
+  np.testing.assert_allclose(out, _scion_bias_rms(b), rtol=1e-5)
+  np.testing.assert_allclose(np.sqrt(np.mean(np.square(out))), 1.0, rtol=1e-5)
+
+
+def test_auto_picks_by_rank():
+  tree = {
+      "b": jnp.asarray(_normal(4, (5,))),
+      "w": jnp.asarray(_normal(5, (5, 3))),
+      "conv": jnp.asarray(_normal(6, (3, 3, 2, 4))),
+  }
+  auto = _dual("auto", tree)
+  explicit = _dual(
+      {"b": "bias_rms", "w": "spectral", "conv": "spectral_conv"}, tree
+  )
+  for k in tree:
+    np.testing.assert_allclose(auto[k], explicit[k], rtol=1e-6, atol=1e-7)
+
+
+# ----------------------------------------------------- dual-norm identities
+
+
+def _nuclear(x):
+  return float(np.sum(np.linalg.svd(np.asarray(x, np.float64), compute_uv=False)))
+
+
+@pytest.mark.parametrize(
+    "norm, dual_norm",
+    [
+        (LMONorm("spectral", unit=True), _nuclear),
+        ("frobenius", lambda x: float(np.linalg.norm(x))),
+        (LMONorm("sign", unit=True), lambda x: float(np.sum(np.abs(x)))),
+        (LMONorm("sign", normalized=False), lambda x: float(np.sum(np.abs(x)))),
+    ],
+)
+def test_inner_product_is_dual_norm(norm, dual_norm):
+  d = _normal(7, (6, 4))
+  out = _dual(norm, {"w": jnp.asarray(d)})["w"]
+  np.testing.assert_allclose(
+      np.vdot(d.astype(np.float64), np.asarray(out, np.float64)),
+      dual_norm(d),
+      rtol=1e-5,
+  )
+
+
+def test_scion_spectral_inner_product_is_scaled_nuclear_norm():
+  d = _normal(8, (6, 4))  # fan_in 6, fan_out 4
+  out = _dual("spectral", {"w": jnp.asarray(d)})["w"]
+  np.testing.assert_allclose(
+      np.vdot(d, out), math.sqrt(4 / 6) * _nuclear(d), rtol=1e-5
+  )
+
+
+@pytest.mark.parametrize("norm", [n for n in _lmo.NORMS])
+@pytest.mark.parametrize("c", [0.01, 7.0])
+def test_scale_invariance(norm, c):
+  tree = {
+      "w": jnp.asarray(_normal(9, (6, 4))),
+      "b": jnp.asarray(_normal(10, (4,))),
+  }
+  scaled = jax.tree.map(lambda x: c * x, tree)
+  a, b = _dual(norm, tree), _dual(norm, scaled)
+  for k in tree:
+    np.testing.assert_allclose(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+
+def test_frobenius_is_per_matrix_for_stacked_layers():
+  w = _normal(11, (3, 4, 5))  # (layers, in, out)
+  out = _dual("frobenius", {"w": jnp.asarray(w)})["w"]
+  np.testing.assert_allclose(
+      np.linalg.norm(np.asarray(out), axis=(1, 2)), np.ones(3), rtol=1e-5
+  )
+
+
+def test_vector_leaf_is_a_row_matrix():
+  # A bias maps the constant input 1: a 1 x n matrix, whose Scion spectral
+  # dual sqrt(n) b / ||b|| is BiasRMS.
+  b = _normal(12, (9,))
+  spectral = _dual("spectral", {"b": jnp.asarray(b)})["b"]
+  np.testing.assert_allclose(spectral, _scion_bias_rms(b), rtol=1e-5)
+  sign = _dual("sign", {"b": jnp.asarray(b)})["b"]
+  np.testing.assert_array_equal(sign, np.sign(b))
+
+
+# ------------------------------------------------ trees, radii, callables
+
+
+def test_tree_norms_and_radii():
+  tree = {
+      "w": jnp.asarray(_normal(13, (6, 4))),
+      "head": jnp.asarray(_normal(14, (4, 10))),
+      "b": jnp.asarray(_normal(15, (4,))),
+  }
+  norms = {"w": "spectral", "head": "sign", "b": None}
+  radii = {"w": 3.0, "head": 10.0, "b": 5.0}
+  out = _dual(norms, tree, radius=radii)
+  np.testing.assert_allclose(
+      out["w"], 3.0 * _scion_spectral(np.asarray(tree["w"]).T).T, rtol=2e-5,
+      atol=2e-6,
+  )
+  np.testing.assert_allclose(out["head"], 10.0 * np.sign(tree["head"]) / 4)
+  np.testing.assert_array_equal(out["b"], tree["b"])  # None: unchanged
+  # Callables of the params give the same.
+  out2 = _dual(lambda p: norms, tree, radius=lambda p: radii)
+  for k in tree:
+    np.testing.assert_allclose(out[k], out2[k])
+
+
+def test_prefix_tree_norms():
+  tree = {"block": {"a": jnp.ones((3, 3)), "b": jnp.ones((3, 5))},
+          "out": jnp.ones((5, 2))}
+  out = _dual({"block": "frobenius", "out": "sign"}, tree, radius=2.0)
+  np.testing.assert_allclose(out["block"]["a"], 2.0 * np.ones((3, 3)) / 3)
+  np.testing.assert_allclose(out["out"], 2.0 * np.ones((5, 2)) / 5)
+
+
+def test_inside_partition_and_jit():
+  tree = {"w": jnp.asarray(_normal(16, (4, 4))), "b": jnp.ones(4)}
+  tx = optax.partition(
+      {
+          "lmo": ortho_optax.scale_by_lmo(
+              {"w": "spectral", "b": "sign"}, method="polar_svd"
+          ),
+          "sgd": optax.sgd(1.0),
+      },
+      {"w": "lmo", "b": "sgd"},
+  )
+  state = tx.init(tree)
+  out, _ = jax.jit(tx.update)(tree, state, tree)
+  np.testing.assert_allclose(out["w"], _polar(tree["w"]), atol=1e-5)
+  np.testing.assert_allclose(out["b"], -np.ones(4))
+
+
+def test_bf16_keeps_dtype():
+  tree = {"w": jnp.ones((4, 6), jnp.bfloat16), "b": jnp.ones(6, jnp.bfloat16)}
+  out = _dual("auto", tree)
+  assert out["w"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.bfloat16
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_unknown_norm_raises_at_construction():
+  with pytest.raises(ValueError, match="`norm`"):
+    ortho_optax.scale_by_lmo("nuclear")
+  with pytest.raises(ValueError, match="`norm`"):
+    ortho_optax.scale_by_lmo({"w": "spectral", "b": "l1"})
+  with pytest.raises(ValueError, match="`norm`"):
+    LMONorm("rms")
+
+
+def test_negative_radius_raises():
+  with pytest.raises(ValueError, match="`radius`"):
+    ortho_optax.scale_by_lmo("sign", radius=-1.0)
+
+
+# --------------------------------------------------------------- presets
+
+
+def _mlp_tree():
+  return {
+      "layers_0": {"kernel": jnp.zeros((8, 16)), "bias": jnp.zeros(16)},
+      "layers_1": {"kernel": jnp.zeros((16, 16)), "bias": jnp.zeros(16)},
+      "layers_2": {"kernel": jnp.zeros((16, 3)), "bias": jnp.zeros(3)},
+  }
+
+
+def test_scion_norms_mlp_roles():
+  norms, radii = ortho_optax.scion_norms(_mlp_tree(), "mlp")
+  assert norms["layers_0"]["kernel"] == LMONorm("spectral", max=True)
+  assert norms["layers_1"]["kernel"] == LMONorm("spectral")
+  assert norms["layers_2"]["kernel"] == LMONorm("sign")
+  assert norms["layers_0"]["bias"] == LMONorm("bias_rms")
+  assert radii["layers_2"]["kernel"] == 2.0**10
+  assert radii["layers_1"]["kernel"] == 1.0
+
+
+def test_scion_norms_gpt_roles_by_name():
+  tree = {
+      "wte": {"embedding": jnp.zeros((32, 8))},
+      "block": {"attn": {"kernel": jnp.zeros((8, 8))},
+                "norm": {"scale": jnp.ones(8)}},
+      "lm_head": {"kernel": jnp.zeros((8, 32))},
+  }
+  norms, radii = ortho_optax.scion_norms(tree, "gpt")
+  assert norms["wte"]["embedding"] == LMONorm("sign", normalized=False)
+  assert radii["wte"]["embedding"] == 1.0
+  assert norms["block"]["attn"]["kernel"] == LMONorm("spectral")
+  assert radii["block"]["attn"]["kernel"] == 3.0
+  assert norms["lm_head"]["kernel"] == LMONorm("sign")
+  assert radii["lm_head"]["kernel"] == 10.0
+  assert norms["block"]["norm"]["scale"] == LMONorm("bias_rms")
+
+
+def test_scion_norms_patterns_and_unknown_preset():
+  norms, _ = ortho_optax.scion_norms(
+      _mlp_tree(), "cnn", output_pattern="layers_1"
+  )
+  assert norms["layers_1"]["kernel"] == LMONorm("sign")
+  assert norms["layers_2"]["kernel"] == LMONorm("auto")
+  with pytest.raises(ValueError, match="`preset`"):
+    ortho_optax.scion_norms(_mlp_tree(), "vit")
