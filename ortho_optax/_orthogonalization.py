@@ -11,6 +11,7 @@ import optax
 from ortho_optax import _checks
 from ortho_optax import _orthogonalize
 from ortho_optax import _routing
+from ortho_optax import _sharding
 
 
 def scale_by_orthogonalization(
@@ -18,7 +19,7 @@ def scale_by_orthogonalization(
     method: str = "auto",
     dimension_numbers=None,
     rules: _routing.Rules = None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     **engine_options,
 ) -> optax.GradientTransformation:
   r"""Replaces each matrix update by (an approximation of) its polar factor.
@@ -39,8 +40,15 @@ def scale_by_orthogonalization(
       a tree of them (``None`` leaves pass through), or a callable
       ``params -> tree``. ``optax.contrib.MuonDimensionNumbers`` works too.
     rules: routing overrides, see :func:`label_params`.
-    sharding: where the matrices are orthogonalized across devices.
-      ``None``: leave it to XLA.
+    sharding: where the matrices are orthogonalized across devices:
+      ``None`` (leave it to XLA), ``"gather"`` (each matrix gathered whole
+      and orthogonalized on every device), ``"distribute"`` (same-shape
+      matrices stacked and spread over the devices, each device
+      orthogonalizing whole matrices, results returned to each parameter's
+      sharding), or a :class:`ShardingOptions` (mesh, axes, a size limit
+      for matrices too large for one device, target shardings). Every
+      strategy gives the single-device result; see
+      :mod:`ortho_optax._sharding` for the costs and how the mesh is found.
     **engine_options: options of the engine (``coeffs``, ``steps``,
       ``normalization``, ``eps``, ``compute_dtype``, ``restarts``, ...).
 
@@ -52,10 +60,7 @@ def scale_by_orthogonalization(
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   _checks.check_choice(method, "method", _orthogonalize.METHODS)
-  if sharding is not None:
-    raise ValueError(
-        f"Unknown `sharding` {sharding!r}; accepted values are (None,)."
-    )
+  sharding = _sharding.canonicalize(sharding)
   # Surface bad engine options now rather than at the first update.
   jax.eval_shape(
       lambda: _orthogonalize.orthogonalize(
@@ -74,7 +79,7 @@ def scale_by_orthogonalization(
   def update_fn(updates, state, params=None):
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
-    updates = _routing.map_matrix_groups(engine, updates, dns)
+    updates = _sharding.map_matrix_groups(engine, updates, dns, sharding)
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)

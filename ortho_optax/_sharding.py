@@ -1,0 +1,491 @@
+"""Sharding: where each matrix is orthogonalized when the updates are sharded.
+
+Routing turns a tree of updates into stacks of same-shape matrices
+``(N, m, n)`` (:func:`ortho_optax._routing.group_matrices`); this module
+decides on which devices each stack is orthogonalized, with JAX's own SPMD
+machinery (``jax.lax.with_sharding_constraint``, ``jax.sharding.auto_axes``)
+under ``jax.jit``. There is no hand-written communication: every transfer is
+a layout change that XLA lowers to collectives.
+
+Strategies (``sharding=`` of :func:`scale_by_orthogonalization`):
+
+* ``None``: leave it to XLA. Newton-Schulz runs on the updates as they are
+  sharded; with matrix axes sharded, XLA inserts collectives inside every
+  step, and replicated matrices are orthogonalized on every device.
+* ``"gather"``: each stack is constrained to be replicated, orthogonalized
+  on every device, and constrained back (Moonlight's "Distributed Muon").
+  One all-gather of the updates per step; every device does all the work.
+* ``"distribute"``: the stack, padded with zero matrices to a multiple of
+  the device count ``W`` (zeros map to zeros), is resharded to
+  ``P(axes, None, None)``: each device holds ``N / W`` whole matrices,
+  orthogonalizes them, and the results go back to each parameter's own
+  sharding. The Essential AI / Dion "layer sharding" scheme. Norms are
+  taken on whole matrices, so the result equals the single-device one.
+
+  When the updates' layouts are known (see below), matrices are stacked
+  by shape *and* by where their rows and columns are sharded
+  (:func:`matrix_spec`), and each stack moves in steps that XLA lowers to
+  one collective each: ``(None, rows, cols) -> (cols, rows, None) ->
+  (cols + rows, None, None)`` (two all-to-alls from a 2-D sharded matrix,
+  one from an FSDP-sharded one), then any mesh axis the matrices are
+  replicated over splits the stack further (a local slice); the way back
+  retraces the steps (an all-gather over the replicated axes, then the
+  all-to-alls). Two stacks of one shape whose layouts differ are merged
+  when that saves padding. Without known layouts the stack gets the final
+  constraint alone and XLA finds a path (good on 1-D meshes, worse on
+  2-D ones).
+
+A matrix too large for one device: ``ShardingOptions(max_matrix_bytes=...)``
+keeps every group whose single matrix is larger than that many bytes
+sharded along its long side, ``P(None, None, axes)`` in the wide
+orientation, instead of gathering it: each Newton-Schulz step then
+multiplies local column blocks and all-reduces the small ``m x m`` Gram
+matrix (``A = X X^T``); ``B X`` needs no communication. Memory per device
+is ``m n / W + O(m^2)`` instead of ``m n``, at the price of one all-reduce
+of ``m^2`` elements per step (``steps * m^2`` in all, against ``m n`` for
+one gather).
+
+How the mesh is found, in order: ``ShardingOptions.mesh``; the mesh in the
+updates' types (``jax.typeof(x).sharding.mesh``: always set under Explicit
+axes, and under Auto axes when the jitted function's inputs are committed
+to a mesh); the ambient mesh of ``jax.set_mesh``; the ``.sharding`` of
+concrete (not traced) updates. With none of these and more than one
+device, ``"gather"``/``"distribute"`` raise; on one device they are a
+no-op.
+
+Where the results go (the parameters' own sharding):
+
+* Explicit mesh axes (sharding in types): each update's type names its
+  sharding exactly. The whole step runs inside
+  ``jax.sharding.auto_axes(..., out_sharding=<the updates' shardings>)``,
+  so each result has its update's sharding, and ``None`` works too on
+  matrices sharded along their matrix axes (where ``optax.contrib.muon``
+  raises ``ShardingTypeError``).
+* Auto mesh axes: types carry no sharding under ``jax.jit``. Results are
+  constrained to ``ShardingOptions.param_shardings`` when given, to the
+  concrete updates' shardings when called outside ``jit``, and otherwise
+  left to XLA, whose propagation takes the layout from the consumer, e.g.
+  ``optax.apply_updates(params, updates)`` with sharded params, or the
+  jit's ``out_shardings``. A jitted function that returns the updates
+  themselves with nothing to pin them gets replicated updates: pass
+  ``param_shardings`` or ``out_shardings`` there.
+
+The shardings known this way (types, ``param_shardings``, concrete arrays)
+are also the layouts that "distribute" plans its steps from; Auto axes
+under ``jit`` without ``param_shardings`` get XLA's own path. Explicit
+axes are the robust choice: nothing to pass, exact layouts, exact results.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import AxisType
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from ortho_optax import _routing
+
+STRATEGIES = (None, "gather", "distribute")
+
+
+class ShardingOptions(NamedTuple):
+  """How :func:`scale_by_orthogonalization` spreads its work over devices.
+
+  ``sharding="distribute"`` is ``ShardingOptions("distribute")``.
+
+  Attributes:
+    strategy: ``None``, ``"gather"`` or ``"distribute"`` (module docstring).
+    mesh: a ``jax.sharding.Mesh`` or ``AbstractMesh``; ``None`` finds it
+      from the updates' types, ``jax.set_mesh``, or concrete updates.
+    axes: mesh axis name(s) the stacks are spread over (``"distribute"``)
+      and long sides are split over (large matrices); ``None``: every
+      mesh axis that is not ``Manual``.
+    max_matrix_bytes: matrices larger than this (one matrix, in bytes) are
+      never gathered whole: they are orthogonalized sharded along their long
+      side. ``None``: no limit.
+    param_shardings: Auto axes only: a tree like the updates (or a prefix
+      of it, or a callable ``updates -> tree``) of ``NamedSharding`` /
+      ``PartitionSpec`` / ``None`` to constrain the results to.
+  """
+
+  strategy: str | None = "distribute"
+  mesh: Any = None
+  axes: str | Sequence[str] | None = None
+  max_matrix_bytes: int | None = None
+  param_shardings: Any = None
+
+
+def canonicalize(sharding) -> ShardingOptions:
+  """Checks ``sharding`` and returns it as :class:`ShardingOptions`."""
+  if isinstance(sharding, ShardingOptions):
+    options = sharding
+  elif sharding is None or isinstance(sharding, str):
+    options = ShardingOptions(sharding)
+  else:
+    raise TypeError(
+        "`sharding` must be None, 'gather', 'distribute' or a"
+        f" ShardingOptions, got {sharding!r}."
+    )
+  if options.strategy not in STRATEGIES:
+    raise ValueError(
+        f"Unknown `sharding` strategy {options.strategy!r}; accepted values"
+        f" are {STRATEGIES}."
+    )
+  if options.max_matrix_bytes is not None and options.max_matrix_bytes < 0:
+    raise ValueError(
+        "`max_matrix_bytes` must be None or >= 0, got"
+        f" {options.max_matrix_bytes}."
+    )
+  if options.mesh is not None and not hasattr(options.mesh, "axis_names"):
+    raise TypeError(
+        f"`mesh` must be a jax.sharding.Mesh or AbstractMesh, got"
+        f" {options.mesh!r}."
+    )
+  return options
+
+
+def _type_sharding(x):
+  """The ``NamedSharding`` in ``x``'s type, or ``None``."""
+  try:
+    s = jax.typeof(x).sharding
+  except (AttributeError, TypeError):
+    return None
+  if isinstance(s, NamedSharding) and s.mesh.axis_names:
+    return s
+  return None
+
+
+def _concrete_sharding(x):
+  """The sharding of a concrete (not traced) array, or ``None``."""
+  if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+    s = getattr(x, "sharding", None)
+    if isinstance(s, NamedSharding):
+      return s
+  return None
+
+
+def find_mesh(leaves, mesh=None):
+  """The mesh the transform works on, or ``None`` (see module docstring)."""
+  if mesh is not None:
+    return mesh
+  for x in leaves:
+    s = _type_sharding(x)
+    if s is not None:
+      return s.mesh
+  ambient = jax.sharding.get_abstract_mesh()
+  if ambient.axis_names:
+    return ambient
+  for x in leaves:
+    s = _concrete_sharding(x)
+    if s is not None:
+      return s.mesh
+  return None
+
+
+def _explicit_axes(mesh) -> tuple[str, ...]:
+  return tuple(
+      a
+      for a, t in zip(mesh.axis_names, mesh.axis_types)
+      if t == AxisType.Explicit
+  )
+
+
+def _work_axes(mesh, axes) -> tuple[str, ...]:
+  if axes is None:
+    return tuple(
+        a
+        for a, t in zip(mesh.axis_names, mesh.axis_types)
+        if t != AxisType.Manual and mesh.shape[a] > 1
+    )
+  axes = (axes,) if isinstance(axes, str) else tuple(axes)
+  for a in axes:
+    if a not in mesh.axis_names:
+      raise ValueError(
+          f"Unknown mesh axis {a!r} in `axes`; the mesh has axes"
+          f" {tuple(mesh.axis_names)}."
+      )
+  return axes
+
+
+def _has_explicit(x) -> bool:
+  s = _type_sharding(x)
+  return s is not None and bool(_explicit_axes(s.mesh))
+
+
+def _param_targets(options, updates, leaves_index, mesh):
+  """Per matrix leaf: the sharding to constrain the result to, or None."""
+  if options.param_shardings is None:
+    return [None] * len(leaves_index)
+  tree = options.param_shardings
+  if callable(tree):
+    tree = tree(updates)
+  is_target = lambda s: s is None or isinstance(s, (NamedSharding, P))  # noqa: E731
+  full = jax.tree_util.tree_map(
+      lambda s, x: jax.tree_util.tree_map(
+          lambda _: s, x, is_leaf=_routing._is_masked
+      ),
+      tree,
+      updates,
+      is_leaf=is_target,
+  )
+  flat = jax.tree_util.tree_leaves(full, is_leaf=is_target)
+  out = []
+  for i in leaves_index:
+    s = flat[i]
+    if isinstance(s, P):
+      s = NamedSharding(mesh, s)
+    out.append(s)
+  return out
+
+
+def _spec_axes(entry) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def matrix_spec(shape, dn, spec):
+  """Where a leaf's matrix ``(B, m, n)`` (wide orientation) is sharded.
+
+  Args:
+    shape: the leaf's shape.
+    dn: its dimension numbers.
+    spec: its ``PartitionSpec``.
+
+  Returns:
+    ``(row_axes, col_axes)``, the mesh axes sharding the rows and columns
+    of the wide-oriented matrix, or ``None`` when the layout does not map
+    onto ``(B, m, n)`` cleanly: a sharded batch axis, an unconstrained
+    entry, or a reshape merging two sharded axes (or a sharded axis that is
+    not the major one of the merged group).
+  """
+  ndim = len(shape)
+  entries = list(spec) + [None] * (ndim - len(spec))
+  if any(e is P.UNCONSTRAINED for e in entries):
+    return None
+  axes_of = [_spec_axes(e) for e in entries]
+  batch, red, out = _routing.normalize_dimension_numbers(dn, ndim)
+
+  def merged(dims):
+    sharded = [d for d in dims if axes_of[d]]
+    if not sharded:
+      return ()
+    major = [d for d in dims if shape[d] > 1]
+    if len(sharded) == 1 and major and sharded[0] == major[0]:
+      return axes_of[sharded[0]]
+    return None
+
+  b, r, c = merged(batch), merged(red), merged(out)
+  if b is None or r is None or c is None or b:
+    return None
+  if math.prod(shape[a] for a in red) > math.prod(shape[a] for a in out):
+    r, c = c, r
+  return r, c
+
+
+def _p(*entries):
+  return P(*(e if e else None for e in entries))
+
+
+def _distribute_path(layout, axes, mesh):
+  """Layouts from the stack's own to whole matrices, one all-to-all each."""
+  if layout is None:
+    return [_p(tuple(axes), (), ())], tuple(axes)
+  rows, cols = layout
+  dim0 = cols + rows + tuple(a for a in axes if a not in cols + rows)
+  dim0 = tuple(a for a in dim0 if mesh.shape[a] > 1)
+  path = [
+      _p((), rows, cols),
+      _p(cols, rows, ()),  # the column axes move to the stack axis
+      _p(cols + rows, (), ()),  # then the row axes
+      _p(dim0, (), ()),  # replicated axes split the stack: a local slice
+  ]
+  unique = [path[0]]
+  for spec in path[1:]:
+    if spec != unique[-1]:
+      unique.append(spec)
+  return unique, dim0
+
+
+def _plan(members, layouts, strategy, axes, mesh):
+  """Splits one shape's matrices into stacks: ``[(layout, members), ...]``.
+
+  ``"gather"`` and the large-matrix path keep one stack per layout (no
+  conversion). ``"distribute"`` does too unless merging saves padded
+  slots (``ceil(n1 / W) + ceil(n2 / W) > ceil((n1 + n2) / W)``, e.g. the
+  up and down projections of a few layers under FSDP, which are sharded
+  along different sides once oriented wide); then the stack takes the
+  layout of its largest part and the other matrices are resharded to it.
+  With ``None`` (or no mesh) there is one stack per shape.
+  """
+  if strategy is None or mesh is None or not axes:
+    return [(None, list(members))]
+  by_layout: dict = {}
+  for j in members:
+    by_layout.setdefault(layouts[j], []).append(j)
+  plans = list(by_layout.items())
+  if strategy != "distribute" or len(plans) == 1 or None in by_layout:
+    return plans
+
+  def slots(layout, count):
+    _, dim0 = _distribute_path(layout, axes, mesh)
+    width = math.prod(mesh.shape[a] for a in dim0)
+    return -(-count // width)
+
+  apart = sum(slots(layout, len(js)) for layout, js in plans)
+  target = max(plans, key=lambda p: len(p[1]))[0]
+  if slots(target, len(members)) < apart:
+    return [(target, list(members))]
+  return plans
+
+
+def _constrain(x, mesh, spec):
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def _process_stack(fn, stack, options, mesh, axes, layout):
+  """Orthogonalizes one ``(N, m, n)`` stack where the strategy says.
+
+  ``layout`` is the stack's ``(row_axes, col_axes)`` when known (see
+  :func:`matrix_spec`), else ``None``.
+  """
+  strategy = options.strategy
+  if strategy is None or mesh is None or not axes:
+    return fn(stack)
+  m, n = stack.shape[-2:]
+  nbytes = m * n * jnp.dtype(stack.dtype).itemsize
+  if options.max_matrix_bytes is not None and nbytes > options.max_matrix_bytes:
+    # Too large to hold whole: split the long side, all-reduce the Gram.
+    spec = _p((), (), tuple(axes))
+    return _constrain(fn(_constrain(stack, mesh, spec)), mesh, spec)
+  if strategy == "gather":
+    spec = P()
+    return _constrain(fn(_constrain(stack, mesh, spec)), mesh, spec)
+  path, dim0 = _distribute_path(layout, axes, mesh)
+  width = math.prod(mesh.shape[a] for a in dim0)
+  count = stack.shape[0]
+  padded = -(-count // width) * width
+  if padded != count:
+    # Zero matrices orthogonalize to zero matrices: padding is harmless.
+    stack = jnp.concatenate(
+        [stack, jnp.zeros((padded - count, m, n), stack.dtype)], axis=0
+    )
+  for spec in path:
+    stack = _constrain(stack, mesh, spec)
+  out = _constrain(fn(stack), mesh, path[-1])
+  for spec in reversed(path[:-1]):
+    out = _constrain(out, mesh, spec)
+  return out[:count]
+
+
+def map_matrix_groups(fn, updates, dns, options: ShardingOptions):
+  """Like :func:`_routing.map_matrix_groups`, placing the work by ``options``.
+
+  Matrices are grouped by shape (as in routing) and, within a shape, by
+  where their rows and columns are sharded (:func:`matrix_spec`), so each
+  stack changes layout with one collective per step.
+
+  Args:
+    fn: batched ``(N, m, n) -> (N, m, n)``, applied to whole matrices.
+    updates: the update tree.
+    dns: its dimension-numbers tree (``None`` leaves pass through).
+    options: where to run ``fn``, see :class:`ShardingOptions`.
+
+  Returns:
+    The tree with every matrix leaf replaced by ``fn``'s result, each with
+    its update's sharding (see the module docstring for Auto mesh axes).
+  """
+  leaves, treedef = jax.tree_util.tree_flatten(
+      updates, is_leaf=_routing._is_masked
+  )
+  dn_leaves = treedef.flatten_up_to(dns)
+  index = [
+      i
+      for i, (x, dn) in enumerate(zip(leaves, dn_leaves))
+      if dn is not None and not _routing._is_masked(x)
+  ]
+  if not index:
+    return updates
+  mats = [leaves[i] for i in index]
+  mat_dns = [dn_leaves[i] for i in index]
+  mesh = find_mesh(mats, options.mesh)
+  if mesh is None and options.strategy is not None:
+    if jax.device_count() > 1:
+      raise ValueError(
+          f"sharding={options.strategy!r} needs a mesh, and none was found:"
+          " the updates' types carry none, no mesh is set with"
+          " jax.set_mesh, and the updates are traced. Pass"
+          " ShardingOptions(strategy, mesh=...), call under"
+          " `with jax.set_mesh(mesh):`, or use Explicit mesh axes."
+      )
+  axes = _work_axes(mesh, options.axes) if mesh is not None else ()
+  targets = _param_targets(options, updates, index, mesh)
+  explicit = mesh is not None and any(_has_explicit(x) for x in mats)
+  own = _type_sharding if explicit else _concrete_sharding
+  known = [t if t is not None else own(x) for t, x in zip(targets, mats)]
+  layouts = [
+      None if s is None else matrix_spec(x.shape, dn, s.spec)
+      for s, x, dn in zip(known, mats, mat_dns)
+  ]
+
+  def core(mats, inner_mesh):
+    # One routing group per leaf, so that stacks can be formed here by
+    # shape *and* layout.
+    pieces = [
+        _routing.group_matrices([x], [dn]) for x, dn in zip(mats, mat_dns)
+    ]
+    buckets: dict = {}
+    for j, (groups, _) in enumerate(pieces):
+      stack = groups[0].stack
+      key = (stack.shape[-2:], jnp.dtype(stack.dtype).name)
+      buckets.setdefault(key, []).append(j)
+    results = [None] * len(mats)
+    for key in sorted(buckets):
+      for layout, members in _plan(
+          buckets[key], layouts, options.strategy, axes, inner_mesh
+      ):
+        parts = []
+        for j in members:
+          part = pieces[j][0][0].stack
+          if layout is not None and layouts[j] != layout:
+            part = _constrain(part, inner_mesh, _p((), *layout))
+          parts.append(part)
+        stack = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        out = _process_stack(fn, stack, options, inner_mesh, axes, layout)
+        offset = 0
+        for j, part in zip(members, parts):
+          groups, context = pieces[j]
+          count = part.shape[0]
+          results[j] = _routing.ungroup_matrices(
+              [out[offset : offset + count]], groups, context
+          )[0]
+          offset += count
+    return results
+
+  if explicit:
+    explicit_axes = _explicit_axes(mesh)
+
+    def auto_core(mats):
+      # Inside auto_axes the Explicit axes are Auto: XLA places everything
+      # and the results come back with ``out_sharding``.
+      return core(mats, jax.sharding.get_abstract_mesh())
+
+    out = jax.sharding.auto_axes(
+        auto_core, axes=explicit_axes, out_sharding=known
+    )(mats)
+  else:
+    out = core(mats, mesh)
+    out = [
+        y if s is None or mesh is None else
+        jax.lax.with_sharding_constraint(y, s)
+        for y, s in zip(out, known)
+    ]
+  for i, y in zip(index, out):
+    leaves[i] = y
+  return jax.tree_util.tree_unflatten(treedef, leaves)
