@@ -19,6 +19,7 @@ from ortho_optax._elementwise_norm import (
 )
 from ortho_optax._flops import count_matmul_flops as count_matmul_flops
 from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax._hlo import collective_bytes as collective_bytes
 from ortho_optax._lmo import LMONorm as LMONorm
 from ortho_optax._lmo import scale_by_lmo as scale_by_lmo
 from ortho_optax._momentum import ScaleByMomentumState as ScaleByMomentumState
@@ -54,6 +55,7 @@ from ortho_optax._routing import label_params as label_params
 from ortho_optax._scion import scion as scion
 from ortho_optax._scion import scion_norms as scion_norms
 from ortho_optax._shape import scale_by_shape as scale_by_shape
+from ortho_optax._sharding import ShardingOptions as ShardingOptions
 from ortho_optax._trust_region import trust_region as trust_region
 
 __version__ = "0.1.0"
@@ -66,10 +68,12 @@ __all__ = (
     "ScaleByMomentumState",
     "DimensionNumbers",
     "ScaleByNeuronNormState",
+    "ShardingOptions",
     "adamuon",
     "auon",
     "auon_orthogonalize",
     "clip_by_quantile",
+    "collective_bytes",
     "count_matmul_flops",
     "dimension_numbers_tree",
     "gram_newton_schulz",
