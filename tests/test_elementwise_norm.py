@@ -1,0 +1,37 @@
+"""Tests of scale_by_elementwise_norm (AdaMuon's second moment)."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ortho_optax
+
+
+def _normal(seed, shape):
+  return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
+
+
+def test_matches_numpy_and_rms():
+  tx = ortho_optax.scale_by_elementwise_norm(0.9, 1e-8, rms=0.2)
+  state = tx.init({"w": jnp.zeros((6, 4)), "b": jnp.zeros(4)})
+  assert isinstance(state.nu["b"], optax.MaskedNode)
+  v = np.zeros((6, 4))
+  for step in range(4):
+    o = _normal(step, (6, 4))
+    out, state = tx.update({"w": jnp.asarray(o), "b": jnp.ones(4)}, state)
+    v = 0.9 * v + 0.1 * o.astype(np.float64) ** 2
+    o_hat = o / (np.sqrt(v) + 1e-8)
+    expected = o_hat * 0.2 * np.sqrt(24) / (np.linalg.norm(o_hat) + 1e-8)
+    np.testing.assert_allclose(out["w"], expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.sqrt(np.mean(np.asarray(out["w"]) ** 2)), 0.2, rtol=1e-5
+    )
+    np.testing.assert_array_equal(out["b"], np.ones(4))
+
+
+def test_bad_arguments_raise():
+  with pytest.raises(ValueError, match="`beta`"):
+    ortho_optax.scale_by_elementwise_norm(-0.1)
+  with pytest.raises(ValueError, match="`rms`"):
+    ortho_optax.scale_by_elementwise_norm(rms=-1.0)
