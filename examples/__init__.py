@@ -1,0 +1,1 @@
+"""Examples of ortho_optax: digits classifiers, a byte-level LM, comparisons."""

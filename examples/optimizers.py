@@ -1,0 +1,204 @@
+"""The examples' optimizer registry: an optimizer is chosen by name.
+
+* ``adamw``: :func:`optax.adamw` on every parameter.
+* ``optax_muon``: :func:`optax.contrib.muon`, with ``muon_weight_dimension_numbers``
+  routing embeddings, heads and non-matrix leaves to its Adam branch (the
+  split of the reference Muon; the same path rules as ``ortho_optax``).
+* any other name: ``getattr(ortho_optax, name)``, e.g. ``muon``, ``normuon``.
+
+Every factory is called as ``factory(learning_rate, **kwargs)``. The learning
+rate schedule is applied as a multiplier on the final update, so it scales
+every learning rate of the optimizer (e.g. both Muon's and its Adam branch's)
+by the same warmup/decay shape.
+"""
+
+import inspect
+import math
+
+import jax
+import ml_collections
+import optax
+
+import ortho_optax
+
+# Path components naming embeddings and output heads (kept on Adam).
+EMBED_HEAD_NAMES = frozenset({
+    "embed", "embedding", "embeddings", "wte", "wpe", "lm_head", "head",
+    "logits", "unembed", "unembedding", "output_head",
+})
+
+
+def _path_names(path) -> list[str]:
+  names = []
+  for k in path:
+    for attr in ("key", "name", "idx"):
+      if hasattr(k, attr):
+        names.append(str(getattr(k, attr)).lower())
+        break
+  return names
+
+
+def is_embedding_or_head(path) -> bool:
+  """Whether a leaf's path names an embedding table or an output head."""
+  return any(
+      n in EMBED_HEAD_NAMES or "embed" in n for n in _path_names(path)
+  )
+
+
+def muon_dimension_numbers(params):
+  """``MuonDimensionNumbers`` per leaf; ``None`` sends a leaf to Adam."""
+  dn = optax.contrib.MuonDimensionNumbers
+
+  def one(path, x):
+    if x.ndim < 2 or is_embedding_or_head(path):
+      return None
+    if x.ndim == 2:
+      return dn(reduction_axis=0, output_axis=1)
+    if x.ndim == 4:  # Flax HWIO convolution kernel: (kh * kw * in, out).
+      return dn(reduction_axis=(0, 1, 2), output_axis=3)
+    return None
+
+  return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _optax_muon(learning_rate, **kwargs):
+  kwargs.setdefault("muon_weight_dimension_numbers", muon_dimension_numbers)
+  return optax.contrib.muon(learning_rate, **kwargs)
+
+
+_BUILTIN = {
+    "adamw": optax.adamw,
+    "optax_muon": _optax_muon,
+}
+
+# The ortho_optax optimizers the examples and the comparison know about.
+ORTHO_OPTAX_NAMES = (
+    "muon", "turbo_muon", "normuon", "adamuon", "root", "auon", "hybrid_auon",
+    "scion", "trust_region",
+)
+
+
+# Peak learning rates used when `optimizer.learning_rate` is None: the
+# published defaults (spec optimizers.md §13), tuned on the LM example where
+# examples/compare.py has measured them. Optimizers with the Moonlight update
+# scale (0.2 * sqrt(max(fan_in, fan_out))) take AdamW-like learning rates.
+DEFAULT_LEARNING_RATES = {
+    "adamw": 3e-3,
+    "optax_muon": 0.02,
+    "muon": 0.02,
+    "turbo_muon": 0.02,
+    "normuon": 0.02,
+    "adamuon": 0.02,
+    "root": 3e-3,
+    "auon": 0.05,
+    "hybrid_auon": 0.02,
+    "scion": 0.02,
+    "trust_region": 0.02,
+}
+# The learning rate of the AdamW branch (embeddings, heads, 1-D leaves) of the
+# orthogonalizing optimizers, when they take `adam_learning_rate` and the
+# configuration does not set it: AdamW's own default.
+DEFAULT_ADAM_LEARNING_RATE = 3e-3
+
+
+def default_learning_rate(name: str) -> float:
+  """The peak learning rate used for ``name`` when none is configured."""
+  return DEFAULT_LEARNING_RATES.get(name, 0.02)
+
+
+def resolved_learning_rate(config: ml_collections.ConfigDict) -> float:
+  """``config.learning_rate``, or the default of ``config.name`` if None."""
+  if config.learning_rate is None:
+    return default_learning_rate(config.name)
+  return config.learning_rate
+
+
+def resolve_kwargs(name: str, kwargs) -> dict:
+  """``kwargs`` plus ``adam_learning_rate`` when the factory takes it."""
+  kwargs = dict(kwargs or {})
+  if name != "adamw" and accepts(name, "adam_learning_rate"):
+    kwargs.setdefault("adam_learning_rate", DEFAULT_ADAM_LEARNING_RATE)
+  return kwargs
+
+
+def available(name: str) -> bool:
+  """Whether ``name`` resolves to an optimizer in this installation."""
+  return name in _BUILTIN or callable(getattr(ortho_optax, name, None))
+
+
+def get_factory(name: str):
+  """The factory ``name(learning_rate, **kwargs)`` for an optimizer name."""
+  if name in _BUILTIN:
+    return _BUILTIN[name]
+  factory = getattr(ortho_optax, name, None)
+  if not callable(factory):
+    known = sorted(_BUILTIN) + [
+        n for n in ORTHO_OPTAX_NAMES if callable(getattr(ortho_optax, n, None))
+    ]
+    raise ValueError(
+        f"`optimizer.name`={name!r} is neither a built-in example optimizer"
+        f" nor in this ortho_optax ({ortho_optax.__version__}); available:"
+        f" {', '.join(known)}."
+    )
+  return factory
+
+
+def accepts(name: str, kwarg: str) -> bool:
+  """Whether the factory of ``name`` has a named parameter ``kwarg``."""
+  factory = optax.contrib.muon if name == "optax_muon" else get_factory(name)
+  return kwarg in inspect.signature(factory).parameters
+
+
+def lr_multiplier(
+    schedule: str, total_steps: int, warmup_steps: int
+) -> optax.Schedule:
+  """A schedule shape with peak 1: linear warmup, then ``schedule``."""
+  warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
+  decay_steps = max(total_steps - warmup_steps, 1)
+  if schedule == "constant":
+    after = optax.constant_schedule(1.0)
+  elif schedule == "cosine":
+    after = optax.cosine_decay_schedule(1.0, decay_steps, alpha=0.0)
+  elif schedule == "linear":
+    after = optax.linear_schedule(1.0, 0.0, decay_steps)
+  else:
+    raise ValueError(
+        "`optimizer.schedule` must be one of 'constant', 'cosine', 'linear';"
+        f" got {schedule!r}."
+    )
+  if warmup_steps == 0:
+    return after
+  warm = optax.linear_schedule(1.0 / (warmup_steps + 1), 1.0, warmup_steps)
+  return optax.join_schedules([warm, after], [warmup_steps])
+
+
+def create_optimizer(
+    config: ml_collections.ConfigDict, total_steps: int
+) -> optax.GradientTransformation:
+  """Builds the optimizer described by ``config`` (the ``optimizer`` field).
+
+  Args:
+    config: ``name``, ``learning_rate`` (``None``: the optimizer's entry in
+      ``DEFAULT_LEARNING_RATES``), ``kwargs`` (passed to the factory),
+      ``schedule``, ``warmup_steps`` (an int, or a float fraction of
+      ``total_steps``) and ``grad_clip_norm`` (``0`` disables clipping).
+    total_steps: the length of the run, for the schedule.
+
+  Returns:
+    ``chain(clip, factory(learning_rate, **kwargs), scale_by_schedule)``.
+  """
+  factory = get_factory(config.name)
+  warmup = config.warmup_steps
+  if isinstance(warmup, float):
+    warmup = int(math.ceil(warmup * total_steps))
+  parts = []
+  if config.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+  parts.append(factory(
+      resolved_learning_rate(config),
+      **resolve_kwargs(config.name, config.kwargs),
+  ))
+  parts.append(optax.scale_by_schedule(
+      lr_multiplier(config.schedule, total_steps, warmup)
+  ))
+  return optax.chain(*parts)

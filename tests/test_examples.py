@@ -1,0 +1,101 @@
+"""The examples run end to end: metrics, checkpoints, plot and resume.
+
+Each example's default configuration is loaded, shrunk to a few steps and a
+tiny model, and trained in ``tmp_path``.
+"""
+
+import importlib
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from examples import train  # noqa: E402
+
+
+def _config(name: str, steps: int = 4):
+  """``configs/<name>.py``'s default configuration, shrunk to ``steps``."""
+  config = importlib.import_module(f"configs.{name}").get_config()
+  config.num_train_steps = steps
+  config.log_every_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.progress_bar = False
+  if config.task == "lm":
+    config.batch_size = 4
+    config.data.seq_len = 16
+    config.eval.num_sequences = 8
+    config.eval.batch_size = 8
+    config.model.d_model = 16
+    config.model.num_layers = 1
+    config.model.num_heads = 2
+  else:
+    config.batch_size = 16
+    config.model.hidden = 16
+  return config
+
+
+def _records(workdir, split):
+  return [r for r in train.read_metrics(workdir) if r["split"] == split]
+
+
+@pytest.mark.parametrize(
+    "name,optimizer",
+    [
+        ("digits_mlp", "adamw"),
+        ("digits_cnn", "optax_muon"),
+        ("lm", "optax_muon"),
+    ],
+)
+def test_default_config_runs(tmp_path, name, optimizer):
+  config = _config(name)
+  config.optimizer.name = optimizer
+  summary = train.train_and_evaluate(config, tmp_path)
+
+  assert summary["final_step"] == 4 and summary["start_step"] == 0
+  assert [r["step"] for r in _records(tmp_path, "train")] == [2, 4]
+  evals = _records(tmp_path, "eval")
+  assert [r["step"] for r in evals] == [2, 4]
+  assert all(np.isfinite(r["loss"]) for r in evals)
+  if config.task == "digits":
+    assert 0.0 <= evals[-1]["accuracy"] <= 1.0
+  assert (tmp_path / "checkpoints" / "4").is_dir()
+  assert (tmp_path / train.PLOT_FILE).stat().st_size > 0
+  saved = json.loads((tmp_path / train.SUMMARY_FILE).read_text())
+  assert saved["best_eval_loss"] == min(r["loss"] for r in evals)
+
+
+def test_resume_continues_at_saved_step(tmp_path):
+  """4 steps, then resume to 6, equals 6 uninterrupted steps."""
+  def config(steps):
+    c = _config("digits_mlp", steps)
+    c.optimizer.name = "optax_muon"
+    c.optimizer.schedule = "constant"  # The same for both lengths.
+    c.checkpoint_every_steps = 4
+    return c
+
+  straight = train.train_and_evaluate(config(6), tmp_path / "straight")
+  train.train_and_evaluate(config(4), tmp_path / "resumed")
+  resumed = train.train_and_evaluate(config(6), tmp_path / "resumed")
+
+  assert resumed["start_step"] == 4 and resumed["final_step"] == 6
+  steps = [r["step"] for r in _records(tmp_path / "resumed", "train")]
+  assert steps == [2, 4, 6]  # Nothing repeated or lost.
+  np.testing.assert_allclose(
+      resumed["final_eval"]["loss"], straight["final_eval"]["loss"],
+      rtol=1e-5,
+  )
+
+
+def test_resume_with_another_optimizer_is_a_clear_error(tmp_path):
+  train.train_and_evaluate(_config("digits_mlp", 2), tmp_path)
+  config = _config("digits_mlp", 4)
+  config.optimizer.name = "optax_muon"
+  with pytest.raises(ValueError, match="does not match"):
+    train.train_and_evaluate(config, tmp_path)
