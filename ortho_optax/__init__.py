@@ -44,6 +44,7 @@ from ortho_optax._orthogonalize import (
 from ortho_optax._orthogonalize import select_method as select_method
 from ortho_optax._polar import orthogonality_error as orthogonality_error
 from ortho_optax._polar import polar_svd as polar_svd
+from ortho_optax._pome import pome as pome
 from ortho_optax._qk_clip import qk_clip as qk_clip
 from ortho_optax._robust import clip_by_quantile as clip_by_quantile
 from ortho_optax._root import root as root
@@ -86,6 +87,7 @@ __all__ = (
     "orthogonalize",
     "orthogonalize_flops",
     "polar_svd",
+    "pome",
     "qk_clip",
     "root",
     "scale_by_elementwise_norm",
