@@ -20,6 +20,7 @@ from ortho_optax._elementwise_norm import (
 from ortho_optax._flops import count_matmul_flops as count_matmul_flops
 from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
 from ortho_optax._hlo import collective_bytes as collective_bytes
+from ortho_optax._hlo import matmul_flops as compiled_matmul_flops
 from ortho_optax._lmo import LMONorm as LMONorm
 from ortho_optax._lmo import scale_by_lmo as scale_by_lmo
 from ortho_optax._momentum import ScaleByMomentumState as ScaleByMomentumState
@@ -75,6 +76,7 @@ __all__ = (
     "auon_orthogonalize",
     "clip_by_quantile",
     "collective_bytes",
+    "compiled_matmul_flops",
     "count_matmul_flops",
     "dimension_numbers_tree",
     "gram_newton_schulz",

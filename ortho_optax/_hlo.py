@@ -145,6 +145,89 @@ def _parse(text: str):
   return comps, entry
 
 
+def _shapes(comps) -> dict[str, str]:
+  return {
+      name: shape
+      for instrs in comps.values()
+      for name, shape, *_ in instrs
+  }
+
+
+def _multiplicities(comps, entry) -> tuple[dict[str, int], int]:
+  """How many times each computation runs per call of the entry."""
+  if entry is None:
+    raise ValueError("No ENTRY computation in the HLO text.")
+  mult: dict[str, int] = {}
+  unknown = 0
+
+  def visit(comp: str, times: int):
+    nonlocal unknown
+    mult[comp] = mult.get(comp, 0) + times
+    for _, _, opcode, _, attrs in comps.get(comp, ()):
+      callees = _CALLEE.findall(attrs)
+      for group in _BRANCHES.findall(attrs):
+        callees += re.findall(r"%([^\s,}]+)", group)
+      factor = 1
+      if opcode == "while":
+        trip = _TRIP.search(attrs)
+        if trip:
+          factor = int(trip.group(1))
+        else:
+          unknown += 1
+      for callee in callees:
+        if callee in comps:
+          visit(callee, times * factor)
+
+  visit(entry, 1)
+  return mult, unknown
+
+
+def _dims(shape: str) -> list[int]:
+  m = _ARRAY.search(shape)
+  if not m:
+    return []
+  return [int(d) for d in m.group(2).split(",") if d]
+
+
+def matmul_flops(hlo_text: str) -> int:
+  """Matmul FLOPs that one device runs, loops counted by their trip counts.
+
+  Sums ``2 * prod(result dims) * prod(contracted dims)`` over every
+  ``dot`` of the per-device compiled program (fusion bodies included),
+  each times the trip counts of the loops around it. Unlike
+  ``cost_analysis()["flops"]``, which counts a loop body once, this
+  counts a 5-step Newton-Schulz ``scan`` 5 times; unlike it, it ignores
+  elementwise work. Real dots only (complex ones count as real).
+
+  Args:
+    hlo_text: ``jax.jit(f).lower(*args).compile().as_text()``.
+
+  Returns:
+    The FLOP count.
+  """
+  comps, entry = _parse(hlo_text)
+  shapes = _shapes(comps)
+  mult, _ = _multiplicities(comps, entry)
+  total = 0
+  for comp, instrs in comps.items():
+    times = mult.get(comp, 0)
+    for _, shape, opcode, operands, attrs in instrs:
+      if opcode != "dot" or not times or not operands:
+        continue
+      contracting = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", attrs)
+      lhs = _dims(shapes.get(operands[0], ""))
+      k = 1
+      if contracting:
+        for d in contracting.group(1).split(","):
+          if d:
+            k *= lhs[int(d)]
+      out = 1
+      for d in _dims(shape):
+        out *= d
+      total += 2 * out * k * times
+  return total
+
+
 def collective_bytes(hlo_text: str) -> CollectiveStats:
   """Bytes that one device sends and receives through collectives.
 
@@ -172,36 +255,8 @@ def collective_bytes(hlo_text: str) -> CollectiveStats:
     A :class:`CollectiveStats`.
   """
   comps, entry = _parse(hlo_text)
-  shapes = {}
-  for instrs in comps.values():
-    for name, shape, *_ in instrs:
-      shapes[name] = shape
-
-  # How many times each computation runs per call of the entry.
-  mult: dict[str, int] = {}
-  unknown = 0
-
-  def visit(comp: str, times: int):
-    nonlocal unknown
-    mult[comp] = mult.get(comp, 0) + times
-    for _, _, opcode, _, attrs in comps.get(comp, ()):
-      callees = _CALLEE.findall(attrs)
-      for group in _BRANCHES.findall(attrs):
-        callees += re.findall(r"%([^\s,}]+)", group)
-      factor = 1
-      if opcode == "while":
-        trip = _TRIP.search(attrs)
-        if trip:
-          factor = int(trip.group(1))
-        else:
-          unknown += 1
-      for callee in callees:
-        if callee in comps:
-          visit(callee, times * factor)
-
-  if entry is None:
-    raise ValueError("No ENTRY computation in the HLO text.")
-  visit(entry, 1)
+  shapes = _shapes(comps)
+  mult, unknown = _multiplicities(comps, entry)
 
   by_op: dict[str, int] = {}
   count: dict[str, int] = {}
