@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import jax
 import optax
 
@@ -105,3 +107,34 @@ def matrix_and_adam(
   return tx
 
 
+def variant_of(base, **defaults):
+  """Gives a ``f(learning_rate, *, ..., **kwargs)`` wrapper ``base``'s signature.
+
+  ``optax.inject_hyperparams`` binds the factory's signature and calls it
+  with every bound argument by keyword; a bare ``**kwargs`` would then be
+  passed on as one argument named ``kwargs`` (``base() got an unexpected
+  keyword argument 'kwargs'``). The decorated wrapper advertises ``base``'s
+  parameters with ``defaults`` replacing some of their defaults, so
+  ``inject_hyperparams`` (and ``help``) see every argument.
+
+  Args:
+    base: the optimizer the wrapper forwards to.
+    **defaults: the wrapper's own defaults, by parameter name.
+
+  Returns:
+    A decorator.
+  """
+  sig = inspect.signature(base)
+  unknown = set(defaults) - set(sig.parameters)
+  if unknown:
+    raise ValueError(f"{base.__name__} has no parameters {sorted(unknown)}.")
+  params = [
+      p.replace(default=defaults[p.name]) if p.name in defaults else p
+      for p in sig.parameters.values()
+  ]
+
+  def decorate(fn):
+    fn.__signature__ = sig.replace(parameters=params)
+    return fn
+
+  return decorate

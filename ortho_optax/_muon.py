@@ -187,6 +187,13 @@ def muon(
   )
 
 
+@_base.variant_of(
+    muon,
+    steps=4,
+    coeffs="turbo",
+    normalization="aol",
+    method="newton_schulz",
+)
 def turbo_muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
