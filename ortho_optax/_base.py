@@ -108,7 +108,7 @@ def matrix_and_adam(
 
 
 def variant_of(base, **defaults):
-  """Gives a ``f(learning_rate, *, ..., **kwargs)`` wrapper ``base``'s signature.
+  """Gives a ``f(learning_rate, **kwargs)`` wrapper ``base``'s signature.
 
   ``optax.inject_hyperparams`` binds the factory's signature and calls it
   with every bound argument by keyword; a bare ``**kwargs`` would then be

@@ -30,7 +30,9 @@ SHAPES = {"square": (6, 6), "wide": (4, 10), "tall": (12, 5)}
 
 
 def _params():
-  return {k: {"kernel": _normal(i, s)} for i, (k, s) in enumerate(SHAPES.items())}
+  return {
+      k: {"kernel": _normal(i, s)} for i, (k, s) in enumerate(SHAPES.items())
+  }
 
 
 def _grads(step):
@@ -136,9 +138,8 @@ def test_muon_reference_settings_match_keller_jordan_muon():
 
 def test_muon_default_differs_from_reference_but_is_close_in_direction():
   """The default engine (Polar Express) is not Muon's NS: not equal."""
-  got = _run(
-      ortho_optax.muon(LR, weight_decay=WD), jax.tree.map(jnp.asarray, _params())
-  )
+  tx = ortho_optax.muon(LR, weight_decay=WD)
+  got = _run(tx, jax.tree.map(jnp.asarray, _params()))
   want = _run_reference()
   k = "wide"
   delta_got = got[k]["kernel"] - _params()[k]["kernel"]
