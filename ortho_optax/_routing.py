@@ -39,6 +39,15 @@ EMBED_HEAD_NAMES = frozenset({
 })
 
 
+# Leaf names that are never matrices, whatever their rank.
+NON_MATRIX_NAMES = frozenset({"bias", "scale", "gain", "embedding_bias"})
+
+# Path components of Flax attention projections whose heads are kept as
+# separate axes: (in, heads, head_dim) and (heads, head_dim, out).
+ATTENTION_IN_NAMES = frozenset({"query", "key", "value", "qkv"})
+ATTENTION_OUT_NAMES = frozenset({"out", "o_proj", "out_proj"})
+
+
 class DimensionNumbers(NamedTuple):
   """Which axes of a leaf are its matrix's fan-in and fan-out.
 
@@ -120,6 +129,9 @@ def from_matrix(y: jax.Array, dn, shape) -> jax.Array:
 def _path_names(path) -> list[str]:
   names = []
   for k in path:
+    # Flax NNX Variables add a trailing `.value` attribute to every path.
+    if isinstance(k, jax.tree_util.GetAttrKey) and k.name == "value":
+      continue
     for attr in ("key", "name", "idx"):
       if hasattr(k, attr):
         names.append(str(getattr(k, attr)).lower())
@@ -140,11 +152,15 @@ def default_dimension_numbers(
 ) -> DimensionNumbers | None:
   """The default routing of one leaf (``None``: not orthogonalized).
 
-  * ``ndim < 2``, or a path naming an embedding or head: ``None``.
+  * ``ndim < 2``, a path naming an embedding or head, or a leaf named
+    ``bias``/``scale``/``gain`` (Flax attention biases are 2-D): ``None``.
   * 2-D ``(in, out)`` kernels: ``DimensionNumbers(0, 1)``.
   * 3-D: stacked layers ``(layers, in, out)``: ``DimensionNumbers(1, 2)``;
     when the path names a ``conv``, a 1-D conv kernel ``(width, in, out)``:
-    ``DimensionNumbers((0, 1), 2)``.
+    ``DimensionNumbers((0, 1), 2)``; Flax attention projections
+    (``query``/``key``/``value`` kernels ``(in, heads, head_dim)``:
+    ``DimensionNumbers(0, (1, 2))``; ``out`` kernels ``(heads, head_dim,
+    out)``: ``DimensionNumbers((0, 1), 2)``).
   * 4-D: a Flax HWIO conv kernel: ``DimensionNumbers((0, 1, 2), 3)``, i.e.
     ``(kh * kw * in, out)``.
   * 5-D and more: ``None`` (pass explicit dimension numbers).
@@ -152,10 +168,19 @@ def default_dimension_numbers(
   ndim = getattr(leaf, "ndim", 0)
   if ndim < 2 or (use_names and is_embedding_or_head(path)):
     return None
+  names = _path_names(path)
+  if names and names[-1] in NON_MATRIX_NAMES:
+    return None
   if ndim == 2:
     return DimensionNumbers(0, 1)
   if ndim == 3:
-    if any("conv" in n for n in _path_names(path)):
+    if any("conv" in n for n in names):
+      return DimensionNumbers((0, 1), 2)
+    # Flax's MultiHeadAttention keeps heads as separate axes; the matrix is
+    # the fused projection, as in the PyTorch references.
+    if any(n in ATTENTION_IN_NAMES for n in names):
+      return DimensionNumbers(0, (1, 2))
+    if any(n in ATTENTION_OUT_NAMES for n in names):
       return DimensionNumbers((0, 1), 2)
     return DimensionNumbers(1, 2)
   if ndim == 4:
