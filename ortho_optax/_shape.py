@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax
 import optax
 
 from ortho_optax import _checks
@@ -63,7 +64,7 @@ def scale_by_shape(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
   """
   _checks.check_choice(rule, "rule", SHAPE_RULES)
-  if rule == "moonlight":
+  if rule == "moonlight" and not isinstance(rms, jax.core.Tracer):
     _checks.check_nonnegative(rms, "rms")
 
   def init_fn(params):
