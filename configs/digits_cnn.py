@@ -30,6 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.restore_checkpoints = True
   # How many checkpoints to keep.
   config.max_checkpoints_to_keep = 2
+  # Fine-tuning: start from the model saved in this workdir ('' : fresh init).
+  config.init_from = ""
   # Show a tqdm progress bar with the loss and the throughput.
   config.progress_bar = True
   # Write loss.png with the loss curves at the end.

@@ -243,6 +243,39 @@ def _progress_bar(config, start_step: int):
   )
 
 
+def _checkpoint_manager(workdir: pathlib.Path, max_to_keep: int = 2):
+  return ocp.CheckpointManager(
+      workdir / "checkpoints",
+      options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+  )
+
+
+def load_model_state(model: nnx.Module, workdir, step: int | None = None):
+  """The model state saved in ``workdir``'s checkpoint (latest by default).
+
+  Args:
+    model: a model with the structure of the saved one (its values are not
+      used).
+    workdir: the ``workdir`` of a ``train_and_evaluate`` run.
+    step: which checkpoint; ``None`` is the latest.
+
+  Returns:
+    The saved ``nnx.state(model)``; apply it with ``nnx.update(model, state)``.
+  """
+  workdir = pathlib.Path(workdir).resolve()
+  mngr = _checkpoint_manager(workdir)
+  try:
+    step = mngr.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {workdir / 'checkpoints'}.")
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(nnx.state(model))
+    ))
+  finally:
+    mngr.close()
+  return restored["model"]
+
+
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
@@ -276,40 +309,41 @@ def train_and_evaluate(
   logging.info("%s: %d parameters, optimizer %s", config.model.name,
                num_params, config.optimizer.name)
 
-  # Checkpoints: resume from the latest one if there is one.
+  # Checkpoints: resume from the latest one if there is one; otherwise start
+  # from the model of `init_from` (another run's workdir) if it is set.
   mngr = None
   start_step = 0
   if config.save_checkpoints or config.restore_checkpoints:
-    mngr = ocp.CheckpointManager(
-        workdir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.max_checkpoints_to_keep, create=True
-        ),
-    )
-  if mngr is not None and config.restore_checkpoints:
-    latest = mngr.latest_step()
-    if latest is not None:
-      target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
-      try:
-        restored = mngr.restore(latest, args=ocp.args.StandardRestore(target))
-      except ValueError as e:
-        raise ValueError(
-            f"The checkpoint at step {latest} in {workdir / 'checkpoints'}"
-            " does not match this configuration's model and optimizer (was it"
-            " written with another `model` or `optimizer.name`?). Use a new"
-            " `--workdir`, or set `--config.restore_checkpoints=False`."
-        ) from e
-      nnx.update(model, restored["model"])
-      nnx.update(optimizer, restored["optimizer"])
-      start_step = int(optimizer.step[...])
-      logging.info("Resumed from the checkpoint at step %d.", start_step)
+    mngr = _checkpoint_manager(workdir, config.max_checkpoints_to_keep)
+  latest = mngr.latest_step() if mngr is not None else None
+  if latest is not None and config.restore_checkpoints:
+    target = {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+    try:
+      restored = mngr.restore(latest, args=ocp.args.Composite(**{
+          k: ocp.args.StandardRestore(v) for k, v in target.items()
+      }))
+    except ValueError as e:
+      raise ValueError(
+          f"The checkpoint at step {latest} in {workdir / 'checkpoints'}"
+          " does not match this configuration's model and optimizer (was it"
+          " written with another `model` or `optimizer.name`?). Use a new"
+          " `--workdir`, or set `--config.restore_checkpoints=False`."
+      ) from e
+    nnx.update(model, restored["model"])
+    nnx.update(optimizer, restored["optimizer"])
+    start_step = int(optimizer.step[...])
+    logging.info("Resumed from the checkpoint at step %d.", start_step)
+  elif config.get("init_from"):
+    nnx.update(model, load_model_state(model, config.init_from))
+    logging.info("Initialized the model from %s.", config.init_from)
   _reset_metrics(workdir, start_step if start_step else None)
   (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
 
   def save(step):
     if mngr is not None and config.save_checkpoints:
-      mngr.save(step, args=ocp.args.StandardSave(
-          {"model": nnx.state(model), "optimizer": nnx.state(optimizer)}
+      mngr.save(step, args=ocp.args.Composite(
+          model=ocp.args.StandardSave(nnx.state(model)),
+          optimizer=ocp.args.StandardSave(nnx.state(optimizer)),
       ))
 
   train_step = make_train_step(task.loss_fn)

@@ -99,3 +99,23 @@ def test_resume_with_another_optimizer_is_a_clear_error(tmp_path):
   config.optimizer.name = "optax_muon"
   with pytest.raises(ValueError, match="does not match"):
     train.train_and_evaluate(config, tmp_path)
+
+
+def test_pome_example(tmp_path):
+  from examples import pome_digits  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module("configs.pome_digits").get_config()
+  for c in (config.pretrain, config.finetune):
+    c.num_train_steps = 4
+    c.eval_every_steps = c.log_every_steps = c.checkpoint_every_steps = 4
+    c.model.hidden = 16
+    c.plot = False
+  config.pome.rank_ratios = (0.5,)
+  config.pome.alphas = (1.0,)
+  out = pome_digits.run(config, tmp_path)
+
+  names = [r["model"] for r in out["rows"]]
+  assert names == ["pretrained", "fine-tuned", "POME r=0.5 alpha=1"]
+  assert all(0.0 <= r["shifted_accuracy"] <= 1.0 for r in out["rows"])
+  assert (tmp_path / "pome.md").read_text() == out["report"]
+  assert (tmp_path / "finetune" / "checkpoints" / "4").is_dir()
