@@ -27,13 +27,21 @@ Strategies (``sharding=`` of :func:`scale_by_orthogonalization`):
   (:func:`matrix_spec`), and each stack moves in steps that XLA lowers to
   one collective each: ``(None, rows, cols) -> (cols, rows, None) ->
   (cols + rows, None, None)`` (two all-to-alls from a 2-D sharded matrix,
-  one from an FSDP-sharded one), then any mesh axis the matrices are
-  replicated over splits the stack further (a local slice); the way back
-  retraces the steps (an all-gather over the replicated axes, then the
-  all-to-alls). Two stacks of one shape whose layouts differ are merged
-  when that saves padding. Without known layouts the stack gets the final
-  constraint alone and XLA finds a path (good on 1-D meshes, worse on
-  2-D ones).
+  one from an FSDP-sharded one), then a mesh axis the matrices are
+  replicated over splits the stack further (a local slice) as long as
+  every device still gets a real matrix; the way back retraces the steps
+  (an all-gather over the replicated axes, then the all-to-alls). Two
+  stacks of one shape whose layouts differ are merged when that saves
+  padding. Without known layouts the stack gets the final constraint alone
+  and XLA finds a path (good on 1-D meshes, worse on 2-D ones).
+
+  Padding costs: the zero matrices travel through the all-to-alls too, so
+  a stack of ``N < W`` matrices moves about ``4 / N`` times its own bytes.
+  Stacks so small that gathering them moves fewer bytes
+  (``N (W + 1) < 4 W``: at most 3 matrices) are gathered instead, as the
+  spec of the scheme recommends. On a pod with far more devices than
+  layers, restrict ``ShardingOptions(axes=...)`` to the axes that shard
+  the parameters (e.g. ``"fsdp"``) so that ``W`` stays near ``N``.
 
 A matrix too large for one device: ``ShardingOptions(max_matrix_bytes=...)``
 keeps every group whose single matrix is larger than that many bytes
@@ -293,13 +301,25 @@ def _p(*entries):
   return P(*(e if e else None for e in entries))
 
 
-def _distribute_path(layout, axes, mesh):
-  """Layouts from the stack's own to whole matrices, one all-to-all each."""
+def _distribute_path(layout, axes, mesh, count):
+  """Layouts from the stack's own to whole matrices, one all-to-all each.
+
+  Returns the list of layouts and the axes that end up splitting the
+  stack. The axes that shard the matrices must split the stack (that is
+  what makes each matrix whole); a mesh axis the matrices are replicated
+  over splits it too, but only while there are enough matrices for every
+  device to get a real one (``count >= W``): splitting further would add
+  padding, and an all-gather on the way back, to save no work.
+  """
   if layout is None:
     return [_p(tuple(axes), (), ())], tuple(axes)
   rows, cols = layout
-  dim0 = cols + rows + tuple(a for a in axes if a not in cols + rows)
-  dim0 = tuple(a for a in dim0 if mesh.shape[a] > 1)
+  dim0 = tuple(a for a in cols + rows if mesh.shape[a] > 1)
+  width = math.prod(mesh.shape[a] for a in dim0)
+  for a in axes:
+    if a not in dim0 and mesh.shape[a] > 1 and count >= width * mesh.shape[a]:
+      dim0 += (a,)
+      width *= mesh.shape[a]
   path = [
       _p((), rows, cols),
       _p(cols, rows, ()),  # the column axes move to the stack axis
@@ -334,7 +354,7 @@ def _plan(members, layouts, strategy, axes, mesh):
     return plans
 
   def slots(layout, count):
-    _, dim0 = _distribute_path(layout, axes, mesh)
+    _, dim0 = _distribute_path(layout, axes, mesh, count)
     width = math.prod(mesh.shape[a] for a in dim0)
     return -(-count // width)
 
@@ -367,9 +387,15 @@ def _process_stack(fn, stack, options, mesh, axes, layout):
   if strategy == "gather":
     spec = P()
     return _constrain(fn(_constrain(stack, mesh, spec)), mesh, spec)
-  path, dim0 = _distribute_path(layout, axes, mesh)
-  width = math.prod(mesh.shape[a] for a in dim0)
   count = stack.shape[0]
+  path, dim0 = _distribute_path(layout, axes, mesh, count)
+  width = math.prod(mesh.shape[a] for a in dim0)
+  if count * (width + 1) < 4 * width:
+    # So few matrices that the padded all-to-alls (about 4 shards of one
+    # matrix each way per device) would move more than gathering them.
+    return _process_stack(
+        fn, stack, options._replace(strategy="gather"), mesh, axes, layout
+    )
   padded = -(-count // width) * width
   if padded != count:
     # Zero matrices orthogonalize to zero matrices: padding is harmless.

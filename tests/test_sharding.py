@@ -232,6 +232,17 @@ def test_two_dim_mesh_collective_bytes():
   assert set(stats.count) == {"all-to-all"}, stats
 
 
+def test_single_matrix_is_gathered_not_padded():
+  """One matrix on 8 devices: an all-gather beats 7 zero matrices' trips."""
+  mesh = make_mesh("fsdp8")
+  params = shard(make_tree(1), mesh, P("fsdp"))
+  text = compiled_text(functools.partial(updates_of, tx_for("distribute")),
+                       params)
+  stats = ortho_optax.collective_bytes(text)
+  assert set(stats.count) == {"all-gather"}, stats
+  assert stats.total <= 1.25 * param_bytes(params), stats
+
+
 def test_replicated_params_flops():
   """Plain data parallelism: each device orthogonalizes 1/8 of the stack."""
   n = 8

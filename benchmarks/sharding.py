@@ -1,0 +1,271 @@
+r"""Where the orthogonalization runs: sharding strategies on 8 CPU devices.
+
+A GPT-like parameter tree (embedding, ``L`` blocks of attention and MLP
+kernels, norms, LM head) sharded on two meshes of 8 fake CPU devices:
+
+* ``fsdp8``: 1-D ``fsdp`` mesh, every kernel sharded along its first axis;
+* ``fsdp2x4``: ``fsdp x model``; input projections ``P('fsdp', 'model')``,
+  output projections ``P('model', 'fsdp')`` (Megatron style).
+
+For each mesh, one optimizer step (``update`` + ``apply_updates``, jitted,
+parameters and state donated) of:
+
+* ``chain``: ``scale_by_orthogonalization`` + learning rate, on the hidden
+  matrices only, for each ``sharding`` strategy;
+* ``muon``: the named :func:`ortho_optax.muon` (AdamW on the rest), for each
+  strategy;
+* ``optax``: ``optax.contrib.muon`` with the same matrices routed to it.
+
+Our transforms run with Explicit mesh axes (the recommended mode: layouts
+are read from the types), optax with Auto axes (under Explicit axes it
+raises ``ShardingTypeError`` on these parameters; the row says so). All use
+plain Newton-Schulz in float32, 5 steps (ours: ``method="newton_schulz",
+coeffs="muon"``; optax's default coefficients), so the work is the same.
+
+Columns, per device:
+
+* ``GFLOP``: matmul FLOPs of the compiled per-device program, loops counted
+  by their trip counts (:func:`ortho_optax.compiled_matmul_flops`), the
+  forward-free optimizer step only;
+* ``collectives``: bytes through collectives (operand + result bytes of
+  every all-to-all / all-gather / all-reduce / reduce-scatter /
+  collective-permute, loops times trip counts;
+  :func:`ortho_optax.collective_bytes`), in MiB and as a multiple of the
+  bytes of the orthogonalized parameters (global, unsharded);
+* ``peak MiB``: ``memory_analysis()``: arguments + outputs + temporaries -
+  aliased (donated) buffers;
+* ``ms``: median wall time of one step over ``--repeats`` runs. The 8
+  devices share this machine's cores, so times measure total work, not a
+  pod's speed.
+
+Usage::
+
+  python benchmarks/sharding.py [--quick] [--out benchmarks/results/x.md]
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "")
+if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
+  os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+
+import argparse  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from jax.sharding import AxisType  # noqa: E402
+from jax.sharding import NamedSharding  # noqa: E402
+from jax.sharding import PartitionSpec as P  # noqa: E402
+
+import ortho_optax  # noqa: E402
+
+NS = {"method": "newton_schulz", "coeffs": "muon"}
+MESHES = {"fsdp8": ((8,), ("fsdp",)), "fsdp2x4": ((2, 4), ("fsdp", "model"))}
+STRATEGIES = (None, "gather", "distribute")
+
+
+def gpt_params(d_model: int, layers: int, vocab: int, key):
+  """A GPT-like tree; kernels are ``(in, out)`` as in Flax."""
+  keys = iter(jax.random.split(key, 6 * layers + 2))
+
+  def dense(i, o):
+    return jax.random.normal(next(keys), (i, o)) / jnp.sqrt(i)
+
+  params = {
+      "embed": {"embedding": dense(vocab, d_model)},
+      "lm_head": {"kernel": dense(d_model, vocab)},
+      "final_norm": {"scale": jnp.ones(d_model)},
+  }
+  for i in range(layers):
+    params[f"block{i}"] = {
+        "attn": {
+            "qkv": {"kernel": dense(d_model, 3 * d_model)},
+            "out": {"kernel": dense(d_model, d_model)},
+        },
+        "mlp": {
+            "up": {"kernel": dense(d_model, 4 * d_model)},
+            "down": {"kernel": dense(4 * d_model, d_model)},
+        },
+        "norm1": {"scale": jnp.ones(d_model)},
+        "norm2": {"scale": jnp.ones(d_model)},
+    }
+  return params
+
+
+def param_specs(params, mesh_name):
+  """FSDP (and Megatron-style model-parallel) specs for the tree."""
+
+  def spec(path, x):
+    key = jax.tree_util.keystr(path)
+    if x.ndim < 2:
+      return P()
+    if mesh_name == "fsdp8":
+      return P("fsdp", None)
+    if any(name in key for name in ("'out'", "'down'", "lm_head")):
+      return P("model", "fsdp")
+    return P("fsdp", "model")
+
+  return jax.tree_util.tree_map_with_path(spec, params)
+
+
+def is_hidden_matrix(path, x) -> bool:
+  return x.ndim == 2 and not ortho_optax._routing.is_embedding_or_head(path)
+
+
+def optimizers(params):
+  """``{(optimizer, strategy): GradientTransformation}``."""
+  labels = jax.tree_util.tree_map_with_path(
+      lambda p, x: "orthogonalize" if is_hidden_matrix(p, x) else "adam",
+      params,
+  )
+  out = {}
+  for strategy in STRATEGIES:
+    out["chain", strategy] = optax.partition(
+        {
+            "orthogonalize": optax.chain(
+                ortho_optax.scale_by_orthogonalization(
+                    sharding=strategy, **NS
+                ),
+                optax.scale_by_learning_rate(0.02),
+            ),
+            "adam": optax.set_to_zero(),
+        },
+        labels,
+    )
+    out["muon", strategy] = ortho_optax.muon(0.02, sharding=strategy, **NS)
+  dims = jax.tree_util.tree_map_with_path(
+      lambda p, x: optax.contrib.MuonDimensionNumbers(0, 1)
+      if is_hidden_matrix(p, x)
+      else None,
+      params,
+  )
+  out["optax", None] = optax.contrib.muon(
+      0.02, muon_weight_dimension_numbers=dims
+  )
+  return out
+
+
+def measure(tx, params, repeats: int):
+  state = tx.init(params)
+  grads = jax.tree.map(lambda x: jnp.cos(3.0 * x), params)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  fn = jax.jit(step, donate_argnums=(0, 1))
+  compiled = fn.lower(params, state, grads).compile()
+  text = compiled.as_text()
+  mem = compiled.memory_analysis()
+  peak = (
+      mem.argument_size_in_bytes
+      + mem.output_size_in_bytes
+      + mem.temp_size_in_bytes
+      - mem.alias_size_in_bytes
+  )
+  times = []
+  # Warm-up: the first call's outputs may be laid out differently from the
+  # freshly initialized inputs, so the second call can compile once more.
+  for _ in range(2):
+    params, state = fn(params, state, grads)
+  jax.block_until_ready(params)
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    params, state = fn(params, state, grads)
+    jax.block_until_ready(params)
+    times.append(time.perf_counter() - t0)
+  return {
+      "gflop": ortho_optax.compiled_matmul_flops(text) / 1e9,
+      "bytes": ortho_optax.collective_bytes(text).total,
+      "peak": peak,
+      "ms": 1e3 * statistics.median(times),
+  }
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true", help="a small tree")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--out", default=None, help="also write the table")
+  args = parser.parse_args(argv)
+  d_model, layers, vocab = (128, 2, 256) if args.quick else (256, 4, 512)
+  # Host copies: every mesh gets fresh buffers (the step donates them).
+  base = jax.tree.map(
+      np.asarray, gpt_params(d_model, layers, vocab, jax.random.key(0))
+  )
+  matrix_bytes = sum(
+      x.nbytes
+      for path, x in jax.tree_util.tree_leaves_with_path(base)
+      if is_hidden_matrix(path, x)
+  )
+  single = ortho_optax.orthogonalize_flops
+  ns_gflop = (
+      sum(
+          single(x.shape, **NS)
+          for path, x in jax.tree_util.tree_leaves_with_path(base)
+          if is_hidden_matrix(path, x)
+      )
+      / 1e9
+  )
+  lines = [
+      f"GPT-like tree: d_model={d_model}, {layers} blocks, vocab {vocab};"
+      f" {matrix_bytes / 2**20:.2f} MiB of hidden matrices (float32),"
+      f" Newton-Schulz on all of them = {ns_gflop:.2f} GFLOP on one device."
+      f" jax {jax.__version__}, optax {optax.__version__},"
+      f" {jax.device_count()} {jax.devices()[0].platform.upper()} devices"
+      f" on {os.cpu_count()} cores ({platform.machine()}).",
+      "",
+      "| mesh | axes | optimizer | sharding | GFLOP/device |"
+      " collectives MiB (x params) | peak MiB/device | ms/step |",
+      "|---|---|---|---|---:|---:|---:|---:|",
+  ]
+  txs = optimizers(base)
+  for mesh_name, (shape, names) in MESHES.items():
+    for optimizer, strategy in txs:
+      axis_type = AxisType.Auto if optimizer == "optax" else AxisType.Explicit
+      rows = [(axis_type, optimizer, strategy)]
+      if optimizer == "optax":
+        rows.append((AxisType.Explicit, optimizer, strategy))
+      for axis_type, optimizer, strategy in rows:
+        mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
+        specs = param_specs(base, mesh_name)
+        params = jax.tree.map(
+            lambda x, s, mesh=mesh: jax.device_put(x, NamedSharding(mesh, s)),
+            base,
+            specs,
+        )
+        tx = txs[optimizer, strategy]
+        cells = f"| {mesh_name} | {axis_type.name} | {optimizer} | {strategy} |"
+        try:
+          r = measure(tx, params, args.repeats)
+        except Exception as e:  # noqa: BLE001  (the table records it)
+          lines.append(f"{cells} {type(e).__name__} | | | |")
+          print(lines[-1], flush=True)
+          continue
+        lines.append(
+            f"{cells} {r['gflop']:.2f} |"
+            f" {r['bytes'] / 2**20:.1f} ({r['bytes'] / matrix_bytes:.2f}) |"
+            f" {r['peak'] / 2**20:.1f} | {r['ms']:.0f} |"
+        )
+        print(lines[-1], flush=True)
+  table = "\n".join(lines)
+  print()
+  print(table)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write("# Sharding strategies, one optimizer step\n\n")
+      f.write("Produced by `python benchmarks/sharding.py"
+              f" --out {args.out}`.\n\n")
+      f.write(table + "\n")
+
+
+if __name__ == "__main__":
+  main()
