@@ -233,23 +233,33 @@ def _param_targets(options, updates, leaves_index, mesh):
   tree = options.param_shardings
   if callable(tree):
     tree = tree(updates)
-  is_target = lambda s: s is None or isinstance(s, (NamedSharding, P))  # noqa: E731
-  full = jax.tree_util.tree_map(
-      lambda s, x: jax.tree_util.tree_map(
-          lambda _: s, x, is_leaf=_routing._is_masked
-      ),
-      tree,
-      updates,
-      is_leaf=is_target,
-  )
-  flat = jax.tree_util.tree_leaves(full, is_leaf=is_target)
-  out = []
-  for i in leaves_index:
-    s = flat[i]
-    if isinstance(s, P):
+
+  def is_target(s):
+    return (
+        s is None
+        or isinstance(s, (NamedSharding, P))
+        or _routing._is_masked(s)
+    )
+
+  flat = []
+
+  def expand(s, x):
+    # ``s`` covers the subtree ``x`` (a prefix tree broadcasts); masked
+    # leaves of ``updates`` count as leaves, as in the caller.
+    count = len(jax.tree_util.tree_leaves(x, is_leaf=_routing._is_masked))
+    if _routing._is_masked(s):
+      s = None
+    elif isinstance(s, P):
+      if mesh is None:
+        raise ValueError(
+            "`param_shardings` holds PartitionSpecs but no mesh was found;"
+            " pass NamedShardings or ShardingOptions(mesh=...)."
+        )
       s = NamedSharding(mesh, s)
-    out.append(s)
-  return out
+    flat.extend([s] * count)
+
+  jax.tree_util.tree_map(expand, tree, updates, is_leaf=is_target)
+  return [flat[i] for i in leaves_index]
 
 
 def _spec_axes(entry) -> tuple[str, ...]:

@@ -138,6 +138,25 @@ def test_auto_axes_with_param_shardings(mesh_name, strategy):
   assert_same_shardings(out, params)
 
 
+@pytest.mark.parametrize("form", ["callable", "prefix"])
+def test_param_shardings_through_a_named_optimizer(form):
+  """The transform sees muon's masked tree; targets still line up."""
+  mesh = make_mesh("fsdp2x4", AxisType.Auto)
+  spec = P("fsdp", "model")
+  params = shard(make_tree(3), mesh, spec)
+  if form == "callable":
+    targets = lambda u: jax.tree.map(  # noqa: E731
+        lambda x: spec if x.ndim == 2 else P(), u
+    )
+  else:
+    targets = NamedSharding(mesh, spec)
+  options = _sharding.ShardingOptions("distribute", param_shardings=targets)
+  tx = ortho_optax.muon(0.02, sharding=options, **ENGINE)
+  out, _ = jax.jit(tx.update)(params, tx.init(params), params)
+  for name in ("layer00", "layer01", "layer02"):
+    assert out[name]["w"].sharding.spec == spec
+
+
 @pytest.mark.parametrize("mesh_name", list(MESHES))
 def test_auto_axes_train_step_keeps_param_sharding(mesh_name):
   # No param_shardings: XLA takes the layout from apply_updates.
