@@ -11,6 +11,7 @@
 * ``config.json``: the configuration.
 """
 
+import functools
 import json
 import math
 import pathlib
@@ -27,6 +28,7 @@ from absl import logging
 from flax import nnx
 
 from examples import input_pipeline
+from examples import mesh as mesh_lib
 from examples import models
 from examples import optimizers
 
@@ -56,8 +58,13 @@ def lm_loss(model, batch):
   return loss.mean(), {"loss": loss.sum()}
 
 
+@functools.cache
 def make_train_step(loss_fn):
-  """An ``nnx.jit``-ed step: gradient, then ``optimizer.update`` in place."""
+  """An ``nnx.jit``-ed step: gradient, then ``optimizer.update`` in place.
+
+  Cached per loss, so runs of the same model and optimizer in one process
+  (a sweep, the tests) can share compilations.
+  """
 
   @nnx.jit
   def train_step(model, optimizer, batch):
@@ -69,6 +76,7 @@ def make_train_step(loss_fn):
   return train_step
 
 
+@functools.cache
 def make_eval_step(loss_fn):
   @nnx.jit
   def eval_step(model, batch):
@@ -301,6 +309,12 @@ def train_and_evaluate(
   model = models.create_model(
       config.model, num_outputs=task.num_outputs, rngs=nnx.Rngs(config.seed)
   )
+  # config.mesh: shard the parameters (and the optimizer state, built from
+  # them) FSDP-style over a device mesh; see examples/mesh.py.
+  mesh = mesh_lib.make_mesh(config.get("mesh"))
+  if mesh is not None:
+    mesh_lib.shard_model(model, mesh)
+    logging.info("Mesh %s.", mesh_lib.describe(mesh))
   tx = optimizers.create_optimizer(config.optimizer, total)
   optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
   num_params = sum(
@@ -364,6 +378,8 @@ def train_and_evaluate(
   try:
     for step in range(start_step + 1, total + 1):
       batch = task.train_batch(step - 1)
+      if mesh is not None:
+        batch = mesh_lib.shard_batch(batch, mesh)
       t0 = time.perf_counter()
       loss = train_step(model, optimizer, batch)
       pending.append(loss)

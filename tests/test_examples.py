@@ -119,3 +119,32 @@ def test_pome_example(tmp_path):
   assert all(0.0 <= r["shifted_accuracy"] <= 1.0 for r in out["rows"])
   assert (tmp_path / "pome.md").read_text() == out["report"]
   assert (tmp_path / "finetune" / "checkpoints" / "4").is_dir()
+
+
+def test_compare_writes_table_and_plot(tmp_path):
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  config = compare.comparison_config(_config("lm"))
+  out = compare.compare(
+      config, tmp_path, ["adamw", "optax_muon", "no_such_optimizer"],
+      lr_factors=[1.0], seeds=[0, 1],
+  )
+  rows = {r["optimizer"]: r for r in out["rows"]}
+  assert sorted(rows) == ["adamw", "optax_muon"]
+  assert rows["adamw"]["fraction_of_adamw_steps"] == 1.0
+  assert len(rows["optax_muon"]["seed_losses"]) == 2
+  table = (tmp_path / "compare.md").read_text()
+  assert "| optax_muon |" in table and "no_such_optimizer" in table
+  assert (tmp_path / "compare.png").stat().st_size > 0
+  # A second call reuses the finished runs.
+  again = compare.compare(config, tmp_path, ["adamw"], [1.0], [0, 1])
+  assert again["rows"][0]["best_val_loss"] == rows["adamw"]["best_val_loss"]
+
+
+def test_steps_to_reach_interpolates():
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  steps, losses = np.array([10.0, 20.0, 30.0]), np.array([3.0, 2.0, 1.0])
+  assert compare.steps_to_reach(steps, losses, 1.5) == 25.0
+  assert compare.steps_to_reach(steps, losses, 3.5) == 10.0
+  assert compare.steps_to_reach(steps, losses, 0.5) is None
