@@ -23,6 +23,11 @@ from examples import train  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints, plot.")
+flags.DEFINE_bool(
+    "distributed", False,
+    "Call jax.distributed.initialize() first: one process per host of a"
+    " multi-host job (TPU pod slice, several GPU hosts).",
+)
 config_flags.DEFINE_config_file(
     "config", None, "Path to a configuration file in configs/.",
     lock_config=True,
@@ -34,6 +39,8 @@ def main(argv):
     raise app.UsageError("Too many command-line arguments.")
   if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
+  if FLAGS.distributed:
+    jax.distributed.initialize()
   logging.info("JAX devices: %s", jax.local_devices())
   summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   print(
