@@ -117,9 +117,12 @@ class ShardingOptions(NamedTuple):
     max_matrix_bytes: matrices larger than this (one matrix, in bytes) are
       never gathered whole: they are orthogonalized sharded along their long
       side. ``None``: no limit.
-    param_shardings: Auto axes only: a tree like the updates (or a prefix
-      of it, or a callable ``updates -> tree``) of ``NamedSharding`` /
-      ``PartitionSpec`` / ``None`` to constrain the results to.
+    param_shardings: the shardings of the updates (and of the results): a
+      tree like the updates, a prefix of it, or a callable
+      ``updates -> tree``, of ``NamedSharding`` / ``PartitionSpec`` /
+      ``None`` (unknown). Needed under Auto axes inside ``jit`` for the
+      planned path and pinned results; under Explicit axes the types
+      already say it.
   """
 
   strategy: str | None = "distribute"
