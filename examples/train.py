@@ -46,7 +46,9 @@ def classification_loss(model, batch):
   logits = model(batch["x"])
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"])
   correct = jnp.argmax(logits, axis=-1) == batch["y"]
-  return loss.mean(), {"loss": loss.sum(), "correct": correct.sum()}
+  return loss.mean(), {
+      "loss": loss.sum(), "correct": correct.sum(), "count": loss.size
+  }
 
 
 def lm_loss(model, batch):
@@ -55,7 +57,7 @@ def lm_loss(model, batch):
   loss = optax.softmax_cross_entropy_with_integer_labels(
       logits.astype(jnp.float32), tokens[:, 1:]
   )
-  return loss.mean(), {"loss": loss.sum()}
+  return loss.mean(), {"loss": loss.sum(), "count": loss.size}
 
 
 @functools.cache
@@ -134,17 +136,13 @@ class Task:
 
   def evaluate(self, model) -> dict[str, float]:
     """Mean loss (and accuracy) over the whole held-out set."""
-    totals, count = {}, 0
+    totals = {}
     for batch in self.eval_batches():
-      out = self.eval_step(model, batch)
-      for k, v in out.items():
+      for k, v in self.eval_step(model, batch).items():
         totals[k] = totals.get(k, 0.0) + float(v)
-      first = next(iter(batch.values()))
-      count += first.shape[0] * (first.shape[1] - 1 if first.ndim == 2 and
-                                 self.config.task == "lm" else 1)
-    metrics = {"loss": totals["loss"] / count}
+    metrics = {"loss": totals["loss"] / totals["count"]}
     if "correct" in totals:
-      metrics["accuracy"] = totals["correct"] / count
+      metrics["accuracy"] = totals["correct"] / totals["count"]
     return metrics
 
 
