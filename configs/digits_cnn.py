@@ -1,7 +1,7 @@
 r"""A small CNN on scikit-learn's digits (8x8 images, 10 classes; no download).
 
   python examples/main.py --config=configs/digits_cnn.py --workdir=/tmp/cnn \
-    --config.optimizer.name=optax_muon --config.optimizer.learning_rate=0.02
+    --config.optimizer.name=adamw --config.optimizer.learning_rate=3e-3
 """
 
 import ml_collections
@@ -64,7 +64,7 @@ def get_config() -> ml_collections.ConfigDict:
   # any optimizer of ortho_optax ('muon', 'normuon', 'scion', ...).
   config.optimizer = ml_collections.ConfigDict()
   # Name of the optimizer (see examples/optimizers.py).
-  config.optimizer.name = "adamw"
+  config.optimizer.name = "muon"
   # Peak learning rate, the factory's first argument; None: the optimizer's
   # default in examples/optimizers.py (3e-3 for AdamW, 0.02 for Muon).
   config.optimizer.learning_rate = ml_collections.config_dict.placeholder(float)

@@ -20,8 +20,9 @@ from configs import digits_mlp
 def get_config() -> ml_collections.ConfigDict:
   """The default configuration of the POME example."""
   config = ml_collections.ConfigDict()
-  # Pretraining: the digits MLP example with its defaults (AdamW).
+  # Pretraining: the digits MLP example, with AdamW.
   config.pretrain = digits_mlp.get_config()
+  config.pretrain.optimizer.name = "adamw"
   config.pretrain.progress_bar = False
   # Fine-tuning: the same model, initialized from the pretrained one.
   config.finetune = digits_mlp.get_config()
@@ -29,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.finetune.data.shift = "roll"
   # A short fine-tuning run.
   config.finetune.num_train_steps = 150
-  # Fine-tuning learning rate (AdamW).
+  # Fine-tuning optimizer and learning rate.
+  config.finetune.optimizer.name = "adamw"
   config.finetune.optimizer.learning_rate = 1e-3
   # Fewer checkpoints.
   config.finetune.checkpoint_every_steps = 150
