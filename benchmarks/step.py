@@ -1,0 +1,269 @@
+r"""Cost of one optimizer step on a GPT-like parameter tree.
+
+The tree: ``wte`` embedding ``(V, d)``; ``L`` blocks, each with attention
+kernels ``q``, ``k``, ``v``, ``o`` ``(d, d)``, MLP kernels ``fc`` ``(d, 4d)``
+and ``proj`` ``(4d, d)``, two layer-norm scales ``(d,)``; a final norm; an
+untied ``lm_head`` ``(d, V)``. Full size: ``L = 12``, ``d = 768``,
+``V = 8192``; ``--quick``: ``L = 4``, ``d = 256``.
+
+Rows: every named optimizer of ortho_optax with its defaults;
+``optax.contrib.muon`` as a user calls it (default routing: every 2-D leaf,
+embedding and head included, goes to Muon); ``optax.contrib.muon`` with the
+embedding and head sent to its Adam via ``muon_weight_dimension_numbers``
+(the same leaves as our routing, for an apples-to-apples comparison); and
+``optax.adamw``.
+
+Columns:
+
+* ``GFLOP``: matmul FLOPs of the jitted ``update`` counted from its jaxpr,
+  every ``scan``/``fori_loop`` body times its trip count
+  (:func:`ortho_optax.count_matmul_flops`);
+* ``XLA GFLOP``: ``compiled.cost_analysis()["flops"]`` of the same program,
+  for comparison: XLA counts a loop body once, whatever its trip count, so
+  it under-counts iterative methods (and adds elementwise FLOPs);
+* ``ms``: median wall time of the jitted ``update`` over ``--repeats``
+  rounds; the rows are interleaved round by round, so load on the machine
+  hits every row alike;
+* ratios to ``optax.contrib.muon`` (default routing), from the same run;
+* ``polar err``: how far the first update (from zero state, at zero
+  params so that weight decay adds nothing) of each hidden matrix of block
+  0 (``q``, ``fc``, ``proj``) is from the exact polar factor of its
+  (Gaussian) gradient: ``orthogonality_error(c * y, g)["polar_error"]``
+  with ``c`` rescaling ``y`` to the polar factor's Frobenius norm
+  ``sqrt(min(m, n))`` (the learning rate and shape factors are not
+  orthogonality), averaged over the three. For a first step from zero state
+  every momentum form's input is proportional to ``g``. NorMuon and AdaMuon
+  renormalize the orthogonalized update per neuron / per element on
+  purpose, ROOT orthogonalizes the quantile-clipped momentum and AuON
+  only approximates the polar factor, so their errors are by design.
+
+Usage::
+
+  python benchmarks/step.py [--quick] [--dtype float32|bfloat16]
+      [--repeats N] [--out benchmarks/results/step_cpu_f32.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import ortho_optax
+
+MDN = optax.contrib.MuonDimensionNumbers
+BASELINE = "optax.contrib.muon"
+
+
+def gpt_shapes(layers: int, width: int, vocab: int) -> dict:
+  """The parameter tree's shapes (nested dicts of tuples)."""
+  d = width
+  tree = {"wte": {"embedding": (vocab, d)}}
+  for i in range(layers):
+    tree[f"block_{i}"] = {
+        "ln_1": {"scale": (d,)},
+        "attn": {k: {"kernel": (d, d)} for k in ("q", "k", "v", "o")},
+        "ln_2": {"scale": (d,)},
+        "mlp": {"fc": {"kernel": (d, 4 * d)}, "proj": {"kernel": (4 * d, d)}},
+    }
+  tree["ln_f"] = {"scale": (d,)}
+  tree["lm_head"] = {"kernel": (d, vocab)}
+  return tree
+
+
+def _is_shape(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(s, int) for s in x)
+
+
+def make_tree(shapes, dtype, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: jnp.asarray(
+          rng.standard_normal(s, dtype=np.float32) * 0.02, dtype
+      ),
+      shapes,
+      is_leaf=_is_shape,
+  )
+
+
+def optax_dimension_numbers(params):
+  """optax routing that matches ours: hidden matrices only."""
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  hidden = {
+      jax.tree_util.keystr(p)
+      for p, x in flat
+      if x.ndim == 2 and not any(
+          n in jax.tree_util.keystr(p) for n in ("wte", "lm_head")
+      )
+  }
+  return jax.tree_util.tree_map_with_path(
+      lambda p, x: MDN() if jax.tree_util.keystr(p) in hidden else None,
+      params,
+  )
+
+
+def optimizers(lr: float = 0.02) -> dict:
+  """Row name -> GradientTransformation."""
+  rows = {}
+  for name in NAMED:
+    kwargs = {"learning_rate": 2**-6 if name == "scion" else lr}
+    rows[name] = getattr(ortho_optax, name)(**kwargs)
+  rows[BASELINE] = optax.contrib.muon(lr)
+  rows[BASELINE + " (no embed/head)"] = optax.contrib.muon(
+      lr, muon_weight_dimension_numbers=optax_dimension_numbers
+  )
+  rows["optax.adamw"] = optax.adamw(lr)
+  return rows
+
+
+NAMED = (
+    "muon",
+    "turbo_muon",
+    "normuon",
+    "adamuon",
+    "root",
+    "auon",
+    "hybrid_auon",
+    "scion",
+    "trust_region",
+)
+# Leaves of block 0 whose orthogonality is reported.
+PROBES = (("attn", "q"), ("mlp", "fc"), ("mlp", "proj"))
+
+
+def polar_error(updates, grads) -> float:
+  errs = []
+  for group, name in PROBES:
+    y = jnp.asarray(updates["block_0"][group][name]["kernel"], jnp.float32)
+    g = jnp.asarray(grads["block_0"][group][name]["kernel"], jnp.float32)
+    # Updates are descent directions: -lr * scale * polar(g).
+    y = -y * (math.sqrt(min(y.shape)) / jnp.linalg.norm(y))
+    errs.append(float(ortho_optax.orthogonality_error(y, g)["polar_error"]))
+  return sum(errs) / len(errs)
+
+
+def benchmark(args) -> str:
+  layers, width = (4, 256) if args.quick else (args.layers, args.width)
+  dtype = jnp.dtype(args.dtype)
+  shapes = gpt_shapes(layers, width, args.vocab)
+  params = make_tree(shapes, dtype, 0)
+  grads = make_tree(shapes, dtype, 1)
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  n_params = sum(x.size for x in jax.tree.leaves(params))
+  txs = optimizers()
+  if args.only:
+    keep = set(args.only.split(","))
+    txs = {k: v for k, v in txs.items() if k in keep or k == BASELINE}
+
+  rows = {}
+  for name, tx in txs.items():
+    t0 = time.perf_counter()
+    state = tx.init(params)
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (grads, state, params))
+    flops = ortho_optax.count_matmul_flops(tx.update, *spec)
+    compiled = jax.jit(tx.update).lower(*spec).compile()
+    cost = compiled.cost_analysis()
+    if isinstance(cost, (list, tuple)):
+      cost = cost[0]
+    xla_flops = float(cost.get("flops", float("nan")))
+    jax.block_until_ready(compiled(grads, state, params))  # warm-up
+    err = float("nan")
+    if name != "optax.adamw":
+      # Zero params: no weight-decay term in the update.
+      updates, _ = compiled(grads, state, zeros)
+      err = polar_error(updates, grads)
+      del updates
+    rows[name] = dict(
+        fn=compiled, state=state, flops=flops, xla_flops=xla_flops,
+        err=err, times=[],
+    )
+    print(f"# {name}: compiled and warmed up in"
+          f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+
+  for r in range(args.repeats):
+    for row in rows.values():
+      t0 = time.perf_counter()
+      out = row["fn"](grads, row["state"], params)
+      jax.block_until_ready(out)
+      row["times"].append(time.perf_counter() - t0)
+      del out
+    print(f"# round {r + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+
+  base = rows[BASELINE]
+  base_ms = statistics.median(base["times"]) * 1e3
+  lines = [
+      "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | ms | time / optax"
+      " | polar err |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, row in rows.items():
+    ms = statistics.median(row["times"]) * 1e3
+    err = "—" if math.isnan(row["err"]) else f"{row['err']:.4f}"
+    lines.append(
+        f"| {name} | {row['flops'] / 1e9:.1f} | {row['xla_flops'] / 1e9:.1f}"
+        f" | {row['flops'] / base['flops']:.3f} | {ms:.0f}"
+        f" | {ms / base_ms:.3f} | {err} |"
+    )
+  caption = (
+      f"One optimizer step (jitted `update`) on a GPT-like tree: {layers}"
+      f" blocks, width {width}, vocabulary {args.vocab}"
+      f" ({n_params / 1e6:.1f} M parameters, {dtype.name}); median of"
+      f" {args.repeats} interleaved rounds. {platform.processor() or 'CPU'},"
+      f" {os.cpu_count()} cores, {jax.devices()[0].platform},"
+      f" jax {jax.__version__}, optax {optax.__version__},"
+      f" {datetime.date.today().isoformat()}.\n\n"
+      "GFLOP: matmul FLOPs counted from the jaxpr, loops times their trip"
+      " counts (`ortho_optax.count_matmul_flops`). XLA GFLOP:"
+      " `compiled.cost_analysis()`, which counts a loop body once whatever"
+      " its trip count (and includes elementwise FLOPs). Ratios are to"
+      f" `{BASELINE}` with its default routing (every 2-D leaf, embedding"
+      " and head included); the `(no embed/head)` row routes the same"
+      " leaves as ortho_optax. polar err: mean `polar_error` of the first"
+      " update (zero state, zero params: no weight-decay term) of block 0's"
+      " q, fc and proj kernels (Gaussian gradients), rescaled to the polar"
+      " factor's norm, against the exact polar factor of the gradient"
+      " (by design, NorMuon and AdaMuon renormalize the orthogonalized"
+      " update per neuron/element, ROOT orthogonalizes the quantile-clipped"
+      " momentum, and AuON only approximates the polar factor)."
+  )
+  return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="4 blocks of width 256")
+  parser.add_argument("--layers", type=int, default=12)
+  parser.add_argument("--width", type=int, default=768)
+  parser.add_argument("--vocab", type=int, default=8192)
+  parser.add_argument("--dtype", default="float32",
+                      choices=("float32", "bfloat16"))
+  parser.add_argument("--repeats", type=int, default=None,
+                      help="timed rounds (default 3, 10 with --quick)")
+  parser.add_argument("--only", default=None,
+                      help="comma-separated row names (baseline always)")
+  parser.add_argument("--out", default=None, help="also write the table here")
+  args = parser.parse_args(argv)
+  if args.repeats is None:
+    args.repeats = 10 if args.quick else 3
+  table = benchmark(args)
+  print(table)
+  if args.out:
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+      f.write(table)
+
+
+if __name__ == "__main__":
+  main()
