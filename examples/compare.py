@@ -21,6 +21,7 @@ skipped with a note.
 import copy
 import json
 import math
+import os
 import pathlib
 import statistics
 import sys
@@ -29,6 +30,7 @@ import time
 if __package__ in (None, ""):  # Run as a script: make `examples` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -164,7 +166,12 @@ def compare(config, workdir, names, lr_factors, seeds) -> dict:
   t_start = time.perf_counter()
   results = {}
   n_runs = len(names) * (len(lr_factors) + len(seeds) - 1)
-  done = 0
+  print(
+      f"{len(names)} optimizers x ({len(lr_factors)} learning rates + "
+      f"{len(seeds) - 1} more seeds) = {n_runs} runs of"
+      f" {config.num_train_steps} steps.", flush=True,
+  )
+  done, durations = 0, []
 
   def one(name, lr, seed):
     nonlocal done
@@ -172,11 +179,15 @@ def compare(config, workdir, names, lr_factors, seeds) -> dict:
     t0 = time.perf_counter()
     s = train_once(run_config(config, name, lr, seed), rdir)
     done += 1
+    took = "(reused)"
+    if not s["reused"]:
+      durations.append(time.perf_counter() - t0)
+      eta = statistics.mean(durations) * (n_runs - done) / 60
+      took = f"{durations[-1]:.0f} s, about {eta:.0f} min left"
     print(
         f"[{done}/{n_runs}] {name:13s} lr={lr:<8.3g} seed={seed}"
         f" best val {s['best_eval_loss']:.4f}"
-        f" {1e3 * (s['sec_per_step'] or 0):.0f} ms/step"
-        f" {'(reused)' if s['reused'] else f'{time.perf_counter() - t0:.0f} s'}",
+        f" {1e3 * (s['sec_per_step'] or 0):.0f} ms/step {took}",
         flush=True,
     )
     return s | {"dir": str(rdir)}
@@ -256,10 +267,11 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
       f" ({config.eval.num_sequences * config.data.seq_len:,} tokens), every"
       f" {config.eval_every_steps} steps. Sweep: learning rate x"
       f" {{{', '.join(f'{f:g}' for f in lr_factors)}}} around each default on"
-      f" seed {seeds[0]}; the best one rerun on seeds"
-      f" {', '.join(map(str, seeds[1:])) or '-'}; losses are means over"
-      f" {len(seeds)} seeds. Budget: {n_runs} runs, {wall / 60:.1f} min wall"
-      f" time on this machine."
+      f" seed {seeds[0]}"
+      + (f", the best one rerun on seed(s) {', '.join(map(str, seeds[1:]))};"
+         f" losses are means over {len(seeds)} seeds." if seeds[1:] else ".")
+      + f" Budget: {n_runs} runs, {wall / 60:.1f} min wall time on this"
+      f" machine ({os.cpu_count()} CPUs, {jax.default_backend()})."
   )
   lines = [
       caption, "",
@@ -268,12 +280,13 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
       " ms/step |",
       "|---|---|---|---|---|---|---|",
   ]
+  reach_none = "-" if adamw_best is None else "not reached"
   for r in rows:
     lines.append(
         f"| {r['optimizer']} | {r['best_lr']:.3g}"
         f"{' (edge)' if r['edge_of_sweep'] else ''} |"
         f" {r['best_val_loss']:.4f} | {r['seed_spread']:.4f} |"
-        f" {_fmt(r['steps_to_adamw_best'], '.0f', 'not reached')} |"
+        f" {_fmt(r['steps_to_adamw_best'], '.0f', reach_none)} |"
         f" {_fmt(r['fraction_of_adamw_steps'], '.2f')} |"
         f" {_fmt(r['ms_per_step'], '.0f')} |"
     )
