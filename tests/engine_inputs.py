@@ -13,7 +13,7 @@ import contextlib
 import jax
 import numpy as np
 
-# --- Published tables (spec newton_schulz.md) -------------------------------
+# --- Published tables (spec newton_schulz.md) ---------------------------------
 
 MUON_REF = (3.4445, -4.7750, 2.0315)  # §1
 
@@ -80,7 +80,7 @@ PUBLISHED = {
     "turbo": (DION_5[1:], 1.0),
 }
 
-# --- Oracles -----------------------------------------------------------------
+# --- Oracles ------------------------------------------------------------------
 
 
 def composite(rows, x):
@@ -119,7 +119,7 @@ def polar_f64(x):
   return u @ vh
 
 
-# --- Inputs --------------------------------------------------------------------
+# --- Inputs -------------------------------------------------------------------
 
 
 def random_orthonormal(rng, p, q):

@@ -11,7 +11,7 @@ from ortho_optax import _newton_schulz
 
 PRESETS = ortho_optax.COEFFICIENT_PRESETS
 
-# --- The tables equal the published numbers ----------------------------------
+# --- The tables equal the published numbers -----------------------------------
 
 
 def test_muon_and_standard_rows():
@@ -80,7 +80,7 @@ def test_every_preset_has_a_source():
     assert table.name in (name, "muon"), name
 
 
-# --- resolve_coefficients ------------------------------------------------------
+# --- resolve_coefficients -----------------------------------------------------
 
 
 @pytest.mark.parametrize(

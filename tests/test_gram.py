@@ -25,7 +25,7 @@ def _x(kind="gaussian", m=64, n=160, seed=0, dtype=jnp.float32):
   return jnp.asarray(E.make_input(kind, m, n, seed), dtype)
 
 
-# --- Equal to standard Newton-Schulz -----------------------------------------------
+# --- Equal to standard Newton-Schulz ------------------------------------------
 
 
 @pytest.mark.parametrize("restarts", [None, (), (1,), (2, 4), (1, 2, 3, 4)])
@@ -96,7 +96,7 @@ def test_complex_input():
                              atol=1e-4)
 
 
-# --- Restarts -------------------------------------------------------------------------
+# --- Restarts -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -123,7 +123,7 @@ def test_bad_restarts(restarts, error, match):
     GRAM_EAGER(jnp.ones((4, 8)), restarts=restarts)
 
 
-# --- Invariances, dtypes, zeros ---------------------------------------------------------
+# --- Invariances, dtypes, zeros -----------------------------------------------
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
@@ -203,7 +203,7 @@ def test_properties(batch, m, n, dtype, normalization, seed):
     assert np.linalg.svd(y, compute_uv=False).max() <= 1.25
 
 
-# --- Bad input ---------------------------------------------------------------------------
+# --- Bad input ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

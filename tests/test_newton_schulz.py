@@ -56,7 +56,7 @@ def _x(kind="gaussian", m=96, n=160, seed=0, dtype=jnp.float32):
   return jnp.asarray(E.make_input(kind, m, n, seed), dtype)
 
 
-# --- Accuracy against the exact polar factor ------------------------------------
+# --- Accuracy against the exact polar factor ----------------------------------
 
 
 @pytest.mark.parametrize("normalization", ["frobenius", "schatten4"])
@@ -170,7 +170,7 @@ def test_array_coefficients_equal_preset():
   )
 
 
-# --- Reference implementation: optax.contrib ------------------------------------
+# --- Reference implementation: optax.contrib ----------------------------------
 
 # Same float32 arithmetic up to operation order. On the kappa = 1e3 input the
 # smallest singular values sit where the composite's slope is in the
@@ -201,7 +201,7 @@ def test_matches_optax_dion(kind, shape):
   np.testing.assert_allclose(got, want, atol=OPTAX_ATOL[kind], rtol=0)
 
 
-# --- Invariances ------------------------------------------------------------------
+# --- Invariances --------------------------------------------------------------
 
 
 def _orthogonal(n, seed):
@@ -300,7 +300,7 @@ def test_vmap_equals_batched():
   np.testing.assert_allclose(jax.vmap(NS_EAGER)(x), NS_EAGER(x), atol=1e-5)
 
 
-# --- dtypes -------------------------------------------------------------------------
+# --- dtypes -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("normalization", NORMALIZATIONS)
@@ -422,7 +422,7 @@ def test_float64_stays_float64():
     np.testing.assert_allclose(z, y, atol=1e-5)
 
 
-# --- Property tests -----------------------------------------------------------------
+# --- Property tests -----------------------------------------------------------
 
 SV_BOUND = {"float32": 1.25, "float64": 1.25, "bfloat16": 1.3}
 
@@ -454,7 +454,7 @@ def test_properties(batch, m, n, dtype, coeffs, normalization, log_scale,
     assert sv.max() <= SV_BOUND[dtype]
 
 
-# --- Bad input ----------------------------------------------------------------------
+# --- Bad input ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

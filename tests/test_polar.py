@@ -13,7 +13,7 @@ ERR = ortho_optax.orthogonality_error
 CLASSES = tuple(E.INPUT_CLASSES)
 
 
-# --- polar_svd -----------------------------------------------------------------------
+# --- polar_svd ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("shape", [(48, 80), (80, 48), (64, 64), (1, 9)])
@@ -103,7 +103,7 @@ def test_bad_input(x, error, match):
     POLAR(x)
 
 
-# --- orthogonality_error ----------------------------------------------------------
+# --- orthogonality_error ------------------------------------------------------
 
 
 def test_error_of_exact_polar_is_zero():
