@@ -292,7 +292,8 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
     )
   if skipped:
     lines += ["", "Skipped (not in this ortho_optax): " + ", ".join(skipped)]
-  lines += ["", "(edge): the best learning rate is at the edge of the sweep."]
+  if any(r["edge_of_sweep"] for r in rows):
+    lines += ["", "(edge): the best learning rate is at the edge of the sweep."]
   return {"markdown": "\n".join(lines) + "\n", "rows": rows,
           "adamw_best": adamw_best}
 
