@@ -101,7 +101,7 @@ def select_method(shape: Sequence[int], dtype=jnp.float32, **options) -> str:
 
 
 def orthogonalize_flops(
-    shape: Sequence[int], method: str = "auto", **options
+    shape: Sequence[int], method: str = "auto", *, dtype=jnp.float32, **options
 ) -> int:
   r"""Matmul FLOPs of ``orthogonalize(x, method, **options)`` for real ``x``.
 
@@ -123,6 +123,8 @@ def orthogonalize_flops(
   Args:
     shape: the input's shape ``(..., m, n)``.
     method: as in :func:`orthogonalize`.
+    dtype: the input's dtype, which ``"auto"`` takes into account (it never
+      picks the Gram form for half-precision matmuls).
     **options: the engine's options (``coeffs``, ``steps``, ``restarts``,
       ``normalization``, ``hybrid_steps``, ...); others are ignored.
 
@@ -135,7 +137,7 @@ def orthogonalize_flops(
     raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
   if method == "auto":
     options = auto_defaults(options)
-    method = select_method(shape, jnp.float32, **options)
+    method = select_method(shape, dtype, **options)
   batch = math.prod(shape[:-2])
   m, n = sorted(shape[-2:])
   if method == "polar_svd":
