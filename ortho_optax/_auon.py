@@ -52,7 +52,8 @@ def auon(
   if hybrid_steps < 0:
     raise ValueError(f"`hybrid_steps` must be >= 0, got {hybrid_steps}.")
   _checks.check_nonnegative(eps, "eps")
-  _checks.check_nonnegative(gamma, "gamma")
+  if not isinstance(gamma, jax.core.Tracer):  # may be an injected hyperparam
+    _checks.check_nonnegative(gamma, "gamma")
   out_dtype = x.dtype
   wd = _normalization.working_dtype(x.dtype)
   xw = x.astype(wd)
