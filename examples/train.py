@@ -177,6 +177,7 @@ def plot_metrics(workdir, title: str = "") -> pathlib.Path:
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  import matplotlib.ticker  # pylint: disable=g-import-not-at-top
 
   workdir = pathlib.Path(workdir)
   records = read_metrics(workdir)
@@ -189,6 +190,11 @@ def plot_metrics(workdir, title: str = "") -> pathlib.Path:
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats)")
   ax.set_yscale("log")
+  plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+  ax.yaxis.set_major_formatter(plain)
+  lo, hi = ax.get_ylim()
+  if hi < 10 * lo:  # Less than a decade: label the minor ticks too.
+    ax.yaxis.set_minor_formatter(plain)
   ax.grid(True, which="both", alpha=0.3)
   ax.legend()
   ax.set_title(title, fontsize=9)
@@ -438,8 +444,10 @@ def train_and_evaluate(
   }
   (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
   if config.plot:
+    what = config.model.name
+    if config.task != config.model.name:
+      what = f"{config.task} / {what}"
     plot_metrics(workdir, title=(
-        f"{config.task} / {config.model.name} / {config.optimizer.name}"
-        f" lr={summary['learning_rate']:g}"
+        f"{what}: {config.optimizer.name}, lr={summary['learning_rate']:g}"
     ))
   return summary
