@@ -50,12 +50,13 @@ def _records(workdir, split):
     [
         ("digits_mlp", "adamw"),
         ("digits_cnn", "optax_muon"),
-        ("lm", "optax_muon"),
+        ("lm", None),  # The default: ortho_optax.muon.
     ],
 )
 def test_default_config_runs(tmp_path, name, optimizer):
   config = _config(name)
-  config.optimizer.name = optimizer
+  if optimizer is not None:
+    config.optimizer.name = optimizer
   summary = train.train_and_evaluate(config, tmp_path)
 
   assert summary["final_step"] == 4 and summary["start_step"] == 0
