@@ -11,8 +11,10 @@ continues where it stopped.
 
 Run from the repository root::
 
-  python examples/compare.py --workdir=runs/compare           # about 1 hour
-  python examples/compare.py --workdir=/tmp/compare --quick   # a few minutes
+  # About an hour on 2 idle CPU cores; the table and plot of the README:
+  python examples/compare.py --workdir=runs/compare --results_dir=examples/results
+  # A few minutes, a smoke test:
+  python examples/compare.py --workdir=/tmp/compare --quick
 
 Optimizers that this installation of ``ortho_optax`` does not have yet are
 skipped with a note.
@@ -52,7 +54,9 @@ FLAGS = flags.FLAGS
 
 def _define_flags():
   """Defined only when run as a script, so that importing has no effects."""
-  flags.DEFINE_string("workdir", None, "Directory for the runs and results.")
+  flags.DEFINE_string("workdir", None, "Directory for the runs (and results).")
+  flags.DEFINE_string("results_dir", None,
+                      "Where compare.md/.png/.json go (default: --workdir).")
   config_flags.DEFINE_config_file(
       "config", str(REPO / "configs" / "lm.py"),
       "The LM configuration every optimizer trains.", lock_config=True,
@@ -154,10 +158,27 @@ def steps_to_reach(steps, losses, target: float) -> float | None:
 # ----------------------------------------------------------------------------
 
 
-def compare(config, workdir, names, lr_factors, seeds) -> dict:
-  """Runs the sweep and the seeds; writes and returns the results."""
+def compare(
+    config, workdir, names, lr_factors, seeds, results_dir=None
+) -> dict:
+  """Runs the sweep and the seeds; writes and returns the results.
+
+  Args:
+    config: the LM configuration (see ``comparison_config``).
+    workdir: directory of the runs (``runs/<optimizer>/lr<lr>/seed<seed>``).
+    names: optimizer names; unavailable ones are skipped with a note.
+    lr_factors: the sweep, as multiples of each optimizer's default rate.
+    seeds: the first one runs the sweep, the others the best rate.
+    results_dir: where ``compare.md``, ``compare.png`` and ``compare.json``
+      go; ``None`` is ``workdir``.
+
+  Returns:
+    ``{"markdown": the table, "rows": one dict per optimizer, "adamw_best"}``.
+  """
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  out = pathlib.Path(results_dir) if results_dir else workdir
+  out.mkdir(parents=True, exist_ok=True)
   skipped = [n for n in names if not optimizers.available(n)]
   for n in skipped:
     print(f"NOTE: skipping {n!r}: ortho_optax has no optimizer of that name"
@@ -203,11 +224,11 @@ def compare(config, workdir, names, lr_factors, seeds) -> dict:
 
   wall = time.perf_counter() - t_start
   table = summarize(config, results, seeds, lr_factors, skipped, wall)
-  (workdir / "compare.md").write_text(table["markdown"])
-  (workdir / "compare.json").write_text(json.dumps(table["rows"], indent=2))
-  plot(results, workdir / "compare.png", table["adamw_best"])
+  (out / "compare.md").write_text(table["markdown"])
+  (out / "compare.json").write_text(json.dumps(table["rows"], indent=2))
+  plot(results, out / "compare.png", table["adamw_best"])
   print("\n" + table["markdown"], flush=True)
-  print(f"Wrote {workdir / 'compare.md'} and {workdir / 'compare.png'}.")
+  print(f"Wrote {out / 'compare.md'} and {out / 'compare.png'}.")
   return table
 
 
@@ -270,6 +291,8 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
       f" seed {seeds[0]}"
       + (f", the best one rerun on seed(s) {', '.join(map(str, seeds[1:]))};"
          f" losses are means over {len(seeds)} seeds." if seeds[1:] else ".")
+      + " ms/step: median training wall time per step (no compilation or"
+      " evaluation), sensitive to other load on the machine."
       + f" Budget: {n_runs} runs, {wall / 60:.1f} min wall time on this"
       f" machine ({os.cpu_count()} CPUs, {jax.default_backend()})."
   )
@@ -350,6 +373,7 @@ def main(argv):
   compare(
       config, FLAGS.workdir, FLAGS.optimizers,
       [float(f) for f in factors], [int(s) for s in FLAGS.seeds],
+      FLAGS.results_dir,
   )
 
 

@@ -128,15 +128,15 @@ def test_compare_writes_table_and_plot(tmp_path):
   config = compare.comparison_config(_config("lm"))
   out = compare.compare(
       config, tmp_path, ["adamw", "optax_muon", "no_such_optimizer"],
-      lr_factors=[1.0], seeds=[0, 1],
+      lr_factors=[1.0], seeds=[0, 1], results_dir=tmp_path / "results",
   )
   rows = {r["optimizer"]: r for r in out["rows"]}
   assert sorted(rows) == ["adamw", "optax_muon"]
   assert rows["adamw"]["fraction_of_adamw_steps"] == 1.0
   assert len(rows["optax_muon"]["seed_losses"]) == 2
-  table = (tmp_path / "compare.md").read_text()
+  table = (tmp_path / "results" / "compare.md").read_text()
   assert "| optax_muon |" in table and "no_such_optimizer" in table
-  assert (tmp_path / "compare.png").stat().st_size > 0
+  assert (tmp_path / "results" / "compare.png").stat().st_size > 0
   # A second call reuses the finished runs.
   again = compare.compare(config, tmp_path, ["adamw"], [1.0], [0, 1])
   assert again["rows"][0]["best_val_loss"] == rows["adamw"]["best_val_loss"]
