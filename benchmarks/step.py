@@ -22,8 +22,9 @@ Columns:
   for comparison: XLA counts a loop body once, whatever its trip count, so
   it under-counts iterative methods (and adds elementwise FLOPs);
 * ``ms``: median wall time of the jitted ``update`` over ``--repeats``
-  rounds; the rows are interleaved round by round, so load on the machine
-  hits every row alike;
+  rounds (and the fastest and slowest round); the rows are interleaved
+  round by round, so slow drifts of the load on a shared machine hit every
+  row alike;
 * ratios to ``optax.contrib.muon`` (default routing), from the same run;
 * ``polar err``: how far the first update (from zero state, at zero
   params so that weight decay adds nothing) of each hidden matrix of block
@@ -203,16 +204,17 @@ def benchmark(args) -> str:
   base = rows[BASELINE]
   base_ms = statistics.median(base["times"]) * 1e3
   lines = [
-      "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | ms | time / optax"
-      " | polar err |",
-      "|---|---:|---:|---:|---:|---:|---:|",
+      "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | ms | ms min-max"
+      " | time / optax | polar err |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, row in rows.items():
     ms = statistics.median(row["times"]) * 1e3
+    lo, hi = min(row["times"]) * 1e3, max(row["times"]) * 1e3
     err = "—" if math.isnan(row["err"]) else f"{row['err']:.4f}"
     lines.append(
         f"| {name} | {row['flops'] / 1e9:.1f} | {row['xla_flops'] / 1e9:.1f}"
-        f" | {row['flops'] / base['flops']:.3f} | {ms:.0f}"
+        f" | {row['flops'] / base['flops']:.3f} | {ms:.0f} | {lo:.0f}-{hi:.0f}"
         f" | {ms / base_ms:.3f} | {err} |"
     )
   caption = (
