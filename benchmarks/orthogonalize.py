@@ -41,7 +41,8 @@ library default; the row names the engine it picked); ``newton_schulz`` with
 the ``muon``, ``dion``, ``polar_express`` (5 steps), ``polar_express_paper``
 (8 steps) and ``turbo`` (AOL, 4 steps) presets; ``newton_schulz`` with Polar
 Express and ``schatten4`` / ``spectral`` normalization;
-``gram_newton_schulz`` (Polar Express, one restart); and
+``gram_newton_schulz`` with Polar Express (one restart) and with Muon's
+coefficients (the named optimizers' default on wide matrices); and
 ``auon_orthogonalize``.
 
 The last line checks the acceptance criterion: the default (``auto``) has
@@ -51,7 +52,8 @@ ratio <= 0.7 at 512x2048 and 1024x4096 and <= 1.0 at 512x512.
 Usage::
 
   python benchmarks/orthogonalize.py [--quick] [--dtype float32|bfloat16]
-      [--repeats N] [--out benchmarks/results/orthogonalize_cpu_f32.md]
+      [--repeats N] [--shapes 4096x4096,4096x16384]
+      [--out benchmarks/results/orthogonalize_cpu_f32.md]
 """
 
 from __future__ import annotations
@@ -117,6 +119,9 @@ def methods(shape, dtype) -> list[Method]:
              lambda x: ns(x, normalization="spectral")),
       Method("gram_newton_schulz polar_express", "5",
              ortho_optax.gram_newton_schulz),
+      Method("gram_newton_schulz muon", "5",
+             lambda x: ortho_optax.gram_newton_schulz(
+                 x, coeffs="muon", normalization="frobenius")),
       Method("auon_orthogonalize", "-", ortho_optax.auon_orthogonalize),
   ]
 
@@ -285,7 +290,8 @@ def caption(args, shapes) -> str:
   return (
       f"Orthogonalization engines vs optax.contrib Newton-Schulz, "
       f"{args.dtype} inputs, {devices[0].platform.upper()} "
-      f"({platform.processor() or platform.machine()}, "
+      f"({devices[0].device_kind}; host "
+      f"{platform.processor() or platform.machine()}, "
       f"{os.cpu_count()} cores), jax {jax.__version__}, optax "
       f"{optax.__version__}; shapes {names}; median of {args.repeats}"
       " interleaved runs after a warm-up.\n"
@@ -311,6 +317,9 @@ def parse_args(argv=None):
                  default="float32", help="dtype of the input matrices")
   p.add_argument("--repeats", type=int, default=None,
                  help="timed runs per method (default 5; 2 with --quick)")
+  p.add_argument("--shapes", default=None,
+                 help="comma-separated MxN shapes, e.g. 4096x4096,4096x16384"
+                 " (default: 512x512,512x2048,1024x4096)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="also write the table here")
   p.add_argument("--note", default="",
@@ -324,6 +333,15 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
   args = parse_args(argv)
   shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
+  if args.shapes:
+    try:
+      shapes = tuple(
+          tuple(int(d) for d in s.lower().split("x"))
+          for s in args.shapes.split(",")
+      )
+    except ValueError as e:
+      raise SystemExit(f"--shapes: expected e.g. 512x2048,1024x4096, got"
+                       f" {args.shapes!r}") from e
   dtype = jnp.dtype(args.dtype)
   results = []
   for shape in shapes:

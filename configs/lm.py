@@ -55,6 +55,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.path = "examples/data/corpus.txt"
   # Tokens (bytes) per training sequence; the model sees seq_len + 1 bytes.
   config.data.seq_len = 64
+  # Seed of the training windows; None: `seed` (one seed for init and data).
+  config.data.seed = ml_collections.config_dict.placeholder(int)
   # The file is cut into chunks of this many bytes for the train/val split.
   config.data.chunk_bytes = 4096
   # Every val_every-th chunk is held out for validation (10%).

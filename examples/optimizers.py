@@ -80,21 +80,21 @@ ORTHO_OPTAX_NAMES = (
 
 # Peak learning rates used when `optimizer.learning_rate` is None, and the
 # centres of examples/compare.py's sweeps. Starting points: the published
-# defaults (spec optimizers.md §13); those of normuon, root and trust_region
-# were moved after a 200-step sweep (x0.25, x1, x4, seed 0) of the LM
-# example put their best at the upper edge (normuon 0.08, root >= 0.012,
-# trust_region >= 0.08), halved for the 3x longer comparison runs.
+# defaults (spec optimizers.md §13), moved where a sweep of the LM example
+# (600 steps, seed 0) put the best rate at an edge: normuon 0.02 (swept
+# 0.02-0.08), adamuon 0.01 (0.005-0.04: 0.01 best), scion 0.01 (0.005-0.04:
+# 0.01 best), root and trust_region after a 200-step sweep.
 DEFAULT_LEARNING_RATES = {
     "adamw": 3e-3,
     "optax_muon": 0.02,
     "muon": 0.02,
     "turbo_muon": 0.02,
-    "normuon": 0.04,
-    "adamuon": 0.02,
+    "normuon": 0.02,
+    "adamuon": 0.01,
     "root": 0.01,
     "auon": 0.05,
     "hybrid_auon": 0.02,
-    "scion": 0.02,
+    "scion": 0.01,
     "trust_region": 0.04,
 }
 # The learning rate of the AdamW branch (embeddings, heads, 1-D leaves) of the

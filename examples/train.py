@@ -124,7 +124,8 @@ class Task:
     c = self.config
     if c.task == "digits":
       return self.data.train_batch(step, c.batch_size, c.seed)
-    return self.data.train_batch(step, c.batch_size, c.data.seq_len, c.seed)
+    data_seed = c.seed if c.data.get("seed") is None else c.data.seed
+    return self.data.train_batch(step, c.batch_size, c.data.seq_len, data_seed)
 
   def eval_batches(self):
     c = self.config

@@ -14,11 +14,6 @@ from ortho_optax import _routing
 from ortho_optax import _shape
 
 
-def engine_options(**options) -> dict:
-  """The engine options that were set (``None`` means the engine default)."""
-  return {k: v for k, v in options.items() if v is not None}
-
-
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -63,25 +58,26 @@ def muon(
   to AdamW (see :func:`label_params`), as every reference recommends;
   ``optax.contrib.muon`` sends every 2-D leaf to Muon instead.
 
-  The default orthogonalization is :func:`orthogonalize`'s ``"auto"``
-  (Polar Express coefficients, Schatten-4 normalization, the Gram form where
-  it is cheaper): more accurate than the reference's Muon coefficients at
-  the same or fewer FLOPs.
+  The default orthogonalization is the reference's iteration (Muon's
+  coefficients, Frobenius normalization, five steps), run in the Gram form
+  where that is cheaper (``method="auto"``: aspect ratio of about 1.5 and
+  more, a third fewer FLOPs at 1:4). The more accurate Polar Express
+  coefficients (``coeffs="polar_express"``) trained worse on our LM example,
+  see :func:`engine_options <ortho_optax._base.engine_options>`.
 
   Settings that reproduce the reference Muon step (KellerJordan/Muon,
-  float32):
+  float32) operation for operation:
 
   .. code-block:: python
 
-    muon(lr, method="newton_schulz", coeffs="muon",
-         normalization="frobenius", eps=1e-7)
+    muon(lr, method="newton_schulz")
 
   Settings that reproduce ``optax.contrib.muon(lr)`` on its Muon leaves:
 
   .. code-block:: python
 
-    muon(lr, bias_correction=True, method="newton_schulz", coeffs="muon",
-         normalization="frobenius", eps=1e-8, adam_b2=0.999)
+    muon(lr, bias_correction=True, method="newton_schulz", eps=1e-8,
+         adam_b2=0.999)
 
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
@@ -92,9 +88,10 @@ def muon(
     bias_correction: optax.contrib's bias-corrected momentum.
     method: orthogonalization engine, see :func:`orthogonalize`.
     coeffs: Newton-Schulz coefficients (preset name or array); ``None`` for
-      the engine default.
+      Muon's (``"muon"``).
     steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: input normalization; ``None`` for the engine default.
+    normalization: input normalization; ``None`` for the one the
+      coefficients were designed for (Frobenius for ``"muon"``).
     eps: normalization epsilon; ``None`` for the engine default (1e-7).
     compute_dtype: dtype of the orthogonalization matmuls.
     shape_rule: ``"muon"``, ``"moonlight"``, ``"spectral"`` or ``"none"``,
@@ -158,7 +155,8 @@ def muon(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **engine_options(
+          **_base.engine_options(
+              method,
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,

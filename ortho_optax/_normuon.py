@@ -9,7 +9,6 @@ import optax
 
 from ortho_optax import _base
 from ortho_optax import _momentum
-from ortho_optax import _muon
 from ortho_optax import _neuron_norm
 from ortho_optax import _orthogonalization
 from ortho_optax import _routing
@@ -91,9 +90,10 @@ def normuon(
     shape_rule: see :func:`scale_by_shape`; ``None``: ``"muon"`` with the
       Frobenius rescale, ``"none"`` with the RMS rescale.
     method: orthogonalization engine, see :func:`orthogonalize`.
-    coeffs: Newton-Schulz coefficients; ``None`` for the engine default.
+    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
     steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization.
+    normalization: the engine's input normalization; ``None`` for the one
+      the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
     weight_decay: decoupled weight decay, multiplied by the learning rate.
@@ -134,7 +134,8 @@ def normuon(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_muon.engine_options(
+          **_base.engine_options(
+              method,
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,

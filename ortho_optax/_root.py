@@ -9,7 +9,6 @@ import optax
 
 from ortho_optax import _base
 from ortho_optax import _momentum
-from ortho_optax import _muon
 from ortho_optax import _orthogonalization
 from ortho_optax import _robust
 from ortho_optax import _routing
@@ -120,7 +119,8 @@ def root(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_muon.engine_options(
+          **_base.engine_options(
+              method,
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,

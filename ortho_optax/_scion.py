@@ -12,7 +12,6 @@ from ortho_optax import _base
 from ortho_optax import _checks
 from ortho_optax import _lmo
 from ortho_optax import _momentum
-from ortho_optax import _muon
 from ortho_optax import _routing
 from ortho_optax import _trust_region
 
@@ -233,9 +232,10 @@ def scion(
     constrained: SCG (weight decay 1) instead of uSCG.
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norms.
-    coeffs: Newton-Schulz coefficients; ``None`` for the engine default.
+    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
     steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization.
+    normalization: the engine's input normalization; ``None`` for the one
+      the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
     adam_learning_rate: learning rate of the leaves that ``labels`` sends
@@ -294,7 +294,8 @@ def scion(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_muon.engine_options(
+          **_base.engine_options(
+              method,
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,

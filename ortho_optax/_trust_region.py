@@ -10,7 +10,6 @@ import optax
 from ortho_optax import _base
 from ortho_optax import _lmo
 from ortho_optax import _momentum
-from ortho_optax import _muon
 from ortho_optax import _routing
 
 
@@ -111,9 +110,10 @@ def trust_region(
     weight_decay_mask: mask for the weight decay (tree or callable).
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norm.
-    coeffs: Newton-Schulz coefficients; ``None`` for the engine default.
+    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
     steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization.
+    normalization: the engine's input normalization; ``None`` for the one
+      the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
@@ -154,7 +154,8 @@ def trust_region(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_muon.engine_options(
+          **_base.engine_options(
+              method,
               coeffs=coeffs,
               steps=steps,
               normalization=normalization,

@@ -136,15 +136,31 @@ def test_muon_reference_settings_match_keller_jordan_muon():
   assert moved > 0.1
 
 
-def test_muon_default_differs_from_reference_but_is_close_in_direction():
-  """The default engine (Polar Express) is not Muon's NS: not equal."""
-  tx = ortho_optax.muon(LR, weight_decay=WD)
+def test_muon_default_is_the_reference_iteration():
+  """Defaults: Muon's coefficients and normalization, Gram form where cheaper.
+
+  The Gram form computes the same polynomial, so the default matches the
+  reference up to float32 rounding; on the wide matrix it is the Gram form
+  (a different program), hence the looser tolerance than the test above.
+  """
+  tx = ortho_optax.muon(LR, beta=BETA, weight_decay=WD)
+  got = _run(tx, jax.tree.map(jnp.asarray, _params()))
+  want = _run_reference()
+  for k in SHAPES:
+    np.testing.assert_allclose(
+        got[k]["kernel"], want[k]["kernel"], rtol=1e-4, atol=1e-4, err_msg=k
+    )
+
+
+def test_muon_polar_express_option_differs_from_reference():
+  """``coeffs="polar_express"`` is another step, close in direction."""
+  tx = ortho_optax.muon(LR, weight_decay=WD, coeffs="polar_express")
   got = _run(tx, jax.tree.map(jnp.asarray, _params()))
   want = _run_reference()
   k = "wide"
   delta_got = got[k]["kernel"] - _params()[k]["kernel"]
   delta_want = want[k]["kernel"] - _params()[k]["kernel"]
-  assert not np.allclose(delta_got, delta_want, atol=1e-5)
+  assert not np.allclose(delta_got, delta_want, atol=1e-3)
   cos = np.sum(delta_got * delta_want) / (
       np.linalg.norm(delta_got) * np.linalg.norm(delta_want)
   )

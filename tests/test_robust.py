@@ -52,3 +52,27 @@ def test_bf16_keeps_dtype():
 def test_bad_q_raises(q):
   with pytest.raises(ValueError, match="`q`"):
     ortho_optax.clip_by_quantile(q)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 100), (2, 4099)])
+@pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 0.999, 1.0])
+def test_selection_quantile_equals_numpy(shape, q):
+  from ortho_optax._robust import quantile_of_magnitudes
+  x = _heavy_tailed(3, shape)
+  got = jax.jit(lambda x: quantile_of_magnitudes(x, q))(jnp.asarray(x))
+  want = np.quantile(np.abs(x).astype(np.float64), q, axis=-1)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+  # A traced q places the interpolation in float32, as jnp.quantile does.
+  traced = jax.jit(quantile_of_magnitudes)(jnp.asarray(x), q)
+  np.testing.assert_allclose(
+      traced, jnp.quantile(jnp.abs(jnp.asarray(x)), q, axis=-1), rtol=1e-6)
+
+
+def test_selection_quantile_with_ties_zeros_and_traced_q():
+  from ortho_optax._robust import quantile_of_magnitudes
+  x = np.array([[1, -1, 1, 2, -2, 3, 0, -0.0, 5], [0] * 9], np.float32)
+  f = jax.jit(quantile_of_magnitudes)
+  for q in np.linspace(0, 1, 17):
+    np.testing.assert_allclose(
+        f(jnp.asarray(x), jnp.float32(q)),
+        np.quantile(np.abs(x), q, axis=-1), rtol=1e-6, atol=1e-7)

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The GPU benchmark run: the step and engine benchmarks at full size, float32
+# and bfloat16, one after the other, each table written to $OUT (default
+# benchmarks/results). Run from the repository root on a machine with one GPU.
+set -u -o pipefail
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
+PY=${PYTHON:-python3}
+$PY -c "import jax, optax, flax; print('jax', jax.__version__, 'optax', optax.__version__, 'flax', flax.__version__, jax.devices())"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+timeout 170 $PY benchmarks/step.py --repeats 10 --out "$OUT/step_gpu_f32.md" 2>&1 | tee "$OUT/step_gpu_f32.log"
+timeout 130 $PY benchmarks/orthogonalize.py --dtype bfloat16 --repeats 10 \
+  --shapes 1024x4096,4096x4096,4096x16384 --out "$OUT/orthogonalize_gpu_bf16.md" 2>&1 | tee "$OUT/orthogonalize_gpu_bf16.log"
+timeout 110 $PY benchmarks/orthogonalize.py --repeats 10 \
+  --shapes 1024x4096,4096x4096,4096x16384 --out "$OUT/orthogonalize_gpu_f32.md" 2>&1 | tee "$OUT/orthogonalize_gpu_f32.log"
+timeout 110 $PY benchmarks/step.py --dtype bfloat16 --repeats 10 --out "$OUT/step_gpu_bf16.md" 2>&1 | tee "$OUT/step_gpu_bf16.log"
