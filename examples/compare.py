@@ -48,6 +48,18 @@ DEFAULT_OPTIMIZERS = (
     "auon", "scion", "trust_region",
 )
 BASELINE = "adamw"
+# The reference Muon, and ours with its defaults, for the checks under the
+# table.
+REFERENCE_MUON = "optax_muon"
+OUR_MUON = "muon"
+# Optimizers that orthogonalize the momentum of hidden matrices and keep
+# AdamW for the rest. Scion and trust_region are norm-LMO methods (spectral
+# LMO on hidden matrices, other LMOs elsewhere); AuON does not orthogonalize
+# (it is normalized SGD-M to within O(1/N), spec optimizers.md §10).
+MUON_FAMILY = (
+    "optax_muon", "muon", "turbo_muon", "normuon", "adamuon", "root",
+    "hybrid_auon",
+)
 
 FLAGS = flags.FLAGS
 
@@ -223,6 +235,10 @@ def compare(
                      "runs": runs}
 
   wall = time.perf_counter() - t_start
+  # Runs reused from an earlier invocation count with their own wall time.
+  wall += sum(r.get("wall_sec") or 0.0 for res in results.values()
+              for r in list(res["sweep"].values()) + res["runs"][1:]
+              if r["reused"])
   table = summarize(config, results, seeds, lr_factors, skipped, wall)
   (out / "compare.md").write_text(table["markdown"])
   (out / "compare.json").write_text(json.dumps(table["rows"], indent=2))
@@ -252,8 +268,14 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
     adamw_best = statistics.mean(r["best_eval_loss"] for r in base["runs"])
     steps, curve = _mean_curve(base["runs"])
     adamw_steps = float(steps[int(np.argmin(curve))])
+  ref = results.get(REFERENCE_MUON)
+  ref_losses = ([r["best_eval_loss"] for r in ref["runs"]]
+                if ref is not None else None)
   for name, res in results.items():
     losses = [r["best_eval_loss"] for r in res["runs"]]
+    paired = ([a - b for a, b in zip(losses, ref_losses)]
+              if ref_losses is not None and len(losses) == len(ref_losses)
+              else None)
     steps, curve = _mean_curve(res["runs"])
     reach = (steps_to_reach(steps, curve, adamw_best)
              if adamw_best is not None else None)
@@ -265,6 +287,7 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
         "best_val_loss": statistics.mean(losses),
         "seed_losses": losses,
         "seed_spread": max(losses) - min(losses),
+        "paired_delta_vs_reference": paired,
         "steps_to_adamw_best": reach,
         "fraction_of_adamw_steps": (reach / adamw_steps
                                     if reach and adamw_steps else None),
@@ -291,17 +314,23 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
       f" seed {seeds[0]}"
       + (f", the best one rerun on seed(s) {', '.join(map(str, seeds[1:]))};"
          f" losses are means over {len(seeds)} seeds." if seeds[1:] else ".")
+      + f" `- {REFERENCE_MUON}, per seed`: this optimizer's best validation"
+      f" loss minus {REFERENCE_MUON}'s on the same seed (same initialization"
+      " and batches): seeds move every optimizer alike, so these paired"
+      " differences are far steadier than the seed spread."
       + " ms/step: median training wall time per step (no compilation or"
       " evaluation), sensitive to other load on the machine."
-      + f" Budget: {n_runs} runs, {wall / 60:.1f} min wall time on this"
+      + f" Budget: {n_runs} runs, {wall / 60:.1f} min wall time (the runs'"
+      f" own, also for runs reused from an earlier invocation) on this"
       f" machine ({os.cpu_count()} CPUs, {jax.default_backend()})."
   )
   lines = [
       caption, "",
       "| optimizer | best lr | best val loss (nats/byte) | seed spread |"
+      f" - {REFERENCE_MUON}, per seed |"
       f" steps to AdamW's best ({_fmt(adamw_best, '.4f')}) | x AdamW steps |"
       " ms/step |",
-      "|---|---|---|---|---|---|---|",
+      "|---|---|---|---|---|---|---|---|",
   ]
   reach_none = "-" if adamw_best is None else "not reached"
   for r in rows:
@@ -309,16 +338,73 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
         f"| {r['optimizer']} | {r['best_lr']:.3g}"
         f"{' (edge)' if r['edge_of_sweep'] else ''} |"
         f" {r['best_val_loss']:.4f} | {r['seed_spread']:.4f} |"
+        f" {_paired(r['paired_delta_vs_reference'])} |"
         f" {_fmt(r['steps_to_adamw_best'], '.0f', reach_none)} |"
         f" {_fmt(r['fraction_of_adamw_steps'], '.2f')} |"
         f" {_fmt(r['ms_per_step'], '.0f')} |"
     )
+  lines += checks(rows)
   if skipped:
     lines += ["", "Skipped (not in this ortho_optax): " + ", ".join(skipped)]
   if any(r["edge_of_sweep"] for r in rows):
     lines += ["", "(edge): the best learning rate is at the edge of the sweep."]
   return {"markdown": "\n".join(lines) + "\n", "rows": rows,
           "adamw_best": adamw_best}
+
+
+def checks(rows: list[dict]) -> list[str]:
+  """Lines under the table: the comparison's targets, measured.
+
+  * every Muon-family optimizer reaches AdamW's best validation loss in at
+    most 0.5x AdamW's steps;
+  * our ``muon`` (defaults) is within 0.005 nats of ``optax.contrib.muon``;
+  * our best optimizer beats ``optax.contrib.muon`` by at least 0.01 nats.
+  """
+  by_name = {r["optimizer"]: r for r in rows}
+  out = ["", "Checks (means over seeds, each optimizer at its best learning"
+         " rate):"]
+  if BASELINE in by_name:
+    family = [n for n in by_name if n in MUON_FAMILY]
+    others = [n for n in by_name if n not in MUON_FAMILY and n != BASELINE]
+
+    def frac(n):
+      f = by_name[n]["fraction_of_adamw_steps"]
+      return "not reached" if f is None else f"{f:.2f}"
+
+    def ok(n):
+      f = by_name[n]["fraction_of_adamw_steps"]
+      return f is not None and f <= 0.5
+
+    if family:
+      out.append(
+          "- Muon family at <= 0.5x AdamW's steps: " + ", ".join(
+              f"{n} {frac(n)} ({'yes' if ok(n) else 'no'})" for n in family)
+      )
+    if others:
+      out.append("- other methods, x AdamW's steps: " + ", ".join(
+          f"{n} {frac(n)}" for n in others))
+  if REFERENCE_MUON in by_name and OUR_MUON in by_name:
+    ref = by_name[REFERENCE_MUON]["best_val_loss"]
+    gap = by_name[OUR_MUON]["best_val_loss"] - ref
+    out.append(
+        f"- {OUR_MUON} - {REFERENCE_MUON}: {gap:+.4f} nats/byte (target:"
+        f" <= +0.005: {'yes' if gap <= 0.005 else 'no'})"
+    )
+    ours = [r for r in rows
+            if r["optimizer"] not in (REFERENCE_MUON, BASELINE)]
+    if ours:
+      best = min(ours, key=lambda r: r["best_val_loss"])
+      margin = ref - best["best_val_loss"]
+      out.append(
+          f"- best of ours: {best['optimizer']} {best['best_val_loss']:.4f},"
+          f" {margin:.4f} below {REFERENCE_MUON} (target: >= 0.01:"
+          f" {'yes' if margin >= 0.01 else 'no'})"
+      )
+  return out if len(out) > 2 else []
+
+
+def _paired(deltas) -> str:
+  return "-" if deltas is None else " / ".join(f"{d:+.4f}" for d in deltas)
 
 
 def _fmt(x, spec, none="-"):

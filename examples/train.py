@@ -303,9 +303,10 @@ def train_and_evaluate(
     The summary written to ``workdir/summary.json``: ``start_step`` (the step
     the run resumed from, 0 if fresh), ``final_step``, ``best_eval_loss``,
     ``final_eval`` (the last evaluation's metrics), ``sec_per_step`` (training
-    wall time per step, without compilation and evaluation) and
-    ``num_params``.
+    wall time per step, without compilation and evaluation), ``wall_sec``
+    (the whole call, this invocation) and ``num_params``.
   """
+  t_call = time.perf_counter()
   workdir = pathlib.Path(workdir).resolve()
   workdir.mkdir(parents=True, exist_ok=True)
   task = Task(config)
@@ -441,6 +442,7 @@ def train_and_evaluate(
       "final_eval": last_eval,
       "sec_per_step": timer.sec_per_step(),
       "compile_sec": timer.compile_sec,
+      "wall_sec": time.perf_counter() - t_call,
       "num_params": num_params,
   }
   (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

@@ -149,3 +149,27 @@ def test_steps_to_reach_interpolates():
   assert compare.steps_to_reach(steps, losses, 1.5) == 25.0
   assert compare.steps_to_reach(steps, losses, 3.5) == 10.0
   assert compare.steps_to_reach(steps, losses, 0.5) is None
+
+
+def test_compare_checks_report_the_targets():
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  def row(name, loss, frac):
+    return {"optimizer": name, "best_val_loss": loss,
+            "fraction_of_adamw_steps": frac}
+
+  lines = compare.checks([
+      row("adamw", 1.70, 1.0), row("optax_muon", 1.55, 0.48),
+      row("muon", 1.553, 0.47), row("adamuon", 1.69, 0.79),
+      row("root", 1.538, 0.45), row("auon", 1.76, None),
+      row("scion", 1.545, 0.6),
+  ])
+  text = "\n".join(lines)
+  assert "optax_muon 0.48 (yes)" in text and "adamuon 0.79 (no)" in text
+  assert "muon 0.47 (yes)" in text
+  assert "other methods, x AdamW's steps: auon not reached, scion 0.60" in text
+  assert "muon - optax_muon: +0.0030 nats/byte (target: <= +0.005: yes)" in text
+  assert "best of ours: root 1.5380, 0.0120 below optax_muon" in text
+  assert "(target: >= 0.01: yes)" in text
+  # Without AdamW and optax's Muon there is nothing to check.
+  assert compare.checks([row("muon", 1.5, None)]) == []
