@@ -12,6 +12,7 @@ from ortho_optax import _elementwise_norm
 from ortho_optax import _momentum
 from ortho_optax import _orthogonalization
 from ortho_optax import _routing
+from ortho_optax import _sharding
 
 # Not the reference's Muon coefficients: on the LM example (configs/lm.py,
 # 600 steps, lr 0.01, seed 0) AdaMuon reached 1.6905 with these and 1.7158
@@ -43,7 +44,7 @@ def adamuon(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""AdaMuon: orthogonalized sign-momentum with an elementwise second moment.

@@ -12,6 +12,7 @@ from ortho_optax import _momentum
 from ortho_optax import _orthogonalization
 from ortho_optax import _routing
 from ortho_optax import _shape
+from ortho_optax import _sharding
 
 
 def auon(
@@ -35,7 +36,7 @@ def auon(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""AuON: Nesterov momentum normalized by a cosh-RMS, in linear time.

@@ -14,6 +14,7 @@ import optax
 from ortho_optax import _checks
 from ortho_optax import _orthogonalization
 from ortho_optax import _routing
+from ortho_optax import _sharding
 
 NORMS = (
     "spectral",
@@ -181,7 +182,7 @@ def scale_by_lmo(
     method: str = "auto",
     dimension_numbers=None,
     rules: _routing.Rules = None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     **engine_options,
 ) -> optax.GradientTransformation:
   r"""The dual-norm direction of each leaf, times its radius.

@@ -13,6 +13,7 @@ from ortho_optax import _neuron_norm
 from ortho_optax import _orthogonalization
 from ortho_optax import _routing
 from ortho_optax import _shape
+from ortho_optax import _sharding
 
 
 def normuon(
@@ -42,7 +43,7 @@ def normuon(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""NorMuon: Muon whose output neurons are normalized by a second moment.

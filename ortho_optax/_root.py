@@ -13,6 +13,7 @@ from ortho_optax import _orthogonalization
 from ortho_optax import _robust
 from ortho_optax import _routing
 from ortho_optax import _shape
+from ortho_optax import _sharding
 
 
 def root(
@@ -40,7 +41,7 @@ def root(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""ROOT: robust orthogonalized optimizer.

@@ -13,6 +13,7 @@ from ortho_optax import _checks
 from ortho_optax import _lmo
 from ortho_optax import _momentum
 from ortho_optax import _routing
+from ortho_optax import _sharding
 from ortho_optax import _trust_region
 
 HEAD_NAMES = frozenset({
@@ -185,7 +186,7 @@ def scion(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""Scion: stochastic conditional gradient with per-layer norm LMOs.

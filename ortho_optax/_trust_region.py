@@ -11,6 +11,7 @@ from ortho_optax import _base
 from ortho_optax import _lmo
 from ortho_optax import _momentum
 from ortho_optax import _routing
+from ortho_optax import _sharding
 
 
 def check_alpha(alpha, name: str = "alpha") -> None:
@@ -61,7 +62,7 @@ def trust_region(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
-    sharding: str | None = None,
+    sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
   r"""Stochastic non-Euclidean trust-region gradient method with momentum.
