@@ -45,13 +45,13 @@ def test_attention_query_is_orthogonalized_as_in_by_heads_times_dim():
   out = ortho_optax.scale_by_orthogonalization(dimension_numbers=dns).update(
       g, optax.EmptyState()
   )[0]
-  q = g["query"]["kernel"].value
+  q = g["query"]["kernel"][...]
   expected = ortho_optax.orthogonalize(q.reshape(32, 32)).reshape(q.shape)
   np.testing.assert_allclose(
-      out["query"]["kernel"].value, expected, atol=1e-5
+      out["query"]["kernel"][...], expected, atol=1e-5
   )
   # Biases pass through.
-  np.testing.assert_array_equal(out["key"]["bias"].value, g["key"]["bias"].value)
+  np.testing.assert_array_equal(out["key"]["bias"][...], g["key"]["bias"][...])
 
 
 def test_a_module_named_value_is_not_confused_with_the_variable_value():
