@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
   # Write the mean training loss every this many steps.
   config.log_every_steps = 25
   # Evaluate on the validation set every this many steps (and at the end).
-  config.eval_every_steps = 50
+  config.eval_every_steps = 25
   # Save a checkpoint every this many steps (and at the end).
   config.checkpoint_every_steps = 200
   # Whether to save Orbax checkpoints of the model and optimizer state.

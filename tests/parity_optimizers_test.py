@@ -249,10 +249,13 @@ def test_normuon_equals_reference(rescale):
 # ----------------------------------------------------------------- AdaMuon
 
 
-def test_adamuon_equals_reference():
+@pytest.mark.parametrize("sign", [True, False])
+def test_adamuon_equals_reference(sign):
+  """sign=True: Chongjie-Si/AdaMuon; sign=False: arXiv:2507.11005v1."""
   params, grads = _init(), _grads(SHAPES)
   lr, beta, wd, eps = 0.02, 0.95, 0.01, 1e-8
-  tx = ortho_optax.adamuon(lr, **NS_REF)
+  tx = ortho_optax.adamuon(lr, sign=sign, **NS_REF)
+  maybe_sign = np.sign if sign else (lambda x: x)
   w = {k: np.asarray(v, np.float64).T for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in w.items()}
   v2 = {k: np.zeros_like(v) for k, v in w.items()}
@@ -260,7 +263,7 @@ def test_adamuon_equals_reference():
     for k in w:
       gk = g[k].T
       m[k] = beta * m[k] + (1 - beta) * gk
-      o = _ns5(np.sign((1 - beta) * gk + beta * m[k]))
+      o = _ns5(maybe_sign((1 - beta) * gk + beta * m[k]))
       v2[k] = beta * v2[k] + (1 - beta) * o * o
       o_hat = o / (np.sqrt(v2[k]) + eps)
       o_hat *= 0.2 * math.sqrt(o.size) / (np.linalg.norm(o_hat) + eps)

@@ -63,16 +63,26 @@ def test_a_recipe_applies_only_without_explicit_coefficients():
   assert _base.engine_options("polar_svd", recipe) == {}
 
 
-def test_adamuon_default_is_polar_express_with_schatten4():
-  """AdaMuon's measured recipe: its step equals the explicit settings."""
+def test_adamuon_default_is_muons_recipe():
+  """AdaMuon's default step equals Muon's recipe, not Polar Express's."""
   params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=(8, 12)),
                              jnp.float32)}
   grads = {"w": params["w"][::-1] ** 3}
   explicit = ortho_optax.adamuon(
-      0.01, coeffs="polar_express", normalization="schatten4")
+      0.01, coeffs="muon", normalization="frobenius")
   default = ortho_optax.adamuon(0.01)
-  muon_coeffs = ortho_optax.adamuon(0.01, coeffs="muon")
+  polar_express = ortho_optax.adamuon(0.01, coeffs="polar_express")
   out = [tx.update(grads, tx.init(params), params)[0]["w"]
-         for tx in (explicit, default, muon_coeffs)]
-  np.testing.assert_array_equal(out[0], out[1])
+         for tx in (explicit, default, polar_express)]
+  np.testing.assert_allclose(out[0], out[1], rtol=1e-5, atol=1e-7)
   assert not np.allclose(out[0], out[2], atol=1e-4)
+
+
+def test_adamuon_sign_changes_the_step():
+  """``sign=True`` orthogonalizes sign(momentum): a different step."""
+  params = {"w": jnp.asarray(np.random.default_rng(1).normal(size=(8, 12)),
+                             jnp.float32)}
+  grads = {"w": params["w"][::-1] ** 3}
+  out = [tx.update(grads, tx.init(params), params)[0]["w"]
+         for tx in (ortho_optax.adamuon(0.01, sign=s) for s in (False, True))]
+  assert not np.allclose(out[0], out[1], atol=1e-4)
