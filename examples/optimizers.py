@@ -82,7 +82,7 @@ ORTHO_OPTAX_NAMES = (
 # centres of examples/compare.py's sweeps. Starting points: the published
 # defaults (spec optimizers.md §13), moved where a sweep of the LM example
 # (600 steps, seed 0) put the best rate at an edge: normuon 0.02 (swept
-# 0.02-0.08), adamuon 0.01 (0.005-0.04: 0.01 best), scion 0.01 (0.005-0.04:
+# 0.02-0.08), adamuon 0.01 (0.005-0.02: 0.01 best), scion 0.01 (0.005-0.04:
 # 0.01 best), root and trust_region after a 200-step sweep.
 DEFAULT_LEARNING_RATES = {
     "adamw": 3e-3,

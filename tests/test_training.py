@@ -12,7 +12,7 @@ adamw (ref.)   3e-3    0.115
 muon           0.02    0.095
 turbo_muon     0.02    0.092
 normuon        0.02    0.098
-adamuon        0.02    0.139
+adamuon        0.02    0.106
 root           0.02    0.102
 auon           0.05    0.139
 hybrid_auon    0.02    0.13
