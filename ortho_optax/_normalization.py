@@ -14,13 +14,25 @@ import jax.numpy as jnp
 
 NORMALIZATIONS = ("frobenius", "spectral", "aol", "schatten4")
 
-# Power iterations on the Gram matrix for the "spectral" estimate. Each costs
-# one (m, m) matrix-vector product, i.e. 2 m^2 FLOPs.
+# Power iterations for the "spectral" estimate, run on (A / ||A||_F)^4 (two
+# (m, m) matmuls, 4 m^3 FLOPs) so that each one damps the other eigenvalues
+# by (lambda_i / lambda_max)^4: ten on A alone left sigma_max of a 23 x 39
+# Gaussian 11 % under (lambda_2 / lambda_max = 0.86), enough for the
+# Newton-Schulz iteration to diverge. Each costs one (m, m) matrix-vector
+# product, 2 m^2 FLOPs.
 SPECTRAL_POWER_ITERATIONS = 10
+# b = (A / ||A||_F)^(2^SPECTRAL_SQUARINGS).
+SPECTRAL_SQUARINGS = 2
 # The power-iteration estimate is a lower bound of sigma_max; this factor
 # leaves room for its error (capped by the Schatten-4 bound, which is exact
 # for an upper bound).
 SPECTRAL_SAFETY = 1.05
+
+
+def spectral_estimate_flops(m: int) -> int:
+  """FLOPs of the ``"spectral"`` estimate for an ``(m, n)`` input, m <= n."""
+  return (SPECTRAL_SQUARINGS * 2 * m**3
+          + SPECTRAL_POWER_ITERATIONS * 2 * m * m)
 
 
 def working_dtype(dtype) -> jnp.dtype:
@@ -97,7 +109,9 @@ def normalize(
       # ||X||_{S4}^2 = ||X X^H||_F >= sigma_max^2 (Gelfand bound, k = 1).
       lam = fro_a
     elif normalization == "spectral":
-      lam = jnp.minimum(_power_lambda_max(a) * SPECTRAL_SAFETY**2, fro_a)
+      lam = jnp.minimum(
+          _power_lambda_max(a, fro_a) * SPECTRAL_SAFETY**2, fro_a
+      )
     else:  # pragma: no cover - checked by the callers
       raise ValueError(normalization)
     s = jax.lax.rsqrt(jnp.maximum(lam, eps)) / input_scale
@@ -106,22 +120,34 @@ def normalize(
   return x0.astype(compute_dtype), a0.astype(compute_dtype)
 
 
-def _power_lambda_max(a: jax.Array) -> jax.Array:
+def _power_lambda_max(a: jax.Array, fro_a: jax.Array) -> jax.Array:
   """Power-iteration estimate of ``lambda_max`` of PSD ``a``, shape (..., 1, 1).
+
+  Iterates on ``b = (a / ||a||_F)^4`` (whose eigenvalues are in [0, 1], so
+  nothing overflows) and returns ``||a||_F * lambda_max(b)^(1/4)``: the
+  fourth power widens the eigenvalue gaps, and the fourth root divides the
+  estimate's relative error by four.
 
   ``a`` may be complex Hermitian (its real part is not enough: for complex
   ``a`` its ``lambda_max`` can be far smaller). The start vector is fixed (a
   deterministic pseudo-random draw), so the estimate is reproducible and
   jit-safe.
+
+  Args:
+    a: Hermitian PSD matrices of shape ``(..., m, m)``.
+    fro_a: their Frobenius norms, shape ``(..., 1, 1)``.
   """
   m = a.shape[-1]
   real = jnp.finfo(a.dtype).dtype
+  tiny = jnp.finfo(a.dtype).tiny
+  b = a / (fro_a + tiny).astype(a.dtype)
+  for _ in range(SPECTRAL_SQUARINGS):
+    b = b @ b  # b is Hermitian, so b @ b = b^H b stays PSD.
   v = jax.random.normal(jax.random.key(0), (m,), dtype=real).astype(a.dtype)
   v = jnp.broadcast_to(v, a.shape[:-1])
-  tiny = jnp.finfo(a.dtype).tiny
   for _ in range(SPECTRAL_POWER_ITERATIONS):
     v = v / (jnp.linalg.norm(v, axis=-1, keepdims=True) + tiny)
-    v = jnp.einsum("...ij,...j->...i", a, v)
-  # After the loop v = A v_unit, so ||v|| is the Rayleigh-type estimate.
-  lam = jnp.linalg.norm(v, axis=-1)
-  return lam[..., None, None]
+    v = jnp.einsum("...ij,...j->...i", b, v)
+  # After the loop v = B v_unit, so ||v|| is the Rayleigh-type estimate.
+  lam_b = jnp.linalg.norm(v, axis=-1)[..., None, None]
+  return fro_a * lam_b ** (0.5**SPECTRAL_SQUARINGS)

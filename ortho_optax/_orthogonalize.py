@@ -154,7 +154,7 @@ def orthogonalize_flops(
   )
   extra = 0
   if normalization == "spectral":
-    extra = _normalization.SPECTRAL_POWER_ITERATIONS * 2 * m * m
+    extra = _normalization.spectral_estimate_flops(m)
   if method == "newton_schulz":
     return batch * (steps * (4 * m * m * n + 2 * m**3) + extra)
   restarts = _gram.check_restarts(options.get("restarts"), steps)
