@@ -81,6 +81,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.num_heads = 4
   # Hidden width of the MLP, as a multiple of d_model.
   config.model.mlp_ratio = 4
+  # Start the last projection of every residual branch at zero (each block
+  # starts as the identity): two seeds then agree far more closely.
+  config.model.zero_init_residual = True
 
   # Optimizer, chosen by name: 'adamw', 'optax_muon' (optax.contrib.muon) or
   # any optimizer of ortho_optax ('muon', 'normuon', 'scion', ...).

@@ -209,6 +209,13 @@ def turbo_muon(
   rescaling, so on strongly low-rank momenta it changes the update
   direction slightly (see the spec's caveat).
 
+  Measured on the LM example (``configs/lm.py``, 600 steps, lr 0.02,
+  seed 0): the four steps ended 0.013 nats/byte behind five-step
+  :func:`muon` (1.5748 vs 1.5615), as did Muon with four steps and no AOL
+  (1.5741); AOL with five steps of Muon's coefficients
+  (``turbo_muon(lr, steps=5, coeffs="muon")``, what
+  ``optax.contrib.muon(preconditioning="aol")`` runs) matched Muon (1.5615).
+
   Args:
     learning_rate: as in :func:`muon`.
     steps: Newton-Schulz steps (the paper's 4).
