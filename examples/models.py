@@ -132,14 +132,17 @@ class TransformerLM(nnx.Module):
 
   With ``zero_init_residual`` the last projection of every residual branch
   (attention's ``proj``, the MLP's ``out``) starts at zero, as in
-  modded-nanogpt, so every block starts as the identity. On the LM example
-  it made two seeds of ``muon`` agree to 0.0012 nats/byte instead of 0.0106,
-  and lowered the loss (1.549 vs 1.556).
+  modded-nanogpt, so every block starts as the identity. It is off by
+  default because it is not neutral between optimizers: on the LM example
+  (600 steps) it made two seeds of ``muon`` agree to 0.0012 nats/byte
+  instead of 0.0106 and lowered its loss (1.549 vs 1.556), but raised
+  AdamW's by 0.17 (1.908 vs 1.734, mean of two seeds; every learning rate
+  of the sweep was worse).
   """
 
   def __init__(
       self, vocab_size: int, d_model: int, num_layers: int, num_heads: int,
-      mlp_ratio: int = 4, *, zero_init_residual: bool = True,
+      mlp_ratio: int = 4, *, zero_init_residual: bool = False,
       rngs: nnx.Rngs,
   ):
     self.embed = nnx.Embed(
@@ -177,7 +180,7 @@ def create_model(
     return TransformerLM(
         num_outputs, config.d_model, config.num_layers, config.num_heads,
         config.mlp_ratio,
-        zero_init_residual=config.get("zero_init_residual", True), rngs=rngs,
+        zero_init_residual=config.get("zero_init_residual", False), rngs=rngs,
     )
   raise ValueError(
       f"`model.name` must be one of 'mlp', 'cnn', 'lm'; got {config.name!r}."

@@ -173,3 +173,24 @@ def test_compare_checks_report_the_targets():
   assert "(target: >= 0.01: yes)" in text
   # Without AdamW and optax's Muon there is nothing to check.
   assert compare.checks([row("muon", 1.5, None)]) == []
+
+
+@pytest.mark.parametrize("zero", [True, False])
+def test_lm_zero_init_residual(zero):
+  """Only the residual branches' last projections start at zero; the other
+  kernels draw the same random values either way."""
+  from flax import nnx
+
+  from examples import models
+
+  def build(z):
+    return models.TransformerLM(
+        256, 16, 2, 2, zero_init_residual=z, rngs=nnx.Rngs(0))
+
+  model, other = build(zero), build(not zero)
+  for block, block2 in zip(model.blocks, other.blocks):
+    for kernel in (block.attn.proj.kernel[...], block.out.kernel[...]):
+      assert np.all(np.asarray(kernel) == 0) == zero
+    np.testing.assert_array_equal(block.attn.qkv.kernel[...],
+                                  block2.attn.qkv.kernel[...])
+    np.testing.assert_array_equal(block.fc.kernel[...], block2.fc.kernel[...])
