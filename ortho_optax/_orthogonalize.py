@@ -108,7 +108,8 @@ def orthogonalize_flops(
   With ``m <= n`` the sides after orientation and ``B`` the batch size:
 
   * ``newton_schulz``: ``B T (4 m^2 n + 2 m^3)`` (Gram, square, product with
-    X per step), plus ``10 * 2 m^2`` for the ``"spectral"`` power iteration;
+    X per step), plus ``10 * 4 * 2 m^2`` for the ``"spectral"`` power
+    iteration;
   * ``gram_newton_schulz``: ``B [2 m^2 n (1 + 2 restarts + 1 ...)]``: one
     ``X X^H`` and one ``Q X`` per segment, and ``4 L - 3`` products of
     ``m x m`` matrices (``2 m^3`` each) for a segment of ``L`` steps;

@@ -249,12 +249,14 @@ def test_normuon_equals_reference(rescale):
 # ----------------------------------------------------------------- AdaMuon
 
 
-@pytest.mark.parametrize("sign", [True, False])
+@pytest.mark.parametrize("sign", [True, False, None])
 def test_adamuon_equals_reference(sign):
-  """sign=True: Chongjie-Si/AdaMuon; sign=False: arXiv:2507.11005v1."""
+  """sign=True: Chongjie-Si/AdaMuon; sign=False and the default (None:
+  not passed): arXiv:2507.11005v1, no sign."""
   params, grads = _init(), _grads(SHAPES)
   lr, beta, wd, eps = 0.02, 0.95, 0.01, 1e-8
-  tx = ortho_optax.adamuon(lr, sign=sign, **NS_REF)
+  kwargs = {} if sign is None else {"sign": sign}
+  tx = ortho_optax.adamuon(lr, **kwargs, **NS_REF)
   maybe_sign = np.sign if sign else (lambda x: x)
   w = {k: np.asarray(v, np.float64).T for k, v in params.items()}
   m = {k: np.zeros_like(v) for k, v in w.items()}

@@ -201,6 +201,18 @@ def test_spectral_estimate_on_a_small_eigengap():
   assert np.linalg.svd(y, compute_uv=False).max() <= 1.25
 
 
+@pytest.mark.parametrize("normalization", ["spectral", "schatten4"])
+def test_large_input_is_scale_invariant(normalization):
+  """||X X^T||_F overflows float32 for |x| ~ 1e10 while X X^T does not; the
+  normalization must still see the right scale (it returned NaN for
+  "spectral" and zeros for "schatten4")."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((24, 40)),
+                  jnp.float32)
+  y = np.asarray(GRAM(x, normalization=normalization))
+  big = np.asarray(GRAM(1e10 * x, normalization=normalization))
+  np.testing.assert_allclose(big, y, rtol=1e-3, atol=1e-4)
+
+
 @hypothesis.settings(max_examples=12, deadline=None)
 @hypothesis.given(
     batch=st.lists(st.integers(1, 3), min_size=0, max_size=2),
