@@ -85,6 +85,9 @@ def get_config() -> ml_collections.ConfigDict:
   # starts as the identity). Off: it helps Muon (two seeds agree far more
   # closely) but costs AdamW 0.17 nats/byte here (see models.TransformerLM).
   config.model.zero_init_residual = False
+  # Initialization: 'default' (the modules' initializers) or 'scion'
+  # (ortho_optax.scion_init: every matrix on the sphere of its Scion norm).
+  config.model.init = "default"
 
   # Optimizer, chosen by name: 'adamw', 'optax_muon' (optax.contrib.muon) or
   # any optimizer of ortho_optax ('muon', 'normuon', 'scion', ...).

@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
+import ortho_optax
+
 
 class MLP(nnx.Module):
   """A ReLU MLP on flattened inputs: ``depth`` hidden layers, then ``head``."""
@@ -171,17 +173,34 @@ class TransformerLM(nnx.Module):
 def create_model(
     config: ml_collections.ConfigDict, *, num_outputs: int, rngs: nnx.Rngs
 ) -> nnx.Module:
-  """Builds the model named by ``config.name`` (``mlp``, ``cnn``, ``lm``)."""
+  """Builds the model named by ``config.name`` (``mlp``, ``cnn``, ``lm``).
+
+  ``config.init`` (optional): ``"default"``, the modules' initializers, or
+  ``"scion"``, :func:`ortho_optax.scion_init` with the ``config.scion_preset``
+  norms (default ``"gpt"``) redrawing every matrix.
+  """
+  init = config.get("init", "default")
+  if init not in ("default", "scion"):
+    raise ValueError(
+        f"`model.init` must be 'default' or 'scion'; got {init!r}."
+    )
   if config.name == "mlp":
-    return MLP(64, config.hidden, config.depth, num_outputs, rngs=rngs)
-  if config.name == "cnn":
-    return CNN(1, config.features, config.hidden, num_outputs, rngs=rngs)
-  if config.name == "lm":
-    return TransformerLM(
+    model = MLP(64, config.hidden, config.depth, num_outputs, rngs=rngs)
+  elif config.name == "cnn":
+    model = CNN(1, config.features, config.hidden, num_outputs, rngs=rngs)
+  elif config.name == "lm":
+    model = TransformerLM(
         num_outputs, config.d_model, config.num_layers, config.num_heads,
         config.mlp_ratio,
         zero_init_residual=config.get("zero_init_residual", False), rngs=rngs,
     )
-  raise ValueError(
-      f"`model.name` must be one of 'mlp', 'cnn', 'lm'; got {config.name!r}."
-  )
+  else:
+    raise ValueError(
+        f"`model.name` must be one of 'mlp', 'cnn', 'lm'; got {config.name!r}."
+    )
+  if init == "scion":
+    params = nnx.state(model, nnx.Param)
+    nnx.update(model, ortho_optax.scion_init(
+        rngs.params(), params, preset=config.get("scion_preset", "gpt")
+    ))
+  return model

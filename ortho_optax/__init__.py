@@ -55,6 +55,7 @@ from ortho_optax._routing import (
 )
 from ortho_optax._routing import label_params as label_params
 from ortho_optax._scion import scion as scion
+from ortho_optax._scion import scion_init as scion_init
 from ortho_optax._scion import scion_norms as scion_norms
 from ortho_optax._shape import scale_by_shape as scale_by_shape
 from ortho_optax._sharding import ShardingOptions as ShardingOptions
@@ -99,6 +100,7 @@ __all__ = (
     "scale_by_orthogonalization",
     "scale_by_shape",
     "scion",
+    "scion_init",
     "scion_norms",
     "select_method",
     "trust_region",

@@ -6,6 +6,7 @@ import functools
 import re
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from ortho_optax import _base
@@ -212,6 +213,10 @@ def scion(
   biases), with the norms and radii of ``preset`` (see
   :func:`scion_norms`) unless ``norms`` / ``radii`` are given.
 
+  :func:`scion_init` draws a model's matrices on the spheres of these
+  norms (the reference's ``Scion.init()``), so SCG starts on the boundary
+  of the ball its iterates stay in.
+
   Reference defaults (LIONS-EPFL/scion): ``alpha=0.1``, constrained;
   the reference runs Newton-Schulz with Muon's coefficients in bfloat16:
 
@@ -325,3 +330,80 @@ def scion(
       rules=rules,
       skip_nonfinite=skip_nonfinite,
   )
+
+
+def scion_init(
+    key: jax.Array,
+    params,
+    *,
+    preset: str = "gpt",
+    norms=None,
+    radii=None,
+    dimension_numbers=None,
+    rules: _routing.Rules = None,
+):
+  r"""Scion's norm-consistent initialization of a parameter tree.
+
+  Every matrix leaf is drawn on the sphere of its layer's norm, at its
+  radius: :math:`W = \rho\,\mathrm{dual}(Z)` with :math:`Z` i.i.d.
+  :math:`\mathcal{N}(0, 1)` of the leaf's shape and :math:`\mathrm{dual}`
+  the direction of :func:`scale_by_lmo` (computed with an exact SVD). This
+  is Scion's ``init()``: ``"spectral"`` gives a Haar-orthogonal matrix
+  times :math:`\rho \sqrt{\mathrm{fan\_out}/\mathrm{fan\_in}}`,
+  ``"sign"`` random :math:`\pm\rho` (divided by fan-in when normalized),
+  ``"col_norm"`` / ``"row_norm"`` Gaussian rows / columns rescaled to the
+  norm's radius. With the preset norms an SCG run then starts on the
+  boundary of the ball its iterates stay in.
+
+  Rank < 2 leaves (Scion's ``BiasRMS`` layers) are returned unchanged:
+  Scion initializes them to zero, which would switch off a normalization
+  layer's gain; models initialize their biases to zero already.
+
+  Args:
+    key: a PRNG key.
+    params: the parameter tree (arrays).
+    preset: as in :func:`scion`, used when ``norms`` is ``None``.
+    norms: as in :func:`scion` (a norm, tree or callable); ``None``: the
+      preset's.
+    radii: as in :func:`scion`; ``None``: the preset's (or 1 with
+      ``norms``).
+    dimension_numbers: as in :func:`scion`.
+    rules: as in :func:`scion`.
+
+  Returns:
+    A tree like ``params`` with the new matrices (same dtypes).
+
+  References:
+    Pethick et al., `Training Deep Learning Models with Norm-Constrained
+    LMOs <https://arxiv.org/abs/2502.07529>`_, 2025 (``Scion.init`` of
+    LIONS-EPFL/scion)
+  """
+  _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  if norms is None:
+    norms, preset_radii = scion_norms(params, preset)
+    if radii is None:
+      radii = preset_radii
+  elif radii is None:
+    radii = 1.0
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  lmo = _lmo.scale_by_lmo(
+      norms, radius=radii, method="polar_svd", dimension_numbers=branch_dn
+  )
+  leaves, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  noise = jax.tree.unflatten(treedef, [
+      x if _is_masked(x) else jax.random.normal(
+          k, x.shape, jnp.promote_types(x.dtype, jnp.float32)
+      )
+      for k, x in zip(keys, leaves)
+  ])
+  drawn, _ = lmo.update(noise, lmo.init(noise))
+  drawn_leaves = treedef.flatten_up_to(drawn)
+  return jax.tree.unflatten(treedef, [
+      x if _is_masked(x) or jnp.ndim(x) < 2 else d.astype(x.dtype)
+      for x, d in zip(leaves, drawn_leaves)
+  ])

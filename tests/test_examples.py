@@ -194,3 +194,27 @@ def test_lm_zero_init_residual(zero):
     np.testing.assert_array_equal(block.attn.qkv.kernel[...],
                                   block2.attn.qkv.kernel[...])
     np.testing.assert_array_equal(block.fc.kernel[...], block2.fc.kernel[...])
+
+
+def test_model_scion_init():
+  """``model.init='scion'`` redraws every matrix on its Scion-norm sphere and
+  keeps the norm gains; an unknown init is a clear error."""
+  from flax import nnx
+
+  from configs import lm
+  from examples import models
+
+  config = lm.get_config().model
+  config.d_model, config.num_layers, config.num_heads = 16, 1, 2
+  config.init = "scion"
+  model = models.create_model(config, num_outputs=256, rngs=nnx.Rngs(0))
+  sv = np.linalg.svd(np.asarray(model.blocks[0].fc.kernel[...]),
+                     compute_uv=False)
+  np.testing.assert_allclose(sv, 3.0 * 2.0, rtol=1e-5)  # radius 3, sqrt(4)
+  np.testing.assert_array_equal(np.abs(model.embed.embedding[...]), 1.0)
+  np.testing.assert_allclose(np.abs(model.lm_head.kernel[...]), 10.0 / 16,
+                             rtol=1e-6)
+  np.testing.assert_array_equal(model.norm.scale[...], 1.0)
+  config.init = "xavier"
+  with pytest.raises(ValueError, match="`model.init`"):
+    models.create_model(config, num_outputs=256, rngs=nnx.Rngs(0))

@@ -2,6 +2,7 @@
 
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -330,3 +331,75 @@ def test_scion_norms_patterns_and_unknown_preset():
   assert norms["layers_2"]["kernel"] == LMONorm("auto")
   with pytest.raises(ValueError, match="`preset`"):
     ortho_optax.scion_norms(_mlp_tree(), "vit")
+
+
+def _gpt_tree(dtype=jnp.float32):
+  return {
+      "wte": {"embedding": jnp.zeros((32, 8), dtype)},
+      "block": {"fc": {"kernel": jnp.zeros((8, 24), dtype)},
+                "out": {"kernel": jnp.zeros((24, 8), dtype)},
+                "norm": {"scale": jnp.full(8, 0.5, dtype)}},
+      "lm_head": {"kernel": jnp.zeros((8, 32), dtype)},
+  }
+
+
+def test_scion_init_gpt_matches_the_norm_spheres():
+  params = ortho_optax.scion_init(jax.random.key(0), _gpt_tree())
+  # Spectral, radius 3, s = sqrt(fan_out / fan_in): every singular value
+  # of the (in, out) kernel equals 3 * sqrt(out / in) (an SVD reference).
+  for name, (fan_in, fan_out) in {"fc": (8, 24), "out": (24, 8)}.items():
+    w = np.asarray(params["block"][name]["kernel"], np.float64)
+    sv = np.linalg.svd(w, compute_uv=False)
+    np.testing.assert_allclose(sv, 3.0 * math.sqrt(fan_out / fan_in),
+                               rtol=1e-5)
+  # Sign, unnormalized, radius 1 (embedding); normalized, radius 10 (head).
+  emb = np.asarray(params["wte"]["embedding"])
+  np.testing.assert_array_equal(np.abs(emb), 1.0)
+  head = np.asarray(params["lm_head"]["kernel"])
+  np.testing.assert_allclose(np.abs(head), 10.0 / 8, rtol=1e-6)
+  # Both signs occur (a random draw, not a constant).
+  assert 0.3 < (emb > 0).mean() < 0.7 and 0.3 < (head > 0).mean() < 0.7
+  # Rank < 2 leaves (norm gains) are kept.
+  np.testing.assert_array_equal(params["block"]["norm"]["scale"], 0.5)
+
+
+def test_scion_init_is_a_random_draw_of_the_key():
+  a = ortho_optax.scion_init(jax.random.key(0), _gpt_tree())
+  b = ortho_optax.scion_init(jax.random.key(0), _gpt_tree())
+  c = ortho_optax.scion_init(jax.random.key(1), _gpt_tree())
+  chex.assert_trees_all_equal(a, b)
+  fa = np.asarray(a["block"]["fc"]["kernel"])
+  fc = np.asarray(c["block"]["fc"]["kernel"])
+  assert np.abs(fa - fc).max() > 0.1
+  # Distinct leaves of one shape get distinct draws.
+  tree = {"h1": jnp.zeros((8, 8)), "h2": jnp.zeros((8, 8))}
+  d = ortho_optax.scion_init(jax.random.key(0), tree, norms="spectral")
+  assert np.abs(np.asarray(d["h1"]) - np.asarray(d["h2"])).max() > 0.1
+
+
+def test_scion_init_explicit_norms_radii_and_dtype():
+  tree = {"a": jnp.zeros((6, 10), jnp.bfloat16), "b": jnp.zeros((5, 4))}
+  out = ortho_optax.scion_init(
+      jax.random.key(2), tree,
+      norms={"a": "col_norm", "b": LMONorm("row_norm")},
+      radii={"a": 2.0, "b": 0.5},
+  )
+  assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.float32
+  a = np.asarray(out["a"], np.float64)
+  # ColNorm (unnormalized): each fan-in row has l2 norm radius * sqrt(fan_out).
+  np.testing.assert_allclose(np.linalg.norm(a, axis=1),
+                             2.0 * math.sqrt(10), rtol=1e-2)
+  b = np.asarray(out["b"], np.float64)
+  # RowNorm (normalized): each fan-out column has norm radius / sqrt(fan_in).
+  np.testing.assert_allclose(np.linalg.norm(b, axis=0),
+                             0.5 / math.sqrt(5), rtol=1e-5)
+
+
+def test_scion_init_mlp_preset_and_unknown_preset():
+  out = ortho_optax.scion_init(jax.random.key(0), _mlp_tree(), preset="mlp")
+  # Input layer Spectral(max=True) radius 1: s = max(1, sqrt(16/8)).
+  sv = np.linalg.svd(np.asarray(out["layers_0"]["kernel"]), compute_uv=False)
+  np.testing.assert_allclose(sv, math.sqrt(2.0), rtol=1e-5)
+  np.testing.assert_array_equal(out["layers_0"]["bias"], 0.0)
+  with pytest.raises(ValueError, match="`preset`"):
+    ortho_optax.scion_init(jax.random.key(0), _mlp_tree(), preset="vit")
