@@ -378,6 +378,11 @@ def scion_init(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025 (``Scion.init`` of
     LIONS-EPFL/scion)
   """
+  if isinstance(key, (int, float)) or not hasattr(key, "shape"):
+    raise TypeError(
+        "`key` must be a PRNG key such as `jax.random.key(0)`, got"
+        f" {type(key).__name__}."
+    )
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
   if norms is None:
     norms, preset_radii = scion_norms(params, preset)

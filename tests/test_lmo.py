@@ -403,3 +403,5 @@ def test_scion_init_mlp_preset_and_unknown_preset():
   np.testing.assert_array_equal(out["layers_0"]["bias"], 0.0)
   with pytest.raises(ValueError, match="`preset`"):
     ortho_optax.scion_init(jax.random.key(0), _mlp_tree(), preset="vit")
+  with pytest.raises(TypeError, match="`key`"):
+    ortho_optax.scion_init(0, _mlp_tree())
