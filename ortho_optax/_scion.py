@@ -163,6 +163,24 @@ def scion_norms(
   )
 
 
+def _lmo_arguments(preset, norms, radii, dimension_numbers, rules):
+  """``(norms, radii, dimension_numbers)`` for :func:`scale_by_lmo`: the
+  preset's norms and radii unless given (radius 1 for given norms), and the
+  routing that gives every leaf, embeddings and heads included, its LMO."""
+  if norms is None:
+    norms = lambda p: scion_norms(p, preset)[0]  # noqa: E731
+    if radii is None:
+      radii = lambda p: scion_norms(p, preset)[1]  # noqa: E731
+  elif radii is None:
+    radii = 1.0
+  branch_dn = functools.partial(
+      _routing.branch_dimension_numbers,
+      dimension_numbers=dimension_numbers,
+      rules=rules,
+  )
+  return norms, radii, branch_dn
+
+
 def scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -278,16 +296,8 @@ def scion(
           "`learning_rate` must be <= 1 with `constrained=True` (the SCG"
           f" step is a convex combination), got {learning_rate!r}."
       )
-  if norms is None:
-    norms = lambda p: scion_norms(p, preset)[0]  # noqa: E731
-    if radii is None:
-      radii = lambda p: scion_norms(p, preset)[1]  # noqa: E731
-  elif radii is None:
-    radii = 1.0
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
+  norms, radii, branch_dn = _lmo_arguments(
+      preset, norms, radii, dimension_numbers, rules
   )
   lmo_tx = optax.chain(
       _momentum.scale_by_momentum(
@@ -384,16 +394,8 @@ def scion_init(
         f" {type(key).__name__}."
     )
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
-  if norms is None:
-    norms, preset_radii = scion_norms(params, preset)
-    if radii is None:
-      radii = preset_radii
-  elif radii is None:
-    radii = 1.0
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
+  norms, radii, branch_dn = _lmo_arguments(
+      preset, norms, radii, dimension_numbers, rules
   )
   lmo = _lmo.scale_by_lmo(
       norms, radius=radii, method="polar_svd", dimension_numbers=branch_dn
