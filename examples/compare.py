@@ -77,11 +77,14 @@ def _define_flags():
                     "Optimizer names (see examples/optimizers.py).")
   flags.DEFINE_list("lr_factors", ["0.5", "1", "2"],
                     "Learning rates swept: these times each default.")
-  flags.DEFINE_list("seeds", ["0", "1"],
+  # Four seeds: AdamW's best, the target every ratio is measured against,
+  # moved by 0.036 nats/byte between seeds {0, 1} and {2, 3} (measured).
+  flags.DEFINE_list("seeds", ["0", "1", "2", "3"],
                     "Seeds; the sweep runs on the first one.")
   flags.DEFINE_integer("steps", None, "Training steps (default: config's).")
   flags.DEFINE_bool("quick", False,
-                    "A few-minute smoke run: tiny model, 60 steps, no sweep.")
+                    "A few-minute smoke run: tiny model, 60 steps, no sweep,"
+                    " two seeds.")
 
 
 # ----------------------------------------------------------------------------
@@ -454,11 +457,14 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
   config = comparison_config(FLAGS.config, FLAGS.steps, FLAGS.quick)
   factors = FLAGS.lr_factors
+  seeds = FLAGS.seeds
   if FLAGS.quick and not FLAGS["lr_factors"].present:
     factors = ["1"]  # No sweep in the smoke run.
+  if FLAGS.quick and not FLAGS["seeds"].present:
+    seeds = seeds[:2]
   compare(
       config, FLAGS.workdir, FLAGS.optimizers,
-      [float(f) for f in factors], [int(s) for s in FLAGS.seeds],
+      [float(f) for f in factors], [int(s) for s in seeds],
       FLAGS.results_dir,
   )
 
