@@ -359,15 +359,17 @@ def scion_init(
   :math:`\mathcal{N}(0, 1)` of the leaf's shape and :math:`\mathrm{dual}`
   the direction of :func:`scale_by_lmo` (computed with an exact SVD). This
   is Scion's ``init()``: ``"spectral"`` gives a Haar-orthogonal matrix
-  times :math:`\rho \sqrt{\mathrm{fan\_out}/\mathrm{fan\_in}}`,
+  times :math:`\rho` and the LMO's factor (:math:`\sqrt{\mathrm{fan\_out}
+  /\mathrm{fan\_in}}` for hidden layers),
   ``"sign"`` random :math:`\pm\rho` (divided by fan-in when normalized),
   ``"col_norm"`` / ``"row_norm"`` Gaussian rows / columns rescaled to the
   norm's radius. With the preset norms an SCG run then starts on the
   boundary of the ball its iterates stay in.
 
-  Rank < 2 leaves (Scion's ``BiasRMS`` layers) are returned unchanged:
-  Scion initializes them to zero, which would switch off a normalization
-  layer's gain; models initialize their biases to zero already.
+  Leaves whose norm is ``None`` and rank < 2 leaves (Scion's ``BiasRMS``
+  layers) are returned unchanged. Scion initializes the latter to zero,
+  which would switch off a normalization layer's gain; models initialize
+  their biases to zero already.
 
   Args:
     key: a PRNG key.
@@ -410,7 +412,12 @@ def scion_init(
   ])
   drawn, _ = lmo.update(noise, lmo.init(noise))
   drawn_leaves = treedef.flatten_up_to(drawn)
+  # A leaf whose norm is None passes through the LMO as noise: keep it.
+  tree = norms(params) if callable(norms) and not isinstance(
+      norms, _lmo.LMONorm) else norms
+  leaf_norms = _lmo.per_leaf(tree, params, _lmo.is_norm_value)
   return jax.tree.unflatten(treedef, [
-      x if _is_masked(x) or jnp.ndim(x) < 2 else d.astype(x.dtype)
-      for x, d in zip(leaves, drawn_leaves)
+      x if _is_masked(x) or n is None or jnp.ndim(x) < 2
+      else d.astype(x.dtype)
+      for x, d, n in zip(leaves, drawn_leaves, leaf_norms)
   ])

@@ -385,6 +385,10 @@ def test_scion_init_explicit_norms_radii_and_dtype():
       radii={"a": 2.0, "b": 0.5},
   )
   assert out["a"].dtype == jnp.bfloat16 and out["b"].dtype == jnp.float32
+  kept = ortho_optax.scion_init(
+      jax.random.key(2), tree, norms={"a": None, "b": "spectral"}
+  )
+  np.testing.assert_array_equal(kept["a"], tree["a"])
   a = np.asarray(out["a"], np.float64)
   # ColNorm (unnormalized): each fan-in row has l2 norm radius * sqrt(fan_out).
   np.testing.assert_allclose(np.linalg.norm(a, axis=1),
