@@ -290,6 +290,8 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
         "best_val_loss": statistics.mean(losses),
         "seed_losses": losses,
         "seed_spread": max(losses) - min(losses),
+        "seed_sem": (statistics.stdev(losses) / math.sqrt(len(losses))
+                     if len(losses) > 1 else None),
         "paired_delta_vs_reference": paired,
         "steps_to_adamw_best": reach,
         "fraction_of_adamw_steps": (reach / adamw_steps
@@ -316,7 +318,9 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
       f" {{{', '.join(f'{f:g}' for f in lr_factors)}}} around each default on"
       f" seed {seeds[0]}"
       + (f", the best one rerun on seed(s) {', '.join(map(str, seeds[1:]))};"
-         f" losses are means over {len(seeds)} seeds." if seeds[1:] else ".")
+         f" losses are means over {len(seeds)} seeds (± their standard"
+         " error; seed spread: largest minus smallest)." if seeds[1:]
+         else ".")
       + f" `- {REFERENCE_MUON}, per seed`: this optimizer's best validation"
       f" loss minus {REFERENCE_MUON}'s on the same seed (same initialization"
       " and batches): seeds move every optimizer alike, so these paired"
@@ -340,7 +344,8 @@ def summarize(config, results, seeds, lr_factors, skipped, wall) -> dict:
     lines.append(
         f"| {r['optimizer']} | {r['best_lr']:.3g}"
         f"{' (edge)' if r['edge_of_sweep'] else ''} |"
-        f" {r['best_val_loss']:.4f} | {r['seed_spread']:.4f} |"
+        f" {r['best_val_loss']:.4f}{_sem(r['seed_sem'])} |"
+        f" {r['seed_spread']:.4f} |"
         f" {_paired(r['paired_delta_vs_reference'])} |"
         f" {_fmt(r['steps_to_adamw_best'], '.0f', reach_none)} |"
         f" {_fmt(r['fraction_of_adamw_steps'], '.2f')} |"
@@ -404,6 +409,10 @@ def checks(rows: list[dict]) -> list[str]:
           f" {'yes' if margin >= 0.01 else 'no'})"
       )
   return out if len(out) > 2 else []
+
+
+def _sem(sem) -> str:
+  return "" if sem is None else f" ± {sem:.4f}"
 
 
 def _paired(deltas) -> str:

@@ -134,8 +134,12 @@ def test_compare_writes_table_and_plot(tmp_path):
   assert sorted(rows) == ["adamw", "optax_muon"]
   assert rows["adamw"]["fraction_of_adamw_steps"] == 1.0
   assert len(rows["optax_muon"]["seed_losses"]) == 2
+  # Two seeds: the standard error of their mean is half their difference.
+  assert rows["optax_muon"]["seed_sem"] == pytest.approx(
+      rows["optax_muon"]["seed_spread"] / 2)
   table = (tmp_path / "results" / "compare.md").read_text()
   assert "| optax_muon |" in table and "no_such_optimizer" in table
+  assert f"{rows['adamw']['best_val_loss']:.4f} ± " in table
   assert (tmp_path / "results" / "compare.png").stat().st_size > 0
   # A second call reuses the finished runs.
   again = compare.compare(config, tmp_path, ["adamw"], [1.0], [0, 1])
