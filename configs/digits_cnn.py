@@ -38,4 +38,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.features = 16
   # Width of the dense layer before the head.
   config.model.hidden = 64
+  # Initialization: 'default' (the modules' initializers) or 'scion'
+  # (ortho_optax.scion_init: every matrix on the sphere of its Scion norm).
+  config.model.init = "default"
+  # The Scion preset whose norms and radii that init uses; match the
+  # optimizer's (`--config.optimizer.kwargs='{"preset": ...}'`).
+  config.model.scion_preset = "cnn"
   return config

@@ -59,6 +59,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.hidden = 128
   # Number of hidden layers.
   config.model.depth = 2
+  # Initialization: 'default' (the modules' initializers) or 'scion'
+  # (ortho_optax.scion_init: every matrix on the sphere of its Scion norm).
+  config.model.init = "default"
+  # The Scion preset whose norms and radii that init uses; match the
+  # optimizer's (`--config.optimizer.kwargs='{"preset": ...}'`).
+  config.model.scion_preset = "mlp"
 
   # Optimizer, chosen by name: 'adamw', 'optax_muon' (optax.contrib.muon) or
   # any optimizer of ortho_optax ('muon', 'normuon', 'scion', ...).

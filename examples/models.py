@@ -184,6 +184,11 @@ def create_model(
     raise ValueError(
         f"`model.init` must be 'default' or 'scion'; got {init!r}."
     )
+  if init == "scion" and config.get("zero_init_residual", False):
+    raise ValueError(
+        "`model.zero_init_residual=True` and `model.init='scion'` exclude"
+        " each other: the Scion init redraws the zeroed projections."
+    )
   if config.name == "mlp":
     model = MLP(64, config.hidden, config.depth, num_outputs, rngs=rngs)
   elif config.name == "cnn":

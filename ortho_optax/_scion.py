@@ -99,9 +99,10 @@ def scion_norms(
   Roles: a path naming an output head (``head``, ``lm_head``, ``logits``,
   ``unembed``, ...) or matching ``output_pattern`` is "output"; a path
   naming an embedding (``embed``, ``wte``, ...) or matching
-  ``input_pattern`` is "input". For ``"mlp"`` and ``"cnn"`` without such
-  names, the first and last matrix leaves (in tree order) are the input and
-  output layers. Rank < 2 leaves are always "rank < 2".
+  ``input_pattern`` is "input". For ``"mlp"`` and ``"cnn"``, when no name
+  or pattern gives the input (output) layer, it is the first (last) in tree
+  order of the matrix leaves that no name placed. Rank < 2 leaves are
+  always "rank < 2".
 
   Args:
     params: the parameter tree (arrays or ``ShapeDtypeStruct``; masked and
@@ -140,14 +141,14 @@ def scion_norms(
       role = "input"
     roles.append(role)
   if preset in _POSITIONAL:
-    matrices = [
-        i for i, r in enumerate(roles) if r not in ("vector", "masked")
-    ]
+    # Only matrices that no name or pattern placed: a named head that comes
+    # first in tree order ("head" < "layers") must not become the input.
+    unplaced = [i for i, r in enumerate(roles) if r == "hidden"]
     has = set(roles)
-    if matrices and "input" not in has and input_pattern is None:
-      roles[matrices[0]] = "input"
-    if len(matrices) > 1 and "output" not in has and output_pattern is None:
-      roles[matrices[-1]] = "output"
+    if unplaced and "input" not in has and input_pattern is None:
+      roles[unplaced.pop(0)] = "input"
+    if unplaced and "output" not in has and output_pattern is None:
+      roles[unplaced[-1]] = "output"
   norms, radii = [], []
   for role in roles:
     if role == "masked":
@@ -161,6 +162,16 @@ def scion_norms(
       jax.tree_util.tree_unflatten(treedef, norms),
       jax.tree_util.tree_unflatten(treedef, radii),
   )
+
+
+def _is_prng_key(key) -> bool:
+  """A typed key (``jax.random.key``) or a raw uint32 one (``PRNGKey``)."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    return False
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  return dtype == jnp.uint32 and jnp.ndim(key) >= 1
 
 
 def _lmo_arguments(preset, norms, radii, dimension_numbers, rules):
@@ -362,12 +373,21 @@ def scion_init(
   times :math:`\rho` and the LMO's factor (:math:`\sqrt{\mathrm{fan\_out}
   /\mathrm{fan\_in}}` for hidden layers),
   ``"sign"`` random :math:`\pm\rho` (divided by fan-in when normalized),
-  ``"col_norm"`` / ``"row_norm"`` Gaussian rows / columns rescaled to the
-  norm's radius. With the preset norms an SCG run then starts on the
+  ``"col_norm"`` Gaussian fan-in rows of length
+  :math:`\rho\sqrt{\mathrm{fan\_out}}` (divided by fan-in when
+  normalized), ``"row_norm"`` Gaussian fan-out columns of length
+  :math:`\rho` (divided by :math:`\sqrt{\mathrm{fan\_in}}` when
+  normalized). With the preset norms an SCG run then starts on the
   boundary of the ball its iterates stay in.
 
-  Leaves whose norm is ``None`` and rank < 2 leaves (Scion's ``BiasRMS``
-  layers) are returned unchanged. Scion initializes the latter to zero,
+  One deliberate difference: a convolution kernel (``"spectral_conv"``,
+  or ``"auto"`` on rank 3+) is the polar factor of its flattened
+  ``(kh kw in, out)`` view times the LMO's factor, i.e. on the sphere of
+  the norm its LMO uses; Scion's ``init()`` instead makes every kernel tap
+  orthogonal, which puts the kernel off that sphere.
+
+  Leaves whose norm is ``None`` or ``"bias_rms"`` and rank < 2 leaves are
+  returned unchanged. Scion initializes its ``BiasRMS`` layers to zero,
   which would switch off a normalization layer's gain; models initialize
   their biases to zero already.
 
@@ -390,7 +410,7 @@ def scion_init(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025 (``Scion.init`` of
     LIONS-EPFL/scion)
   """
-  if isinstance(key, (int, float)) or not hasattr(key, "shape"):
+  if not _is_prng_key(key):
     raise TypeError(
         "`key` must be a PRNG key such as `jax.random.key(0)`, got"
         f" {type(key).__name__}."
@@ -417,7 +437,11 @@ def scion_init(
       norms, _lmo.LMONorm) else norms
   leaf_norms = _lmo.per_leaf(tree, params, _lmo.is_norm_value)
   return jax.tree.unflatten(treedef, [
-      x if _is_masked(x) or n is None or jnp.ndim(x) < 2
-      else d.astype(x.dtype)
+      x if _is_masked(x) or _kept(x, _lmo.as_norm(n)) else d.astype(x.dtype)
       for x, d, n in zip(leaves, drawn_leaves, leaf_norms)
   ])
+
+
+def _kept(x, norm) -> bool:
+  """Whether :func:`scion_init` leaves ``x`` as it is."""
+  return norm is None or norm.name == "bias_rms" or jnp.ndim(x) < 2

@@ -6,9 +6,11 @@ tiny model, and trained in ``tmp_path``.
 
 import importlib
 import json
+import math
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -205,6 +207,7 @@ def test_model_scion_init():
   keeps the norm gains; an unknown init is a clear error."""
   from flax import nnx
 
+  from configs import digits_mlp
   from configs import lm
   from examples import models
 
@@ -222,3 +225,16 @@ def test_model_scion_init():
   config.init = "xavier"
   with pytest.raises(ValueError, match="`model.init`"):
     models.create_model(config, num_outputs=256, rngs=nnx.Rngs(0))
+  config.init, config.zero_init_residual = "scion", True
+  with pytest.raises(ValueError, match="zero_init_residual"):
+    models.create_model(config, num_outputs=256, rngs=nnx.Rngs(0))
+  # The digits MLP with the "mlp" preset: input Spectral(max=True) radius 1
+  # on the (64, hidden) kernel gives max(1, sqrt(hidden / 64)).
+  mlp = digits_mlp.get_config().model
+  mlp.init = "scion"
+  model = models.create_model(mlp, num_outputs=10, rngs=nnx.Rngs(0))
+  first = jax.tree.leaves(nnx.state(model, nnx.Param))
+  kernels = [x for x in first if x.ndim == 2 and x.shape[0] == 64]
+  sv = np.linalg.svd(np.asarray(kernels[0]), compute_uv=False)
+  np.testing.assert_allclose(sv, max(1.0, math.sqrt(mlp.hidden / 64)),
+                             rtol=1e-5)

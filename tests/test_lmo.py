@@ -306,6 +306,20 @@ def test_scion_norms_mlp_roles():
   assert radii["layers_1"]["kernel"] == 1.0
 
 
+def test_scion_norms_mlp_named_head_first_in_tree_order():
+  """A Flax MLP whose head sorts before its layers: the head stays the
+  output and the first unnamed matrix is the input."""
+  tree = {
+      "head": {"kernel": jnp.zeros((16, 3)), "bias": jnp.zeros(3)},
+      "layers": [{"kernel": jnp.zeros((8, 16))}, {"kernel": jnp.zeros((16, 16))}],
+  }
+  norms, radii = ortho_optax.scion_norms(tree, "mlp")
+  assert norms["head"]["kernel"] == LMONorm("sign")
+  assert radii["head"]["kernel"] == 2.0**10
+  assert norms["layers"][0]["kernel"] == LMONorm("spectral", max=True)
+  assert norms["layers"][1]["kernel"] == LMONorm("spectral")
+
+
 def test_scion_norms_gpt_roles_by_name():
   tree = {
       "wte": {"embedding": jnp.zeros((32, 8))},
@@ -409,3 +423,28 @@ def test_scion_init_mlp_preset_and_unknown_preset():
     ortho_optax.scion_init(jax.random.key(0), _mlp_tree(), preset="vit")
   with pytest.raises(TypeError, match="`key`"):
     ortho_optax.scion_init(0, _mlp_tree())
+  with pytest.raises(TypeError, match="`key`"):
+    ortho_optax.scion_init(jnp.array(0), _mlp_tree())
+  # A raw uint32 key works too.
+  raw = ortho_optax.scion_init(jax.random.PRNGKey(0), _mlp_tree(),
+                               preset="mlp")
+  assert raw["layers_1"]["kernel"].shape == (16, 16)
+
+
+def test_scion_init_conv_kernel_and_bias_rms_leaves():
+  tree = {
+      "conv": {"kernel": jnp.zeros((3, 3, 4, 8))},  # Flax HWIO
+      "pos_embed": jnp.full((1, 5, 4), 0.25),
+  }
+  out = ortho_optax.scion_init(
+      jax.random.key(3), tree,
+      norms={"conv": {"kernel": "spectral_conv"}, "pos_embed": "bias_rms"},
+      radii=2.0,
+  )
+  # The flattened (kh kw in, out) view is a semi-orthogonal matrix times the
+  # LMO's factor radius * sqrt(out / in) / (kh kw).
+  w = np.asarray(out["conv"]["kernel"], np.float64).reshape(36, 8)
+  np.testing.assert_allclose(np.linalg.svd(w, compute_uv=False),
+                             2.0 * math.sqrt(8 / 4) / 9, rtol=1e-5)
+  # A bias_rms leaf is kept whatever its rank.
+  np.testing.assert_array_equal(out["pos_embed"], tree["pos_embed"])
