@@ -9,7 +9,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from ortho_optax._robust import quantile_of_magnitudes
+from ortho_optax.transforms.quantile_clip import quantile_of_magnitudes
 
 
 def _time(f, x, repeats=20):

@@ -133,7 +133,7 @@ def param_specs(params, mesh_name):
 
 
 def is_hidden_matrix(path, x) -> bool:
-  return x.ndim == 2 and not ortho_optax._routing.is_embedding_or_head(path)
+  return x.ndim == 2 and not ortho_optax.routing.is_embedding_or_head(path)
 
 
 def optimizers(params):

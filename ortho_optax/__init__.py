@@ -5,61 +5,67 @@ Gram Newton-Schulz, AuON, exact SVD) and, built on them, Optax
 ``GradientTransformation``s and named optimizers.
 """
 
-from ortho_optax._adamuon import adamuon as adamuon
-from ortho_optax._auon import auon as auon_orthogonalize
-from ortho_optax._auon_optimizer import auon as auon
-from ortho_optax._auon_optimizer import hybrid_auon as hybrid_auon
-from ortho_optax._coefficients import PRESETS as COEFFICIENT_PRESETS
-from ortho_optax._coefficients import CoefficientTable as CoefficientTable
-from ortho_optax._elementwise_norm import (
-    ScaleByElementwiseNormState as ScaleByElementwiseNormState,
+from ortho_optax.engines.auon import auon as auon_orthogonalize
+from ortho_optax.engines.coefficients import PRESETS as COEFFICIENT_PRESETS
+from ortho_optax.engines.coefficients import (
+    CoefficientTable as CoefficientTable,
 )
-from ortho_optax._elementwise_norm import (
-    scale_by_elementwise_norm as scale_by_elementwise_norm,
-)
-from ortho_optax._flops import count_matmul_flops as count_matmul_flops
-from ortho_optax._gram import gram_newton_schulz as gram_newton_schulz
-from ortho_optax._hlo import collective_bytes as collective_bytes
-from ortho_optax._hlo import matmul_flops as compiled_matmul_flops
-from ortho_optax._lmo import LMONorm as LMONorm
-from ortho_optax._lmo import scale_by_lmo as scale_by_lmo
-from ortho_optax._momentum import ScaleByMomentumState as ScaleByMomentumState
-from ortho_optax._momentum import scale_by_momentum as scale_by_momentum
-from ortho_optax._muon import muon as muon
-from ortho_optax._muon import turbo_muon as turbo_muon
-from ortho_optax._neuron_norm import (
-    ScaleByNeuronNormState as ScaleByNeuronNormState,
-)
-from ortho_optax._neuron_norm import (
-    scale_by_neuron_norm as scale_by_neuron_norm,
-)
-from ortho_optax._newton_schulz import newton_schulz as newton_schulz
-from ortho_optax._normuon import normuon as normuon
-from ortho_optax._orthogonalization import (
-    scale_by_orthogonalization as scale_by_orthogonalization,
-)
-from ortho_optax._orthogonalize import orthogonalize as orthogonalize
-from ortho_optax._orthogonalize import (
+from ortho_optax.engines.flops import count_matmul_flops as count_matmul_flops
+from ortho_optax.engines.gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax.engines.newton_schulz import newton_schulz as newton_schulz
+from ortho_optax.engines.orthogonalize import orthogonalize as orthogonalize
+from ortho_optax.engines.orthogonalize import (
     orthogonalize_flops as orthogonalize_flops,
 )
-from ortho_optax._orthogonalize import select_method as select_method
-from ortho_optax._polar import orthogonality_error as orthogonality_error
-from ortho_optax._polar import polar_svd as polar_svd
-from ortho_optax._pome import pome as pome
-from ortho_optax._qk_clip import qk_clip as qk_clip
-from ortho_optax._robust import clip_by_quantile as clip_by_quantile
-from ortho_optax._root import root as root
-from ortho_optax._routing import DimensionNumbers as DimensionNumbers
-from ortho_optax._routing import (
-    dimension_numbers_tree as dimension_numbers_tree,
+from ortho_optax.engines.orthogonalize import select_method as select_method
+from ortho_optax.engines.polar import orthogonality_error as orthogonality_error
+from ortho_optax.engines.polar import polar_svd as polar_svd
+from ortho_optax.optimizers.adamuon import adamuon as adamuon
+from ortho_optax.optimizers.auon import auon as auon
+from ortho_optax.optimizers.auon import hybrid_auon as hybrid_auon
+from ortho_optax.optimizers.muon import muon as muon
+from ortho_optax.optimizers.muon import turbo_muon as turbo_muon
+from ortho_optax.optimizers.normuon import normuon as normuon
+from ortho_optax.optimizers.root import root as root
+from ortho_optax.optimizers.scion import scion as scion
+from ortho_optax.optimizers.scion import scion_init as scion_init
+from ortho_optax.optimizers.scion import scion_norms as scion_norms
+from ortho_optax.optimizers.trust_region import trust_region as trust_region
+from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
+from ortho_optax.parallel.hlo import matmul_flops as compiled_matmul_flops
+from ortho_optax.parallel.sharding import ShardingOptions as ShardingOptions
+from ortho_optax.routing import DimensionNumbers as DimensionNumbers
+from ortho_optax.routing import dimension_numbers_tree as dimension_numbers_tree
+from ortho_optax.routing import label_params as label_params
+from ortho_optax.tools.pome import pome as pome
+from ortho_optax.tools.qk_clip import qk_clip as qk_clip
+from ortho_optax.transforms.elementwise_norm import (
+    ScaleByElementwiseNormState as ScaleByElementwiseNormState,
 )
-from ortho_optax._routing import label_params as label_params
-from ortho_optax._scion import scion as scion
-from ortho_optax._scion import scion_init as scion_init
-from ortho_optax._scion import scion_norms as scion_norms
-from ortho_optax._shape import scale_by_shape as scale_by_shape
-from ortho_optax._sharding import ShardingOptions as ShardingOptions
-from ortho_optax._trust_region import trust_region as trust_region
+from ortho_optax.transforms.elementwise_norm import (
+    scale_by_elementwise_norm as scale_by_elementwise_norm,
+)
+from ortho_optax.transforms.lmo import LMONorm as LMONorm
+from ortho_optax.transforms.lmo import scale_by_lmo as scale_by_lmo
+from ortho_optax.transforms.momentum import (
+    ScaleByMomentumState as ScaleByMomentumState,
+)
+from ortho_optax.transforms.momentum import (
+    scale_by_momentum as scale_by_momentum,
+)
+from ortho_optax.transforms.neuron_norm import (
+    ScaleByNeuronNormState as ScaleByNeuronNormState,
+)
+from ortho_optax.transforms.neuron_norm import (
+    scale_by_neuron_norm as scale_by_neuron_norm,
+)
+from ortho_optax.transforms.orthogonalization import (
+    scale_by_orthogonalization as scale_by_orthogonalization,
+)
+from ortho_optax.transforms.quantile_clip import (
+    clip_by_quantile as clip_by_quantile,
+)
+from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
 
 __version__ = "0.1.0"
 

@@ -2,8 +2,8 @@
 
 The published coefficient tables are copied here digit for digit from the
 spec (``newton_schulz.md`` §1, §1b, §2, §3, §4), independently of
-``ortho_optax._coefficients``, so the tests compare the library against the
-published numbers rather than against itself.
+``ortho_optax.engines.coefficients``, so the tests compare the library
+against the published numbers rather than against itself.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 import ortho_optax
-from ortho_optax import _coefficients
-from ortho_optax import _newton_schulz
+from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.engines import newton_schulz as _newton_schulz
 
 PRESETS = ortho_optax.COEFFICIENT_PRESETS
 

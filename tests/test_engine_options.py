@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import ortho_optax
-from ortho_optax import _base
+from ortho_optax.optimizers import base as _base
 
 MUON = {"coeffs": "muon", "normalization": "frobenius"}
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import ortho_optax
-from ortho_optax import _gram
-from ortho_optax import _normalization
+from ortho_optax.engines import gram as _gram
+from ortho_optax.engines import normalization as _normalization
 
 STATIC = ("coeffs", "steps", "restarts", "normalization", "eps",
           "compute_dtype")

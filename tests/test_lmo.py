@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import ortho_optax
-from ortho_optax import _lmo
+from ortho_optax.transforms import lmo as _lmo
 
 LMONorm = ortho_optax.LMONorm
 

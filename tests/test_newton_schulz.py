@@ -11,7 +11,7 @@ import optax.contrib._muon as optax_muon
 import pytest
 
 import ortho_optax
-from ortho_optax import _normalization
+from ortho_optax.engines import normalization as _normalization
 
 NS_EAGER = ortho_optax.newton_schulz
 # The accuracy and property tests call the jitted engine: one compilation

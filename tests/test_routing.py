@@ -7,7 +7,7 @@ import optax
 import pytest
 
 import ortho_optax
-from ortho_optax import _routing
+from ortho_optax import routing as _routing
 
 MDN = optax.contrib.MuonDimensionNumbers
 ORTHO = "orthogonalize"

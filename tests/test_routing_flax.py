@@ -7,7 +7,7 @@ import optax
 from flax import nnx
 
 import ortho_optax
-from ortho_optax import _routing
+from ortho_optax import routing as _routing
 
 
 def _attention_state():

@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import ortho_optax
-from ortho_optax import _sharding
+from ortho_optax.parallel import sharding as _sharding
 
 ENGINE = {"method": "newton_schulz"}
 MESHES = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ortho_optax import _checks
+from ortho_optax import checks as _checks
 
 
 def polar_svd(x: jax.Array) -> jax.Array:

@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _checks
-from ortho_optax import _orthogonalization
-from ortho_optax import _routing
-from ortho_optax import _sharding
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import orthogonalization as _orthogonalization
 
 NORMS = (
     "spectral",

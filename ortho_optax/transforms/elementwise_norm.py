@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _checks
-from ortho_optax import _momentum
-from ortho_optax import _neuron_norm
-from ortho_optax import _routing
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
+from ortho_optax.transforms import momentum as _momentum
+from ortho_optax.transforms import neuron_norm as _neuron_norm
 
 
 class ScaleByElementwiseNormState(NamedTuple):

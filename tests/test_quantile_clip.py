@@ -57,7 +57,7 @@ def test_bad_q_raises(q):
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 100), (2, 4099)])
 @pytest.mark.parametrize("q", [0.0, 0.1, 0.5, 0.9, 0.999, 1.0])
 def test_selection_quantile_equals_numpy(shape, q):
-  from ortho_optax._robust import quantile_of_magnitudes
+  from ortho_optax.transforms.quantile_clip import quantile_of_magnitudes
   x = _heavy_tailed(3, shape)
   got = jax.jit(lambda x: quantile_of_magnitudes(x, q))(jnp.asarray(x))
   want = np.quantile(np.abs(x).astype(np.float64), q, axis=-1)
@@ -69,7 +69,7 @@ def test_selection_quantile_equals_numpy(shape, q):
 
 
 def test_selection_quantile_with_ties_zeros_and_traced_q():
-  from ortho_optax._robust import quantile_of_magnitudes
+  from ortho_optax.transforms.quantile_clip import quantile_of_magnitudes
   x = np.array([[1, -1, 1, 2, -2, 3, 0, -0.0, 5], [0] * 9], np.float32)
   f = jax.jit(quantile_of_magnitudes)
   for q in np.linspace(0, 1, 17):

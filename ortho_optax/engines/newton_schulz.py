@@ -6,10 +6,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ortho_optax import _checks
-from ortho_optax import _coefficients
-from ortho_optax import _normalization
-from ortho_optax._normalization import matmul
+from ortho_optax import checks as _checks
+from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.engines import normalization as _normalization
+from ortho_optax.engines.normalization import matmul
 
 
 def newton_schulz(

@@ -7,11 +7,11 @@ import functools
 import jax
 import optax
 
-from ortho_optax import _base
-from ortho_optax import _lmo
-from ortho_optax import _momentum
-from ortho_optax import _routing
-from ortho_optax import _sharding
+from ortho_optax import routing as _routing
+from ortho_optax.optimizers import base as _base
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import lmo as _lmo
+from ortho_optax.transforms import momentum as _momentum
 
 
 def check_alpha(alpha, name: str = "alpha") -> None:

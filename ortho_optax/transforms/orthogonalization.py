@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _checks
-from ortho_optax import _orthogonalize
-from ortho_optax import _routing
-from ortho_optax import _sharding
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
+from ortho_optax.engines import orthogonalize as _orthogonalize
+from ortho_optax.parallel import sharding as _sharding
 
 
 def scale_by_orthogonalization(
@@ -48,7 +48,8 @@ def scale_by_orthogonalization(
       sharding), or a :class:`ShardingOptions` (mesh, axes, a size limit
       for matrices too large for one device, target shardings). Every
       strategy gives the single-device result; see
-      :mod:`ortho_optax._sharding` for the costs and how the mesh is found.
+      :mod:`ortho_optax.parallel.sharding` for the costs and how the mesh is
+      found.
     **engine_options: options of the engine (``coeffs``, ``steps``,
       ``normalization``, ``eps``, ``compute_dtype``, ``restarts``, ...).
 

@@ -8,9 +8,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _checks
-from ortho_optax import _momentum
-from ortho_optax import _routing
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
+from ortho_optax.transforms import momentum as _momentum
 
 RESCALES = ("frobenius", "rms")
 

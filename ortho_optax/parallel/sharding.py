@@ -1,7 +1,7 @@
 """Sharding: where each matrix is orthogonalized when the updates are sharded.
 
 Routing turns a tree of updates into stacks of same-shape matrices
-``(N, m, n)`` (:func:`ortho_optax._routing.group_matrices`); this module
+``(N, m, n)`` (:func:`ortho_optax.routing.group_matrices`); this module
 decides on which devices each stack is orthogonalized, with JAX's own SPMD
 machinery (``jax.lax.with_sharding_constraint``, ``jax.sharding.auto_axes``)
 under ``jax.jit``. There is no hand-written communication: every transfer is
@@ -97,7 +97,7 @@ from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from ortho_optax import _routing
+from ortho_optax import routing as _routing
 
 STRATEGIES = (None, "gather", "distribute")
 

@@ -7,13 +7,13 @@ import functools
 import jax
 import optax
 
-from ortho_optax import _base
-from ortho_optax import _momentum
-from ortho_optax import _orthogonalization
-from ortho_optax import _robust
-from ortho_optax import _routing
-from ortho_optax import _shape
-from ortho_optax import _sharding
+from ortho_optax import routing as _routing
+from ortho_optax.optimizers import base as _base
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import momentum as _momentum
+from ortho_optax.transforms import orthogonalization as _orthogonalization
+from ortho_optax.transforms import quantile_clip as _quantile_clip
+from ortho_optax.transforms import shape as _shape
 
 
 def root(
@@ -115,7 +115,7 @@ def root(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="sum", mu_dtype=mu_dtype
       ),
-      _robust.clip_by_quantile(q, dimension_numbers=branch_dn),
+      _quantile_clip.clip_by_quantile(q, dimension_numbers=branch_dn),
       _orthogonalization.scale_by_orthogonalization(
           method=method,
           dimension_numbers=branch_dn,

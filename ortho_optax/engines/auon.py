@@ -5,10 +5,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from ortho_optax import _checks
-from ortho_optax import _coefficients
-from ortho_optax import _newton_schulz
-from ortho_optax import _normalization
+from ortho_optax import checks as _checks
+from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.engines import newton_schulz as _newton_schulz
+from ortho_optax.engines import normalization as _normalization
 
 
 def auon(

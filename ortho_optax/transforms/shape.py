@@ -7,8 +7,8 @@ import math
 import jax
 import optax
 
-from ortho_optax import _checks
-from ortho_optax import _routing
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
 
 SHAPE_RULES = ("muon", "moonlight", "spectral", "none")
 

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _routing
+from ortho_optax import routing as _routing
 
 # ROOT adds this to the quantile (example_train.py).
 QUANTILE_OFFSET = 1e-9

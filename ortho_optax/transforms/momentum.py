@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _checks
+from ortho_optax import checks as _checks
 
 FORMS = ("ema", "sum")
 

@@ -9,13 +9,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import _base
-from ortho_optax import _checks
-from ortho_optax import _lmo
-from ortho_optax import _momentum
-from ortho_optax import _routing
-from ortho_optax import _sharding
-from ortho_optax import _trust_region
+from ortho_optax import checks as _checks
+from ortho_optax import routing as _routing
+from ortho_optax.optimizers import base as _base
+from ortho_optax.optimizers import trust_region as _trust_region
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import lmo as _lmo
+from ortho_optax.transforms import momentum as _momentum
 
 HEAD_NAMES = frozenset({
     "head",

@@ -7,12 +7,12 @@ import functools
 import jax
 import optax
 
-from ortho_optax import _base
-from ortho_optax import _momentum
-from ortho_optax import _orthogonalization
-from ortho_optax import _routing
-from ortho_optax import _shape
-from ortho_optax import _sharding
+from ortho_optax import routing as _routing
+from ortho_optax.optimizers import base as _base
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import momentum as _momentum
+from ortho_optax.transforms import orthogonalization as _orthogonalization
+from ortho_optax.transforms import shape as _shape
 
 
 def auon(

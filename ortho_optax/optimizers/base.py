@@ -7,8 +7,8 @@ import inspect
 import jax
 import optax
 
-from ortho_optax import _coefficients
-from ortho_optax import _routing
+from ortho_optax import routing as _routing
+from ortho_optax.engines import coefficients as _coefficients
 
 # Skipping a non-finite step forever (rather than after a few tries, optax's
 # default) is what "never a silent NaN parameter" means.

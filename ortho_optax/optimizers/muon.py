@@ -7,12 +7,12 @@ import functools
 import jax
 import optax
 
-from ortho_optax import _base
-from ortho_optax import _momentum
-from ortho_optax import _orthogonalization
-from ortho_optax import _routing
-from ortho_optax import _shape
-from ortho_optax import _sharding
+from ortho_optax import routing as _routing
+from ortho_optax.optimizers import base as _base
+from ortho_optax.parallel import sharding as _sharding
+from ortho_optax.transforms import momentum as _momentum
+from ortho_optax.transforms import orthogonalization as _orthogonalization
+from ortho_optax.transforms import shape as _shape
 
 
 def muon(
@@ -64,7 +64,7 @@ def muon(
   where that is cheaper (``method="auto"``: aspect ratio of about 1.5 and
   more, a third fewer FLOPs at 1:4). The more accurate Polar Express
   coefficients (``coeffs="polar_express"``) trained worse on our LM example,
-  see :func:`engine_options <ortho_optax._base.engine_options>`.
+  see :func:`engine_options <ortho_optax.optimizers.base.engine_options>`.
 
   Settings that reproduce the reference Muon step (KellerJordan/Muon,
   float32) operation for operation:

@@ -8,13 +8,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ortho_optax import _auon
-from ortho_optax import _checks
-from ortho_optax import _coefficients
-from ortho_optax import _gram
-from ortho_optax import _newton_schulz
-from ortho_optax import _normalization
-from ortho_optax import _polar
+from ortho_optax import checks as _checks
+from ortho_optax.engines import auon as _auon
+from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.engines import gram as _gram
+from ortho_optax.engines import newton_schulz as _newton_schulz
+from ortho_optax.engines import normalization as _normalization
+from ortho_optax.engines import polar as _polar
 
 METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "polar_svd", "auon")
 

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from ortho_optax import _newton_schulz
-from ortho_optax import _normalization
-from ortho_optax._normalization import matmul
+from ortho_optax.engines import newton_schulz as _newton_schulz
+from ortho_optax.engines import normalization as _normalization
+from ortho_optax.engines.normalization import matmul
 
 
 def default_restarts(steps: int) -> tuple[int, ...]:

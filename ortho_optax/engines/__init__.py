@@ -1,0 +1,1 @@
+"""Engines: pure functions on arrays shaped (..., m, n); no optax, no pytrees."""

@@ -1,0 +1,1 @@
+"""Optimizers: named optax.chain aliases and what they share."""

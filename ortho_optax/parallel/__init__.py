@@ -1,0 +1,1 @@
+"""Parallel: where each routed matrix is orthogonalized; collective counting."""

@@ -1,0 +1,1 @@
+"""Tools: not gradient transformations (checkpoint and parameter edits)."""

@@ -1,0 +1,1 @@
+"""Transforms: optax GradientTransformations, one idea each."""
