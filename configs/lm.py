@@ -6,11 +6,18 @@ standard library, 1.8 MB) in a few minutes on 2 CPU cores::
 
   python examples/main.py --config=configs/lm.py --workdir=/tmp/lm
 
-Choose another optimizer, learning rate or text file on the command line::
+Choose the length of the run, another optimizer, learning rate or text file
+on the command line::
 
   python examples/main.py --config=configs/lm.py --workdir=/tmp/lm_adamw \
+    --config.num_train_steps=1200 \
     --config.optimizer.name=adamw --config.optimizer.learning_rate=3e-3 \
     --config.data.path=/path/to/any/file.txt
+
+Rerun in the same ``--workdir``, a run resumes from its latest checkpoint;
+of the settings below only those of ``RESUME_SAFE_KEYS`` in
+``examples/train.py`` (``num_train_steps``, the logging, evaluation and
+checkpoint frequencies, ...) may differ from the checkpointed run's.
 
 ``examples/compare.py`` trains this configuration with every optimizer.
 """
@@ -27,7 +34,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
   # Sequences per training batch.
   config.batch_size = 32
-  # Training steps (optimizer updates).
+  # Training steps (optimizer updates). Raising it on a finished workdir
+  # trains further from the last checkpoint (the schedule follows it).
   config.num_train_steps = 600
   # Write the mean training loss every this many steps.
   config.log_every_steps = 25

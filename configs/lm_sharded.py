@@ -9,8 +9,10 @@ Newton-Schulz on whole matrices of its own; see ortho_optax's
     python examples/main.py --config=configs/lm_sharded.py \
     --workdir=/tmp/lm_sharded
 
-The same file runs unchanged on a multi-GPU host or a TPU pod slice: the
-mesh shape ``(-1,)`` takes every device of the job. For FSDP x tensor
+Before it compiles, the run prints the devices and the mesh it built
+(``devices: 8 x cpu (1 process), mesh fsdp=8 ...``). The same file runs
+unchanged on a multi-GPU host or a TPU pod slice: the mesh shape ``(-1,)``
+takes every device of the job. For FSDP x tensor
 parallelism name two axes, e.g. on 8 devices::
 
   --config.mesh.shape='(2, 4)' --config.mesh.axis_names='("fsdp", "model")'

@@ -34,12 +34,13 @@ if __package__ in (None, ""):  # Run as a script: make `examples` importable.
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from examples import cli  # noqa: E402
 from examples import optimizers  # noqa: E402
+from examples import plotting  # noqa: E402
 from examples import train  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -144,7 +145,7 @@ def train_once(config, workdir) -> dict:
     if old == json.loads(config.to_json_best_effort()):
       summary["reused"] = True
       return summary
-  summary = train.train_and_evaluate(config, workdir)
+  summary = train.train_and_evaluate(config, workdir, verbose=False)
   summary["reused"] = False
   return summary
 
@@ -455,13 +456,14 @@ def plot(results, out, adamw_best):
   ax2.set_ylim(lo - 0.05, lo + 0.6)
   ax2.grid(alpha=0.3, which="both")
   fig.tight_layout()
+  # Plain labels ("0.02") far enough apart not to run into each other.
+  plotting.label_log_axis(ax2, "x", min_gap=0.6)
   fig.savefig(out)
   plt.close(fig)
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
+  del argv  # cli.run has checked that there are no positional arguments.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   config = comparison_config(FLAGS.config, FLAGS.steps, FLAGS.quick)
@@ -481,4 +483,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

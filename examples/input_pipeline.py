@@ -17,10 +17,12 @@ DEFAULT_CORPUS = "examples/data/corpus.txt"
 def resolve_path(path: str) -> pathlib.Path:
   """Resolves ``path`` against the working directory, then the repository."""
   p = pathlib.Path(path).expanduser()
-  if p.is_absolute() or p.exists():
+  if p.is_file():
     return p
+  if p.is_absolute():
+    raise FileNotFoundError(f"`data.path`={path!r}: no such file.")
   q = REPO_ROOT / p
-  if q.exists():
+  if q.is_file():
     return q
   raise FileNotFoundError(
       f"`data.path`={path!r} exists neither relative to the working directory"

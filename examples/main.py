@@ -5,6 +5,10 @@ it can be tested and imported. Run from the repository root::
 
   python examples/main.py --config=configs/lm.py --workdir=/tmp/lm \
     --config.optimizer.name=muon --config.optimizer.learning_rate=0.02
+
+A mistake on the command line (an unknown option, a missing data file, a
+changed setting in a workdir that holds a checkpoint) is one line on stderr
+and exit status 2 (``examples/cli.py``).
 """
 
 import pathlib
@@ -13,13 +17,11 @@ import sys
 if __package__ in (None, ""):  # Run as a script: make `examples` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-import jax  # noqa: E402
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from examples import train  # noqa: E402
+from examples import cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for metrics, checkpoints, plot.")
@@ -35,21 +37,22 @@ config_flags.DEFINE_config_file(
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
+  del argv  # cli.run has checked that there are no positional arguments.
+  # Imported here, after the flags parsed: JAX and Flax take seconds to load,
+  # and a mistyped option should not wait for them.
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from examples import train  # pylint: disable=g-import-not-at-top
+
   if not FLAGS["verbosity"].present:  # Orbax logs every save at INFO.
     logging.set_verbosity(logging.WARNING)
   if FLAGS.distributed:
     jax.distributed.initialize()
-  logging.info("JAX devices: %s", jax.local_devices())
   summary = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-  print(
-      f"best eval loss {summary['best_eval_loss']:.4f} at"
-      f" {summary['final_step']} steps; final eval {summary['final_eval']};"
-      f" metrics, checkpoints and loss.png in {FLAGS.workdir}"
-  )
+  if jax.process_index() == 0:
+    print(train.describe_summary(summary, FLAGS.workdir), flush=True)
 
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config", "workdir"])
-  app.run(main)
+  cli.run(main)

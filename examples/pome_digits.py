@@ -21,13 +21,13 @@ import sys
 if __package__ in (None, ""):  # Run as a script: make `examples` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from flax import nnx  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 import ortho_optax  # noqa: E402
+from examples import cli  # noqa: E402
 from examples import models  # noqa: E402
 from examples import optimizers  # noqa: E402
 from examples import train  # noqa: E402
@@ -123,8 +123,7 @@ def run(config, workdir) -> dict:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError("Too many command-line arguments.")
+  del argv  # cli.run has checked that there are no positional arguments.
   if not FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
   run(FLAGS.config, FLAGS.workdir)
@@ -133,4 +132,4 @@ def main(argv):
 if __name__ == "__main__":
   _define_flags()
   flags.mark_flags_as_required(["workdir"])
-  app.run(main)
+  cli.run(main)

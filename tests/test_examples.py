@@ -8,6 +8,7 @@ import importlib
 import json
 import math
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -100,6 +101,15 @@ def test_resume_with_another_optimizer_is_a_clear_error(tmp_path):
   train.train_and_evaluate(_config("digits_mlp", 2), tmp_path)
   config = _config("digits_mlp", 4)
   config.optimizer.name = "optax_muon"
+  with pytest.raises(ValueError, match=r"optimizer.name \('muon' ->"):
+    train.train_and_evaluate(config, tmp_path)
+  # A checkpoint written before the configuration was saved with it: the
+  # workdir's config.json says what trained it.
+  shutil.rmtree(tmp_path / "checkpoints" / "2" / "config")
+  with pytest.raises(ValueError, match=r"optimizer.name \('muon' ->"):
+    train.train_and_evaluate(config, tmp_path)
+  # Neither: the restore itself finds that the state does not fit.
+  (tmp_path / "config.json").unlink()
   with pytest.raises(ValueError, match="does not match"):
     train.train_and_evaluate(config, tmp_path)
 

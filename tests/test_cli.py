@@ -1,0 +1,176 @@
+"""What a user of the examples' command line sees.
+
+A resumed run refuses a changed configuration (naming the changed settings)
+but takes the settings that are safe to change and says where it resumes; a
+mistake on the command line is one line, with no workdir left behind; the
+progress bar ends on the final evaluation.
+"""
+
+import importlib
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+  sys.path.insert(0, str(REPO))
+
+from examples import cli  # noqa: E402
+from examples import train  # noqa: E402
+
+
+def _config(steps: int = 2):
+  """The digits MLP at a few steps, tiny: the fastest full run."""
+  config = importlib.import_module("configs.digits_mlp").get_config()
+  config.num_train_steps = steps
+  config.log_every_steps = 1
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.progress_bar = False
+  config.plot = False
+  config.batch_size = 16
+  config.model.hidden = 16
+  return config
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+  """A workdir holding a run finished at step 2, and its files."""
+  workdir = tmp_path_factory.mktemp("finished")
+  train.train_and_evaluate(_config(2), workdir)
+  files = ("config.json", train.SUMMARY_FILE, train.METRICS_FILE)
+  return workdir, {f: (workdir / f).read_text() for f in files}
+
+
+def test_resume_refuses_changed_settings(finished):
+  workdir, files = finished
+  config = _config(2)
+  config.optimizer.learning_rate = 0.04
+  config.model.hidden = 32
+  config.optimizer.kwargs = {"weight_decay": 0.1}
+  with pytest.raises(cli.ConfigError) as info:
+    train.train_and_evaluate(config, workdir)
+  message = str(info.value)
+  assert "\n" not in message
+  assert "at step 2" in message
+  assert "optimizer.learning_rate (None -> 0.04)" in message
+  assert "model.hidden (16 -> 32)" in message
+  assert "optimizer.kwargs.weight_decay ((unset) -> 0.1)" in message
+  assert "num_train_steps" in message  # The safe settings are listed.
+  for name in ("seed", "batch_size", "optimizer.name"):
+    assert f" {name} (" not in message  # Unchanged ones are not named.
+  # Nothing in the workdir was rewritten.
+  for name, text in files.items():
+    assert (workdir / name).read_text() == text, name
+
+
+def test_config_changes_lists_each_leaf():
+  old = {"a": 1, "b": {"c": 2, "d": [1, 2]}, "gone": 0, "num_train_steps": 1}
+  new = {"a": 1, "b": {"c": 3, "d": [1, 2], "e": {}}, "num_train_steps": 9,
+         "f": {"g": None}}
+  assert train.config_changes(old, new) == [
+      ("b.c", 2, 3), ("f.g", "(unset)", None), ("gone", 0, "(unset)")]
+
+
+def test_resume_takes_safe_settings_and_says_so(tmp_path, capsys):
+  train.train_and_evaluate(_config(2), tmp_path)
+  capsys.readouterr()
+  config = _config(4)
+  config.log_every_steps = 2
+  config.eval_every_steps = 1
+  config.checkpoint_every_steps = 1
+  config.eval.batch_size = 7
+  config.max_checkpoints_to_keep = 3
+  config.progress_bar = True
+  summary = train.train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert summary["start_step"] == 2 and summary["final_step"] == 4
+  assert "resuming from step 2\n" in out
+  saved = json.loads((tmp_path / "config.json").read_text())
+  assert saved["num_train_steps"] == 4
+  # A finished run, rerun: it resumes at its end and trains nothing.
+  summary = train.train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert "resuming from step 4: nothing to train" in out
+  assert summary["start_step"] == 4 and summary["sec_per_step"] is None
+
+
+def test_fresh_run_prints_what_runs(tmp_path, capsys):
+  config = _config(1)
+  config.save_checkpoints = False
+  config.optimizer.name = "muon"
+  train.train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert "devices: 8 x cpu (1 process), no mesh" in out
+  assert "parameters; 1 steps of 16 examples" in out
+  assert "optimizer: muon(0.02, adam_learning_rate=0.003)" in out
+  assert f"workdir: {tmp_path.resolve()}: new run" in out
+
+
+def test_progress_bar_ends_on_the_final_eval(tmp_path, capsys):
+  config = _config(3)
+  config.log_every_steps = 1
+  config.save_checkpoints = False
+  config.progress_bar = True
+  summary = train.train_and_evaluate(config, tmp_path)
+  bar = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+  # Evaluations at steps 2 and 3 (the end): the bar shows step 3's.
+  assert f"eval={summary['final_eval']['loss']:.4f}" in bar, bar
+  evals = [r for r in train.read_metrics(tmp_path) if r["split"] == "eval"]
+  assert [r["step"] for r in evals] == [2, 3]
+  assert f"{evals[0]['loss']:.4f}" != f"{evals[1]['loss']:.4f}"
+
+
+@pytest.mark.parametrize("setting,value,named", [
+    ("data.path", "/no/such/corpus.txt", "`data.path`='/no/such/corpus.txt'"),
+    ("optimizer.name", "adamw2", "`optimizer.name`='adamw2'"),
+    ("optimizer.kwargs", {"no_such_argument": 1}, "`optimizer.kwargs`"),
+])
+def test_bad_setting_is_named_and_leaves_no_workdir(tmp_path, setting, value,
+                                                    named):
+  config = importlib.import_module("configs.lm").get_config()
+  section, key = setting.split(".")
+  config[section][key] = value
+  workdir = tmp_path / "run"
+  with pytest.raises(cli.ConfigError) as info:
+    train.train_and_evaluate(config, workdir)
+  assert named in str(info.value) and "\n" not in str(info.value)
+  assert not workdir.exists()
+
+
+def _main(*args, workdir):
+  """``examples/main.py`` with ``args``: (return code, stderr lines)."""
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  proc = subprocess.run(
+      [sys.executable, "examples/main.py", "--config=configs/lm.py",
+       f"--workdir={workdir}", *args],
+      cwd=REPO, env=env, capture_output=True, text=True, check=False,
+  )
+  return proc.returncode, proc.stderr.strip().splitlines()
+
+
+def test_unknown_option_is_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  code, err = _main("--config.optimizr.name=adamw", workdir=workdir)
+  assert code == 2
+  assert err == [
+      "main.py: error: unknown option --config.optimizr.name: the"
+      " configuration has no field 'optimizr'; Did you mean \"optimizer\""
+      " instead of \"optimizr\"?"
+  ]
+  assert not workdir.exists()
+
+
+def test_missing_data_file_is_one_line(tmp_path):
+  workdir = tmp_path / "run"
+  code, err = _main("--config.data.path=/no/such/corpus.txt",
+                    workdir=workdir)
+  assert code == 2
+  assert err == [
+      "main.py: error: `data.path`='/no/such/corpus.txt': no such file."
+  ]
+  assert not workdir.exists()
