@@ -221,7 +221,7 @@ def dimension_numbers_tree(
   named optimizers).
 
   Args:
-    params: the parameter tree (arrays or ``ShapeDtypeStruct``s).
+    params: the parameter tree (arrays or ``jax.ShapeDtypeStruct`` objects).
     rules: overrides, applied after the defaults: either a sequence of
       ``(regex, value)`` pairs matched with ``re.search`` against the leaf's
       path (``jax.tree_util.keystr``; the first match wins), or a callable

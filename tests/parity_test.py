@@ -5,6 +5,8 @@ in PyTorch's ``(out, in)`` layout and translated at the boundary: a Flax
 kernel ``W`` of shape ``(in, out)`` is the torch weight ``W.T``.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,6 +189,53 @@ def test_muon_optax_settings_match_optax_contrib_muon(weight_decay):
     np.testing.assert_allclose(
         got[k]["kernel"], want[k]["kernel"], rtol=1e-5, atol=1e-5, err_msg=k
     )
+
+
+# The argument table of docs/migrating.rst: an optax.contrib.muon argument
+# and what muon needs, on top of OPTAX_SETTINGS, for the same step.
+_DION_3 = ((4.0848, -6.8946, 2.9270), (3.9505, -6.3029, 2.6377),
+           (3.7418, -5.5913, 2.3037))
+OPTAX_ARGUMENTS = {
+    "dion": ({"ns_coeffs": "dion"}, {"coeffs": "dion"}),
+    # A (k, 3) table: optax runs its k rows whatever ns_steps >= k.
+    "table": ({"ns_coeffs": _DION_3, "ns_steps": 5}, {"coeffs": _DION_3}),
+    "ns_steps": ({"ns_steps": 3}, {"steps": 3}),
+    "aol": ({"preconditioning": "aol"}, {"normalization": "aol"}),
+    "schatten": (
+        {"preconditioning": "schatten"}, {"normalization": "schatten4"}
+    ),
+    "consistent_rms": (
+        {"consistent_rms": 0.2}, {"shape_rule": "moonlight", "shape_rms": 0.2}
+    ),
+    "momentum": (
+        {"beta": 0.9, "nesterov": False}, {"beta": 0.9, "nesterov": False}
+    ),
+}
+
+
+@functools.cache
+def _optax_settings_run():
+  params = jax.tree.map(jnp.asarray, _params())
+  return _run(ortho_optax.muon(LR, **OPTAX_SETTINGS), params, steps=3)
+
+
+@pytest.mark.parametrize("case", sorted(OPTAX_ARGUMENTS))
+def test_optax_argument_translation(case):
+  theirs_kwargs, ours_kwargs = OPTAX_ARGUMENTS[case]
+  params = jax.tree.map(jnp.asarray, _params())
+  ours = ortho_optax.muon(LR, **{**OPTAX_SETTINGS, **ours_kwargs})
+  theirs = optax.contrib.muon(LR, **theirs_kwargs)
+  got, want = _run(ours, params, steps=3), _run(theirs, params, steps=3)
+  for k in SHAPES:
+    np.testing.assert_allclose(
+        got[k]["kernel"], want[k]["kernel"], rtol=1e-5, atol=1e-5, err_msg=k
+    )
+  # Not vacuous: the setting changes the step.
+  default = _optax_settings_run()
+  assert any(
+      not np.allclose(got[k]["kernel"], default[k]["kernel"], atol=1e-5)
+      for k in SHAPES
+  )
 
 
 def test_muon_optax_dimension_numbers_match_optax_contrib_muon():

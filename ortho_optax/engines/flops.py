@@ -29,7 +29,7 @@ def count_matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
 
   Args:
     fn: the function to trace.
-    *args: its arguments (arrays or ``jax.ShapeDtypeStruct``s).
+    *args: its arguments (arrays or ``jax.ShapeDtypeStruct`` objects).
     **kwargs: its keyword arguments.
 
   Returns:
