@@ -14,10 +14,17 @@ CLASSES = tuple(E.INPUT_CLASSES)
 
 
 def auon_reference(g, gamma=1.0, hybrid_steps=0, eps=1e-7):
-  """The paper's formula in float64 numpy (spec newton_schulz.md §5)."""
+  """The paper's formula in float64 numpy (spec newton_schulz.md §5).
+
+  ``eps`` counts in units of ``2^floor(log2 max|g|)`` (the library's
+  scale-free epsilon, see ``ortho_optax._normalization.prescale``).
+  """
   g = np.asarray(g, np.float64)
   norm = np.sqrt(np.sum(g**2, axis=(-2, -1), keepdims=True))
-  x = g / (norm + eps)
+  amax = np.max(np.abs(g), axis=(-2, -1), keepdims=True)
+  safe = np.where(amax > 0, amax, 1)
+  unit = np.where(amax > 0, 2.0 ** np.floor(np.log2(safe)), 1)
+  x = g / (norm + eps * unit)
   if hybrid_steps:
     tall = x.shape[-2] > x.shape[-1]
     if tall:

@@ -37,7 +37,9 @@ def auon(
     x: array of shape ``(..., m, n)``.
     gamma: gain inside ``cosh`` (the paper's 1.0; the 2026 code uses 1.5).
     hybrid_steps: Newton-Schulz steps before the scaling (0: plain AuON).
-    eps: added to the Frobenius norm.
+    eps: added to the Frobenius norm, relative to ``max |G|`` (the input
+      is first divided by a power of two near it); an all-zero ``G`` maps
+      to zeros.
 
   Returns:
     An array with the shape and dtype of ``x``.
@@ -55,10 +57,13 @@ def auon(
   if not isinstance(gamma, jax.core.Tracer):  # may be an injected hyperparam
     _checks.check_nonnegative(gamma, "gamma")
   out_dtype = x.dtype
-  wd = _normalization.working_dtype(x.dtype)
-  xw = x.astype(wd)
+  # Scale-free, as the formula is: eps is relative to max |G|, and |G|^2
+  # neither overflows nor underflows (see _normalization.prescale).
+  xw = _normalization.prescale(x)
+  wd = xw.dtype
   norm = jnp.sqrt(jnp.sum(jnp.abs(xw) ** 2, axis=(-2, -1), keepdims=True))
-  xn = xw / (norm + eps)
+  denom = norm + eps
+  xn = xw / jnp.where(denom > 0, denom, 1).astype(wd)
   if hybrid_steps:
     transpose = xn.shape[-2] > xn.shape[-1]
     if transpose:

@@ -48,8 +48,11 @@ def newton_schulz(
       row rescaling, fused into the first step) or ``"schatten4"``
       (:math:`\|X X^H\|_F^{1/2}`, fused into the first step). ``None`` uses
       the preset's own (``"aol"`` for ``"turbo"``, else ``"frobenius"``).
-    eps: added to the norm (or used as its floor) so that a zero matrix maps
-      to zeros.
+    eps: added to the norm (or used as its floor), relative to ``max |x|``:
+      the input is first divided by a power of two near its largest
+      magnitude, so the result does not depend on its scale anywhere in
+      the dtype's finite range (see :mod:`ortho_optax._normalization`). A
+      zero matrix maps to zeros, for any ``eps >= 0``.
     compute_dtype: dtype of the matmuls (e.g. ``jnp.bfloat16``); the
       normalization always runs in at least float32. ``None``: the input's.
 

@@ -5,6 +5,18 @@ here returns the rescaled matrix and, when it already formed it, the rescaled
 Gram matrix ``A = X X^H`` so that the first Newton-Schulz step can reuse it
 (the normalization is then "fused" into the first step and costs no matmul
 with an ``(m, n)`` operand beyond the one that step needs anyway).
+
+Every routine first divides each matrix by a power of two near its largest
+magnitude (:func:`prescale`), in at least float32. The polar factor does not
+depend on the input's scale, and this makes the computation not depend on it
+either, over the whole finite range of the dtype: ``|X|^2`` and ``X X^H``
+neither overflow (a float16 matrix of entries ~300, or a float32 one of
+~1e19, gives ``inf``) nor underflow, and an ``eps`` is measured against
+``max |X|`` rather than against 1 (an absolute 1e-7 shrinks the output of
+an input of ~1e-7). Dividing by a power of two is exact, so at unit scale
+the results are those of the unscaled computation, and ``2^k X`` gives
+exactly the same output as ``X``. It is not a matmul, so the FLOP model is
+unchanged.
 """
 
 from __future__ import annotations
@@ -49,6 +61,52 @@ def working_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
+def _power_of_two_floor(a: jax.Array) -> jax.Array:
+  """``2^floor(log2 a)`` for positive normal ``a``, by masking the mantissa.
+
+  Exact, unlike ``exp2(floor(log2(a)))``; ``jnp.frexp`` mishandles
+  subnormals. Zero and subnormals give 0, ``inf`` and NaN give ``inf``.
+  """
+  info = jnp.finfo(a.dtype)
+  itype = {4: jnp.int32, 8: jnp.int64}[a.dtype.itemsize]
+  exponent_bits = ((1 << info.nexp) - 1) << info.nmant
+  bits = jax.lax.bitcast_convert_type(a, itype)
+  return jax.lax.bitcast_convert_type(bits & exponent_bits, a.dtype)
+
+
+def prescale(x: jax.Array) -> jax.Array:
+  r"""``x`` in at least float32, divided per matrix by ``2^floor(log2 max|x|)``.
+
+  Afterwards the largest magnitude of each matrix (last two axes) lies in
+  ``[1, 2)``; an all-zero matrix stays zero. Non-finite entries give NaN
+  (never a silent zero). Entries more than ``2^126`` below the largest
+  become subnormal and, like subnormal inputs, are flushed to zero by XLA on
+  CPU and GPU: they are below float32's resolution of the result anyway.
+
+  Args:
+    x: array of shape ``(..., m, n)``.
+
+  Returns:
+    The rescaled array, dtype :func:`working_dtype` of ``x``'s.
+  """
+  xw = x.astype(working_dtype(x.dtype))
+  # initial=0 keeps zero-size matrices legal (their scale is 1).
+  amax = jnp.max(jnp.abs(xw), axis=(-2, -1), keepdims=True, initial=0.0)
+  scale = _power_of_two_floor(amax)
+  scale = jnp.where(scale > 0, scale, 1).astype(scale.dtype)
+  return xw / scale.astype(xw.dtype)
+
+
+def _safe_rsqrt(v: jax.Array, eps: float) -> jax.Array:
+  """``1 / sqrt(max(v, eps))``, and 0 where that is 0 (a zero matrix/row).
+
+  Multiplying a zero row by 0 rather than ``1 / sqrt(0) = inf`` keeps a
+  zero input a zero output (no NaN) even with ``eps = 0``.
+  """
+  v = jnp.maximum(v, eps)
+  return jnp.where(v > 0, jax.lax.rsqrt(jnp.where(v > 0, v, 1)), 0)
+
+
 def gram(x: jax.Array, compute_dtype) -> jax.Array:
   """``A = X X^H`` over the last two axes, in ``compute_dtype``."""
   return matmul(x, jnp.swapaxes(x.conj(), -1, -2), compute_dtype)
@@ -83,10 +141,18 @@ def normalize(
 ) -> tuple[jax.Array, jax.Array | None]:
   """Normalizes wide ``x`` (``m <= n``) so that ``sigma_max <= 1``.
 
+  ``x`` is first divided as in :func:`prescale`, so the result does not
+  depend on its scale and ``eps`` is relative to ``max |x|``: it is added
+  to the Frobenius norm, or is the floor of the squared norms (AOL's row
+  sums, the Schatten-4 and spectral estimates), in units of ``max |x|``
+  and ``max |x|^2``. An all-zero matrix (or, for AOL, row) maps to zeros,
+  with any ``eps >= 0``.
+
   Args:
     x: array of shape ``(..., m, n)`` with ``m <= n``.
     normalization: one of ``NORMALIZATIONS``.
-    eps: added to (or used as a floor of) the norm so zeros map to zeros.
+    eps: added to (or used as a floor of) the norm, relative to
+      ``max |x|`` (see above).
     input_scale: extra safety factor the norm is multiplied by.
     compute_dtype: the dtype of the returned matrices.
 
@@ -94,20 +160,28 @@ def normalize(
     ``(x0, a0)``: the normalized matrix in ``compute_dtype`` and, for the
     fused normalizations, ``a0 = x0 x0^H``; ``None`` for ``"frobenius"``.
   """
-  wd = working_dtype(x.dtype)
-  xw = x.astype(wd)
+  xw = prescale(x)
   if normalization == "frobenius":
     norm = jnp.sqrt(
         jnp.sum(jnp.abs(xw) ** 2, axis=(-2, -1), keepdims=True)
     )
-    return (xw / (norm * input_scale + eps)).astype(compute_dtype), None
+    denom = norm * input_scale + eps
+    denom = jnp.where(denom > 0, denom, 1).astype(denom.dtype)
+    return (xw / denom).astype(compute_dtype), None
 
-  a = gram(x.astype(compute_dtype), compute_dtype).astype(wd)
+  # The Gram matrix stays in the (at least float32) accumulator: entries up
+  # to n max|x|^2 would overflow float16 for n > 2^14 even after prescale.
+  a = matmul(
+      xw.astype(compute_dtype),
+      jnp.swapaxes(xw.astype(compute_dtype).conj(), -1, -2),
+      compute_dtype,
+      keep_accumulator=True,
+  ).astype(xw.dtype)
   if normalization == "aol":
     # AOL (Prach & Lampert 2022): s_i = 1 / sqrt(sum_j |A_ij|) guarantees
     # sigma_max(diag(s) X) <= 1 by a Schur test on diag(s) A diag(s).
     rowsum = jnp.sum(jnp.abs(a), axis=-1)
-    s = jax.lax.rsqrt(jnp.maximum(rowsum, eps)) / input_scale
+    s = _safe_rsqrt(rowsum, eps) / input_scale
     x0 = s[..., :, None] * xw
     a0 = s[..., :, None] * a * s[..., None, :]
   else:
@@ -121,7 +195,7 @@ def normalize(
       )
     else:  # pragma: no cover - checked by the callers
       raise ValueError(normalization)
-    s = jax.lax.rsqrt(jnp.maximum(lam, eps)) / input_scale
+    s = _safe_rsqrt(lam, eps) / input_scale
     x0 = s * xw
     a0 = (s * s) * a
   return x0.astype(compute_dtype), a0.astype(compute_dtype)

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 
 from ortho_optax import checks as _checks
+from ortho_optax.engines import normalization as _normalization
 
 
 def polar_svd(x: jax.Array) -> jax.Array:
@@ -14,7 +15,9 @@ def polar_svd(x: jax.Array) -> jax.Array:
   Singular values below ``max(m, n) * eps * sigma_max`` (numerically zero)
   map to zero, so a rank-deficient or all-zero input gives the partial
   isometry that Newton-Schulz converges to (zeros for a zero matrix) instead
-  of an arbitrary completion. Computed in at least float32 and returned in
+  of an arbitrary completion. Computed in at least float32 on the input
+  divided by a power of two near its largest magnitude (so that the SVD
+  neither overflows nor underflows at any finite scale) and returned in
   the input's dtype.
 
   Args:
@@ -24,8 +27,9 @@ def polar_svd(x: jax.Array) -> jax.Array:
     An array with the shape and dtype of ``x``.
   """
   x = _checks.check_matrix(x)
-  wd = jnp.promote_types(x.dtype, jnp.float32)
-  u, s, vh = jnp.linalg.svd(x.astype(wd), full_matrices=False)
+  xw = _normalization.prescale(x)
+  wd = xw.dtype
+  u, s, vh = jnp.linalg.svd(xw, full_matrices=False)
   tol = (
       max(x.shape[-2:])
       * jnp.finfo(wd).eps
