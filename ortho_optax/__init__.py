@@ -65,6 +65,10 @@ from ortho_optax.transforms.orthogonalization import (
 from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
 )
+from ortho_optax.state.quantized import QuantFormat as QuantFormat
+from ortho_optax.state.quantized import QuantizedArray as QuantizedArray
+from ortho_optax.state.quantized import dequantize as dequantize
+from ortho_optax.state.quantized import quantize as quantize
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
 
 __version__ = "0.1.0"
@@ -73,6 +77,8 @@ __all__ = (
     "COEFFICIENT_PRESETS",
     "CoefficientTable",
     "LMONorm",
+    "QuantFormat",
+    "QuantizedArray",
     "ScaleByElementwiseNormState",
     "ScaleByMomentumState",
     "DimensionNumbers",
@@ -85,6 +91,7 @@ __all__ = (
     "collective_bytes",
     "compiled_matmul_flops",
     "count_matmul_flops",
+    "dequantize",
     "dimension_numbers_tree",
     "gram_newton_schulz",
     "hybrid_auon",
@@ -98,6 +105,7 @@ __all__ = (
     "polar_svd",
     "pome",
     "qk_clip",
+    "quantize",
     "root",
     "scale_by_elementwise_norm",
     "scale_by_lmo",

@@ -19,12 +19,21 @@ PACKAGE = "ortho_optax"
 ROOT = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 
 # Bottom to top: a layer may import itself and the layers before it.
-ORDER = ("checks", "engines", "routing", "parallel", "transforms", "optimizers")
+ORDER = (
+    "checks",
+    "engines",
+    "state",
+    "routing",
+    "parallel",
+    "transforms",
+    "optimizers",
+)
 # Tools edit checkpoints or parameters; they are not gradient transformations.
 TOOLS_MAY_IMPORT = {"checks", "engines", "routing", "tools"}
 # The package's __init__ is the public namespace; nothing inside imports it.
 API = "__init__"
-# Engines know nothing of optax, flax or sharding: arrays in, arrays out.
+# Engines (and the state formats) know nothing of optax, flax or sharding:
+# arrays in, arrays out.
 ENGINE_THIRD_PARTY = {"jax", "jaxlib", "numpy"}
 
 
@@ -100,7 +109,7 @@ def violations(modules: dict[str, tuple[str, bool]]) -> list[str]:
           found.append(
               f"{module}:{lineno}: {importer} imports {target} ({imported})"
           )
-      elif importer in ("checks", "engines"):
+      elif importer in ("checks", "engines", "state"):
         if top not in ENGINE_THIRD_PARTY and top not in sys.stdlib_module_names:
           found.append(f"{module}:{lineno}: {importer} imports {name}")
   return found
@@ -131,6 +140,8 @@ def _synthetic(extra: dict[str, str]) -> dict[str, tuple[str, bool]]:
       "ortho_optax.routing": ("import optax\n", False),
       "ortho_optax.engines": ("", True),
       "ortho_optax.engines.gram": ("import jax\n", False),
+      "ortho_optax.state": ("", True),
+      "ortho_optax.state.codes": ("import numpy\n", False),
       "ortho_optax.parallel": ("", True),
       "ortho_optax.parallel.sharding": ("", False),
       "ortho_optax.transforms": ("", True),
@@ -165,6 +176,7 @@ def _synthetic(extra: dict[str, str]) -> dict[str, tuple[str, bool]]:
         ("ortho_optax.engines.polar", "import optax\n"),
         ("ortho_optax.engines.polar", "from flax import nnx\n"),
         ("ortho_optax.checks", "import optax.tree\n"),
+        ("ortho_optax.state.quantized", "import optax\n"),
         # Other upward edges.
         ("ortho_optax.routing", "from ortho_optax.parallel import sharding\n"),
         (
@@ -199,6 +211,10 @@ def test_checker_reports_a_bad_import(module, source):
             "from ortho_optax import checks\nimport functools\n",
         ),
         ("ortho_optax.engines.polar", "from . import gram\n"),
+        (
+            "ortho_optax.transforms.momentum",
+            "from ortho_optax.state import codes\n",
+        ),
         ("ortho_optax.parallel.hlo", "from ortho_optax import routing\n"),
         (
             "ortho_optax.transforms.lmo",
@@ -225,6 +241,8 @@ PUBLIC_NAMES = (
     "COEFFICIENT_PRESETS",
     "CoefficientTable",
     "LMONorm",
+    "QuantFormat",
+    "QuantizedArray",
     "ScaleByElementwiseNormState",
     "ScaleByMomentumState",
     "DimensionNumbers",
@@ -237,6 +255,7 @@ PUBLIC_NAMES = (
     "collective_bytes",
     "compiled_matmul_flops",
     "count_matmul_flops",
+    "dequantize",
     "dimension_numbers_tree",
     "gram_newton_schulz",
     "hybrid_auon",
@@ -250,6 +269,7 @@ PUBLIC_NAMES = (
     "polar_svd",
     "pome",
     "qk_clip",
+    "quantize",
     "root",
     "scale_by_elementwise_norm",
     "scale_by_lmo",

@@ -1,0 +1,1 @@
+"""How optimizer state is stored: block-wise quantized arrays, their codes."""
