@@ -37,6 +37,10 @@ from ortho_optax.parallel.sharding import ShardingOptions as ShardingOptions
 from ortho_optax.routing import DimensionNumbers as DimensionNumbers
 from ortho_optax.routing import dimension_numbers_tree as dimension_numbers_tree
 from ortho_optax.routing import label_params as label_params
+from ortho_optax.state.quantized import QuantFormat as QuantFormat
+from ortho_optax.state.quantized import QuantizedArray as QuantizedArray
+from ortho_optax.state.quantized import dequantize as dequantize
+from ortho_optax.state.quantized import quantize as quantize
 from ortho_optax.tools.pome import pome as pome
 from ortho_optax.tools.qk_clip import qk_clip as qk_clip
 from ortho_optax.transforms.elementwise_norm import (
@@ -65,10 +69,6 @@ from ortho_optax.transforms.orthogonalization import (
 from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
 )
-from ortho_optax.state.quantized import QuantFormat as QuantFormat
-from ortho_optax.state.quantized import QuantizedArray as QuantizedArray
-from ortho_optax.state.quantized import dequantize as dequantize
-from ortho_optax.state.quantized import quantize as quantize
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
 
 __version__ = "0.1.0"
