@@ -195,10 +195,12 @@ def plot_metrics(workdir, title: str = "") -> pathlib.Path:
   for split, style in (("train", "-"), ("eval", "o-")):
     rs = [r for r in records if r["split"] == split]
     if rs:
-      last = rs[-1]
+      last = rs[-1]["loss"]
+      # Four decimals, like the progress bar, unless that rounds to zero.
+      value = f"{last:.4f}" if abs(last) >= 0.01 else f"{last:.3g}"
       ax.plot([r["step"] for r in rs], [r["loss"] for r in rs], style,
               markersize=3,
-              label=f"{split} loss (step {last['step']}: {last['loss']:.4f})")
+              label=f"{split} loss (step {rs[-1]['step']}: {value})")
   ax.set_xlabel("step")
   ax.set_ylabel("loss (nats)")
   ax.set_yscale("log")
@@ -209,6 +211,7 @@ def plot_metrics(workdir, title: str = "") -> pathlib.Path:
   fig.tight_layout()
   if records:
     plotting.label_log_axis(ax, "y", min_gap=0.28)
+    fig.tight_layout()  # Room for the new labels' widths.
   out = workdir / PLOT_FILE
   fig.savefig(out)
   plt.close(fig)

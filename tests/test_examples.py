@@ -248,3 +248,31 @@ def test_model_scion_init():
   sv = np.linalg.svd(np.asarray(kernels[0]), compute_uv=False)
   np.testing.assert_allclose(sv, max(1.0, math.sqrt(mlp.hidden / 64)),
                              rtol=1e-5)
+
+
+@pytest.mark.parametrize("lo,hi,length,gap,want", [
+    # loss.png of the LM: labels at 2, 3 and 4 only before.
+    (1.45, 4.6, 2.8, 0.28, [1.5, 2, 2.5, 3, 4]),
+    # compare.png's sweep over 0.01-0.04: "2x10^-2 3x10^-2 4x10^-2" ran
+    # into each other before.
+    (0.009, 0.045, 5.5, 0.6, [0.01, 0.012, 0.015, 0.02, 0.025, 0.03, 0.04]),
+    (0.0013, 0.12, 5.5, 0.6, [0.002, 0.005, 0.01, 0.02, 0.05, 0.1]),
+    (1e-6, 3.0, 2.8, 0.28, [1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1]),
+])
+def test_log_ticks_are_readable(lo, hi, length, gap, want):
+  """Plain round ticks, never closer on the page than ``gap`` inches."""
+  from examples import plotting  # pylint: disable=g-import-not-at-top
+
+  ticks = plotting.log_ticks(lo, hi, length, gap)
+  assert ticks == pytest.approx(want)
+  inches = np.diff(np.log10(ticks)) * length / math.log10(hi / lo)
+  assert inches.min() >= gap
+
+
+def test_log_ticks_of_a_narrow_range():
+  """Narrower than any series' spacing: evenly spaced round numbers."""
+  from examples import plotting  # pylint: disable=g-import-not-at-top
+
+  ticks = plotting.log_ticks(1.52, 1.58, 3.0, 0.28)
+  assert len(ticks) >= 2 and all(1.52 <= t <= 1.58 for t in ticks)
+  assert all(round(t, 2) == t for t in ticks)
