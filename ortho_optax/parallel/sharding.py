@@ -69,19 +69,28 @@ Where the results go (the parameters' own sharding):
   so each result has its update's sharding, and ``None`` works too on
   matrices sharded along their matrix axes (where ``optax.contrib.muon``
   raises ``ShardingTypeError``).
-* Auto mesh axes: types carry no sharding under ``jax.jit``. Results are
-  constrained to ``ShardingOptions.param_shardings`` when given, to the
-  concrete updates' shardings when called outside ``jit``, and otherwise
+* Auto mesh axes: types carry no sharding under ``jax.jit`` (their spec
+  is empty whatever the arrays' placement). The layout is taken, in order,
+  from ``ShardingOptions.param_shardings``; from the concrete updates'
+  ``.sharding`` when called outside ``jit``; and from the parameters that
+  ``init`` received (:class:`Layouts`): ``init`` usually runs outside
+  ``jit`` on the placed parameters, so the transform records their
+  shardings (or those of ``jax.ShapeDtypeStruct`` parameters) and
+  ``update`` finds them again by the tree's structure and shapes. Results
+  are constrained to that layout. Only when none of these is known (a
+  jitted ``init`` on Auto axes and no ``param_shardings``) are the results
   left to XLA, whose propagation takes the layout from the consumer, e.g.
   ``optax.apply_updates(params, updates)`` with sharded params, or the
-  jit's ``out_shardings``. A jitted function that returns the updates
-  themselves with nothing to pin them gets replicated updates: pass
-  ``param_shardings`` or ``out_shardings`` there.
+  jit's ``out_shardings``.
 
-The shardings known this way (types, ``param_shardings``, concrete arrays)
-are also the layouts that "distribute" plans its steps from; Auto axes
-under ``jit`` without ``param_shardings`` get XLA's own path. Explicit
-axes are the robust choice: nothing to pass, exact layouts, exact results.
+The shardings known this way (types, ``param_shardings``, concrete arrays,
+``init``'s record) are also the layouts that "distribute" plans its steps
+from. They are hints: a sharding constraint changes no value, so a stale
+record (parameters moved after ``init``) costs transfers, never results.
+Without any, "distribute" gets XLA's own path, fine on 1-D meshes but not
+on 2-D ones (4.25x the parameters' bytes on ``benchmarks/sharding.py``'s
+``fsdp x model`` mesh against 1.33x, and XLA's "Involuntary full
+rematerialization" warnings).
 """
 
 from __future__ import annotations
@@ -120,9 +129,10 @@ class ShardingOptions(NamedTuple):
     param_shardings: the shardings of the updates (and of the results): a
       tree like the updates, a prefix of it, or a callable
       ``updates -> tree``, of ``NamedSharding`` / ``PartitionSpec`` /
-      ``None`` (unknown). Needed under Auto axes inside ``jit`` for the
-      planned path and pinned results; under Explicit axes the types
-      already say it.
+      ``None`` (unknown). Under Auto axes, needed only when ``init`` did
+      not see the placed parameters (a jitted ``init``): otherwise its
+      record of their shardings plans the path and pins the results.
+      Under Explicit axes the types already say it.
   """
 
   strategy: str | None = "distribute"
@@ -179,6 +189,68 @@ def _concrete_sharding(x):
     if isinstance(s, NamedSharding):
       return s
   return None
+
+
+def _given_sharding(x):
+  """The sharding ``init`` can read off a parameter, or ``None``.
+
+  A concrete array's ``.sharding``, a ``jax.ShapeDtypeStruct``'s, or the
+  one in a traced value's type (Explicit axes).
+  """
+  s = _concrete_sharding(x)
+  if s is None and isinstance(x, jax.ShapeDtypeStruct):
+    s = x.sharding if isinstance(x.sharding, NamedSharding) else None
+  if s is None:
+    s = _type_sharding(x)
+    if s is not None and not _explicit_axes(s.mesh):
+      s = None  # Auto axes under jit: the type's spec is always empty
+  return s
+
+
+class Layouts:
+  """The parameters' shardings as ``init`` saw them, for ``update``.
+
+  Under ``jax.jit`` with Auto mesh axes the updates' types carry no
+  sharding, yet the parameters were placed by the user before ``init``,
+  which usually runs outside ``jit`` on the placed arrays. ``record``
+  keeps their shardings, keyed by the tree's structure and shapes;
+  ``lookup`` gives them back for an update tree of that structure. They
+  are hints only: a sharding constraint never changes a value, so a stale
+  record (parameters moved since ``init``) costs transfers, not results.
+  """
+
+  _KEEP = 8  # trees remembered (a transform is usually used for one)
+
+  def __init__(self):
+    self._records: dict = {}
+
+  @staticmethod
+  def _key(tree):
+    leaves, treedef = jax.tree_util.tree_flatten(
+        tree, is_leaf=_routing._is_masked
+    )
+    shapes = tuple(
+        None if _routing._is_masked(x) else tuple(jnp.shape(x))
+        for x in leaves
+    )
+    return (treedef, shapes), leaves
+
+  def record(self, tree) -> None:
+    key, leaves = self._key(tree)
+    shardings = [
+        None if _routing._is_masked(x) else _given_sharding(x)
+        for x in leaves
+    ]
+    if any(s is not None for s in shardings):
+      self._records.pop(key, None)
+      if len(self._records) >= self._KEEP:
+        self._records.pop(next(iter(self._records)))
+      self._records[key] = shardings
+
+  def lookup(self, tree):
+    """Per leaf of ``tree``: the recorded sharding, or ``None``."""
+    key, leaves = self._key(tree)
+    return self._records.get(key, [None] * len(leaves))
 
 
 def find_mesh(leaves, mesh=None):
@@ -423,7 +495,18 @@ def _process_stack(fn, stack, options, mesh, axes, layout):
   return out[:count]
 
 
-def map_matrix_groups(fn, updates, dns, options: ShardingOptions):
+def _same_mesh(s, mesh) -> bool:
+  return (
+      s is not None
+      and mesh is not None
+      and tuple(s.mesh.axis_names) == tuple(mesh.axis_names)
+      and tuple(s.mesh.axis_sizes) == tuple(mesh.axis_sizes)
+  )
+
+
+def map_matrix_groups(
+    fn, updates, dns, options: ShardingOptions, layouts: Layouts | None = None
+):
   """Like :func:`_routing.map_matrix_groups`, placing the work by ``options``.
 
   Matrices are grouped by shape (as in routing) and, within a shape, by
@@ -435,6 +518,8 @@ def map_matrix_groups(fn, updates, dns, options: ShardingOptions):
     updates: the update tree.
     dns: its dimension-numbers tree (``None`` leaves pass through).
     options: where to run ``fn``, see :class:`ShardingOptions`.
+    layouts: the parameters' shardings recorded by ``init``
+      (:class:`Layouts`), used where nothing else says the layout.
 
   Returns:
     The tree with every matrix leaf replaced by ``fn``'s result, each with
@@ -468,6 +553,13 @@ def map_matrix_groups(fn, updates, dns, options: ShardingOptions):
   explicit = mesh is not None and any(_has_explicit(x) for x in mats)
   own = _type_sharding if explicit else _concrete_sharding
   known = [t if t is not None else own(x) for t, x in zip(targets, mats)]
+  if layouts is not None and not explicit:
+    recorded = layouts.lookup(updates)
+    known = [
+        NamedSharding(mesh, r.spec)
+        if s is None and _same_mesh(r, mesh) else s
+        for s, r in zip(known, (recorded[i] for i in index))
+    ]
   layouts = [
       None if s is None else matrix_spec(x.shape, dn, s.spec)
       for s, x, dn in zip(known, mats, mat_dns)

@@ -305,6 +305,7 @@ def scale_by_lmo(
 
   def init_fn(params):
     plan(params)
+    polar.init(params)  # records the parameters' layouts for "distribute"
     if callable(radius):
       _check_radius(radius(params))
     return optax.EmptyState()

@@ -72,15 +72,23 @@ def scale_by_orthogonalization(
       _orthogonalize.orthogonalize, method=method, **engine_options
   )
 
+  # Where ``init`` saw the parameters: the layouts "distribute" plans from
+  # when ``update`` runs under jit with Auto mesh axes (types say nothing).
+  layouts = _sharding.Layouts()
+
   def init_fn(params):
     # Resolve the routing once so a leaf that cannot be handled fails here.
     _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    if sharding.strategy is not None:
+      layouts.record(params)
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
-    updates = _sharding.map_matrix_groups(engine, updates, dns, sharding)
+    updates = _sharding.map_matrix_groups(
+        engine, updates, dns, sharding, layouts
+    )
     return updates, state
 
   return optax.GradientTransformation(init_fn, update_fn)
