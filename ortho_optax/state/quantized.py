@@ -40,14 +40,19 @@ multiple of ``L_m``, resp. ``L_n``, e.g. ``m`` a power of two and 4-bit
 blocks of 128); otherwise the result is the same and XLA moves the data
 it needs.
 
-**Rounding.** Round to nearest: the code of ``x`` is the number of
-midpoints :math:`t_j = (c_j + c_{j+1}) / 2` with :math:`t_j s_b \le x`
-(float32 products; ties go to the larger value). It errs by at most
+**Rounding.** Each entry is first normalized, :math:`y = x / s_b`, computed
+as :math:`(x\,2^{-e_1})\,(2^{-e_2} / f)` with :math:`s_b = f\,2^{e_1 +
+e_2}`, :math:`f \in [1/2, 1)`, :math:`e_1 = \lfloor e / 2 \rfloor`: exact
+up to the rounding of :math:`1 / f` and of the last product, for any
+finite scale. Round to nearest: the code of ``y`` is the number of
+midpoints :math:`t_j = (c_j + c_{j+1}) / 2` (float32) with :math:`t_j \le
+y` (ties go to the larger value). It errs by at most
 ``Code.max_error`` times the block's scale: 0.0070 (``"q8"``), 0.1125
 (``"q4"``), 0.0035 (``"u8"``), 0.056 (``"u4"``). Or, given a ``key``,
 stochastic rounding: an entry between neighbouring values
-:math:`c_j s_b \le x < c_{j+1} s_b` is rounded up with probability
-:math:`(x / s_b - c_j) / (c_{j+1} - c_j)`, so that
+:math:`c_j \le y < c_{j+1}` is rounded up when
+:math:`u\,(c_{j+1} - c_j) < y - c_j`, :math:`u \sim U[0, 1)`: with
+probability :math:`(y - c_j) / (c_{j+1} - c_j)`, so that
 :math:`E[\tilde x] = x` (Gupta et al., 2015): an EMA of a quantized
 momentum is then unbiased, where rounding to nearest can swallow the
 :math:`(1 - \beta) g` of a step whole.
@@ -77,6 +82,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -249,6 +255,18 @@ def _as_matrices(x):
   return x
 
 
+def _tiles(x, k_m, l_m, k_n, l_n):
+  """``(..., k_m L_m, k_n L_n)`` as blocks ``(..., k_m, L_m, k_n, L_n)``.
+
+  Runs of one column (``L_n = 1``) stay ``(..., k_m, L_m, n)``: XLA's CPU
+  loops do not vectorize over a trailing axis of length 1 (8x slower).
+  """
+  *batch, _, _ = x.shape
+  if l_n == 1:
+    return x.reshape(*batch, k_m, l_m, k_n)
+  return x.reshape(*batch, k_m, l_m, k_n, l_n)
+
+
 def _check_input(x) -> jax.Array:
   if not hasattr(x, "dtype"):
     x = jnp.asarray(x)
@@ -291,19 +309,14 @@ def quantize(x, format="q8", *, block_size=None, key=None) -> QuantizedArray:
   mat = _as_matrices(x).astype(jnp.float32)
   *batch, m, n = mat.shape
   pad = [(0, 0)] * len(batch) + [(0, k_m * l_m - m), (0, k_n * l_n - n)]
-  blocks = jnp.pad(mat, pad).reshape(*batch, k_m, l_m, k_n, l_n)
-  scales = jnp.max(
-      jnp.abs(blocks), axis=(-3, -1), keepdims=True, initial=0.0
-  )
-  # Entries are compared with the code's midpoints times the scale rather
-  # than divided by it: XLA turns a division by a broadcast scale into a
-  # product with its reciprocal, inexact and zero (flushed) above 2**126.
-  # A zero block is compared with an unscaled code (its codes read 0).
-  s = jnp.where(scales > 0, scales, 1)
+  blocks = _tiles(jnp.pad(mat, pad), k_m, l_m, k_n, l_n)
+  axes = (-2,) if l_n == 1 else (-3, -1)
+  scales = jnp.max(jnp.abs(blocks), axis=axes, keepdims=True, initial=0.0)
+  y = _normalize(blocks, scales)
   if key is None:
-    idx = _nearest(blocks, s, book.values)
+    idx = _count_at_most(_thresholds(book.values), y)
   else:
-    idx = _stochastic(blocks, s, book.values, key)
+    idx = _stochastic(y, book.values, key)
   codes = _pack(idx.reshape(*batch, k_m * l_m, k_n * l_n), book.bits)
   scales = scales.reshape(*batch, k_m, k_n)
   if len(shape) < 2:
@@ -334,62 +347,127 @@ def dequantize(q: QuantizedArray, dtype=None) -> jax.Array:
   l_m, l_n = q.block
   idx = _unpack(codes, book.bits).astype(jnp.int32)
   table = jnp.asarray(book.values)
-  blocks = jnp.take(table, idx, mode="clip").reshape(
-      *batch, k_m, l_m, k_n, l_n
-  )
-  x = blocks * scales.reshape(*batch, k_m, 1, k_n, 1)
+  blocks = _tiles(jnp.take(table, idx, mode="clip"), k_m, l_m, k_n, l_n)
+  if l_n == 1:
+    x = blocks * scales.reshape(*batch, k_m, 1, k_n)
+  else:
+    x = blocks * scales.reshape(*batch, k_m, 1, k_n, 1)
   x = x.reshape(*batch, k_m * l_m, k_n * l_n)
   m, n = _matrix_shape(q.shape)
   x = x[..., :m, :n].reshape(q.shape)
   return x.astype(q.dtype if dtype is None else dtype)
 
 
-def _thresholds(values: np.ndarray) -> np.ndarray:
-  """Midpoints between neighbouring values (float32), then +inf: ``2**b``."""
-  v = values.astype(np.float32)
-  mids = (v[:-1] + v[1:]) / np.float32(2)
-  return np.append(mids, np.float32(np.inf)).astype(np.float32)
+def _pow2(k):
+  """``2.0**k`` in float32 for integer ``k`` in ``[-126, 127]``, exactly."""
+  return jax.lax.bitcast_convert_type(
+      ((k + 127) << 23).astype(jnp.int32), jnp.float32
+  )
 
 
-def _count_at_most(table: np.ndarray, s: jax.Array, x: jax.Array):
-  """``#{j : table[j] * s <= x}`` for a sorted ``table`` of ``2**b`` entries.
+def _normalize(x, scales):
+  """``x / s`` as ``(x 2^-e1) (2^-e2 / f)``, ``s = f 2^(e1 + e2)``.
 
-  A branch-free binary search: ``b`` look-ups into the small table instead
-  of ``2**b`` comparisons an entry. Rounding is monotone, so the products
-  stay sorted.
+  ``f`` in ``[1/2, 1)`` (``frexp``), ``e1 = floor(e / 2)``: every factor is
+  a normal float32 whatever the scale (a plain ``x / s`` becomes ``x *
+  (1 / s)`` in XLA, and ``1 / s`` is flushed to 0 above ``2**126``), and
+  the only roundings are ``1 / f`` and the last product. A zero scale
+  (an all-zero block) divides by 1.
   """
-  n = table.shape[0]
-  t = jnp.asarray(table)
-  idx = jnp.zeros(x.shape, jnp.int32)
-  step = n // 2
-  while step >= 1:
-    probe = jnp.take(t, idx + (step - 1), mode="clip") * s
-    idx = jnp.where(x >= probe, idx + step, idx)
-    step //= 2
-  return idx
+  f, e = jnp.frexp(jnp.where(scales > 0, scales, 1))
+  e1 = e // 2
+  return (x * _pow2(-e1)) * (_pow2(e1 - e) * (1 / f))
 
 
-def _nearest(x, s, values):
-  """Index of the value nearest to ``x / s`` (ties to the larger one)."""
-  return _count_at_most(_thresholds(values), s, x)
+# Buckets of |y| for the look-up: below 2**_LOG2_MIN one bucket (no code
+# value or midpoint is that small), then each binade up to [1, 2) split into
+# 2**mant_bits buckets of equal width, the last one open above.
+_LOG2_MIN = -26
 
 
-def _stochastic(x, s, values, key):
-  """Index of the lower or upper neighbour of ``x / s``, unbiased.
+@functools.lru_cache(maxsize=None)
+def _lookup(table: tuple) -> tuple[np.ndarray, np.ndarray, int]:
+  """Look-up tables counting the entries of a sorted ``table`` <= ``y``.
 
-  Rounds up when ``u (c_hi - c_lo) s < x - c_lo s``, ``u ~ U[0, 1)``: with
-  probability ``(x / s - c_lo) / (c_hi - c_lo)``.
+  Buckets of ``|y|`` (and its sign) are read off the float bits of ``y``;
+  each bucket holds at most one entry ``c`` of the table, so the count is
+  ``base[bucket] + (y >= c)``: two small look-ups an entry instead of a
+  binary search's ``log2(len(table))``.
+
+  Returns:
+    ``(base, cand, mant_bits)``: int32 counts of the entries below each
+    bucket, float32 entry inside it (``+inf`` if none), and the mantissa
+    bits that split a binade.
+  """
+  t = np.asarray(table, np.float64)
+  assert np.all(np.diff(t) > 0), "entries must be distinct and sorted"
+  for mant_bits in range(4, 16):
+    per = 2**mant_bits
+    n = (1 - _LOG2_MIN) * per + 1
+    b = np.arange(1, n)
+    lo = np.concatenate([
+        [0.0],
+        2.0 ** (_LOG2_MIN + (b - 1) // per) * (1 + ((b - 1) % per) / per),
+    ])
+    hi = np.append(lo[1:], np.inf)
+    # y >= 0 in bucket i: y in [lo, hi); y < 0 (or -0.0): y in (-hi, -lo].
+    pos_in = (t[None, :] >= lo[:, None]) & (t[None, :] < hi[:, None])
+    neg_in = (t[None, :] > -hi[:, None]) & (t[None, :] <= -lo[:, None])
+    if max(pos_in.sum(1).max(), neg_in.sum(1).max()) > 1:
+      continue
+    base = np.concatenate([
+        np.sum(t[None, :] < lo[:, None], axis=1),
+        np.sum(t[None, :] <= -hi[:, None], axis=1),
+    ])
+    cand = np.full(2 * n, np.inf)
+    for half, inside in enumerate((pos_in, neg_in)):
+      rows, cols = np.nonzero(inside)
+      cand[half * n + rows] = t[cols]
+    return base.astype(np.int32), cand.astype(np.float32), mant_bits
+  raise ValueError("table entries too close for the look-up")
+
+
+def _count_at_most(table: np.ndarray, y: jax.Array) -> jax.Array:
+  """``#{j : table[j] <= y}`` for a sorted table of distinct float32s."""
+  table = np.asarray(table, np.float32)
+  if table.size < 16:
+    # A short table is cheaper compared whole: XLA's CPU loops vectorize
+    # comparisons, not look-ups (4-bit codes were 6x slower with them).
+    return sum((y >= c).astype(jnp.int32) for c in table)
+  base, cand, mant_bits = _lookup(tuple(table))
+  n = base.size // 2
+  bits = jax.lax.bitcast_convert_type(y, jnp.uint32)
+  mag = (bits & jnp.uint32(0x7FFFFFFF)) >> (23 - mant_bits)
+  bucket = mag.astype(jnp.int32) - (((127 + _LOG2_MIN) << mant_bits) - 1)
+  bucket = jnp.clip(bucket, 0, n - 1) + n * (bits >> 31).astype(jnp.int32)
+  above = y >= jnp.take(jnp.asarray(cand), bucket, mode="clip")
+  return jnp.take(jnp.asarray(base), bucket, mode="clip") + above.astype(
+      jnp.int32
+  )
+
+
+def _thresholds(values: np.ndarray) -> np.ndarray:
+  """Midpoints between neighbouring values, float32."""
+  v = values.astype(np.float32)
+  return ((v[:-1] + v[1:]) / np.float32(2)).astype(np.float32)
+
+
+def _stochastic(y, values, key):
+  """Index of the lower or upper neighbour of ``y``, unbiased.
+
+  Rounds up when ``u (c_hi - c_lo) < y - c_lo``, ``u ~ U[0, 1)``: with
+  probability ``(y - c_lo) / (c_hi - c_lo)``.
   """
   v = np.asarray(values, np.float32)
-  x = jnp.clip(x, v[0] * s, v[-1] * s)
-  # The lower neighbour: the number of values <= x / s, minus one (the
-  # largest value pairs with itself).
-  lo = _count_at_most(np.append(v[1:], np.float32(np.inf)), s, x)
+  y = jnp.clip(y, v[0], v[-1])
+  # The lower neighbour: the number of values <= y, minus one (the largest
+  # value pairs with itself; a repeated smallest value is never chosen).
+  lo = _count_at_most(v[1:], y)
   tv = jnp.asarray(v)
-  c_lo = jnp.take(tv, lo, mode="clip") * s
-  c_hi = jnp.take(tv, jnp.minimum(lo + 1, v.size - 1), mode="clip") * s
-  u = jax.random.uniform(key, x.shape, jnp.float32)
-  return lo + (u * (c_hi - c_lo) < x - c_lo).astype(jnp.int32)
+  c_lo = jnp.take(tv, lo, mode="clip")
+  c_hi = jnp.take(tv, jnp.minimum(lo + 1, v.size - 1), mode="clip")
+  u = jax.random.uniform(key, y.shape, jnp.float32)
+  return lo + (u * (c_hi - c_lo) < y - c_lo).astype(jnp.int32)
 
 
 def _pack(idx, bits):
