@@ -11,6 +11,8 @@ This module imports only absl, so that a command-line mistake is reported
 before JAX and Flax load.
 """
 
+import ast
+import contextlib
 import pathlib
 import sys
 
@@ -46,6 +48,11 @@ def _unknown_field_message(argv, error: LookupError) -> str:
   field's name among the command line's dotted options.
   """
   text = str(error.args[0]) if error.args else str(error)
+  if text[:1] in "'\"":  # AttributeError(str(KeyError(...))): a repr.
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
   lines = text.strip().splitlines()
   field = lines[0].strip("'\"") if lines else ""
   hint = one_line(" ".join(lines[1:]))
@@ -64,6 +71,25 @@ def _unknown_field_message(argv, error: LookupError) -> str:
   return f"{where}: {one_line(text)}"
 
 
+@contextlib.contextmanager
+def flag_definitions():
+  """Reports an unknown ``--config.*`` field met while flags are defined.
+
+  A configuration flag with a default file applies the command line's
+  overrides when it is defined, before parsing; wrap its definition in this.
+  """
+  try:
+    yield
+  except (KeyError, AttributeError) as e:  # ml_collections: unknown field.
+    fail(_unknown_field_message(sys.argv, e))
+
+
+def _load_failure(error: Exception) -> str:
+  """The cause of a configuration file's failure to load, in one line."""
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  return lines[-1] if lines else type(error).__name__
+
+
 def parse_flags(argv: list[str]) -> list[str]:
   """absl's flag parsing, every mistake reported in one line.
 
@@ -80,15 +106,21 @@ def parse_flags(argv: list[str]) -> list[str]:
     fail(f"{e} (--helpfull lists the options)")
   except (KeyError, AttributeError) as e:  # ml_collections: unknown field.
     fail(_unknown_field_message(argv, e))
-  # A configuration file is loaded on first access; load it now, so that a
-  # missing or broken file is a command-line error too.
-  for name in ("config",):
-    if name in flag_values:
-      try:
-        getattr(flag_values, name)
-      except Exception as e:  # pylint: disable=broad-except
-        value = flag_values[name].serialize() or f"--{name}"
-        fail(f"{value}: cannot load the configuration: {one_line(e)}")
+  except Exception as e:  # pylint: disable=broad-except
+    # A configuration file runs while it is parsed: its own errors (a
+    # SyntaxError, ...) end up here. The traceback with --verbosity.
+    if any(a.startswith("--verbosity") for a in argv):
+      raise
+    fail(f"cannot parse the command line: {type(e).__name__}: {e}")
+  # ml_collections reports a configuration file that failed to load on the
+  # first use of the configuration; use it now, so that a missing or broken
+  # file is a command-line error too.
+  if "config" in flag_values:
+    try:
+      _ = flag_values.config.keys
+    except Exception as e:  # pylint: disable=broad-except
+      fail(f"--config: cannot load the configuration file: "
+           f"{_load_failure(e)}")
   return rest
 
 

@@ -130,6 +130,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  with cli.flag_definitions():  # The default config applies overrides here.
+    _define_flags()
   flags.mark_flags_as_required(["workdir"])
   cli.run(main)

@@ -142,27 +142,60 @@ def test_bad_setting_is_named_and_leaves_no_workdir(tmp_path, setting, value,
   assert not workdir.exists()
 
 
-def _main(*args, workdir):
+def _main(*args, workdir, config="configs/lm.py"):
   """``examples/main.py`` with ``args``: (return code, stderr lines)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   proc = subprocess.run(
-      [sys.executable, "examples/main.py", "--config=configs/lm.py",
+      [sys.executable, "examples/main.py", f"--config={config}",
        f"--workdir={workdir}", *args],
       cwd=REPO, env=env, capture_output=True, text=True, check=False,
   )
   return proc.returncode, proc.stderr.strip().splitlines()
 
 
-def test_unknown_option_is_one_line(tmp_path):
+# These fail while the flags parse, before JAX loads: about a second each.
+@pytest.mark.parametrize("args,config,line", [
+    (["--config.optimizr.name=adamw"], "configs/lm.py",
+     "unknown option --config.optimizr.name: the configuration has no field"
+     " 'optimizr'; Did you mean \"optimizer\" instead of \"optimizr\"?"),
+    (["--config.optimizer.nme=adamw"], "configs/lm.py",
+     "unknown option --config.optimizer.nme: the configuration has no field"
+     " 'nme'; Did you mean \"name\" instead of \"nme\"?"),
+    (["--config.seed=abc"], "configs/lm.py",
+     "flag --config.seed=abc: invalid literal for int() with base 10: 'abc'"
+     " (--helpfull lists the options)"),
+    ([], "configs/no_such_config.py",
+     "--config: cannot load the configuration file: [Errno 2] No such file"
+     " or directory: 'configs/no_such_config.py'"),
+    (["extra"], "configs/lm.py",
+     "unexpected arguments 'extra' (options are written --name=value)"),
+], ids=["field", "subfield", "value", "config_file", "positional"])
+def test_command_line_mistake_is_one_line(tmp_path, args, config, line):
   workdir = tmp_path / "run"
-  code, err = _main("--config.optimizr.name=adamw", workdir=workdir)
+  code, err = _main(*args, workdir=workdir, config=config)
   assert code == 2
-  assert err == [
-      "main.py: error: unknown option --config.optimizr.name: the"
-      " configuration has no field 'optimizr'; Did you mean \"optimizer\""
-      " instead of \"optimizr\"?"
-  ]
+  assert err == [f"main.py: error: {line}"]
   assert not workdir.exists()
+
+
+def test_unknown_field_at_flag_definition_is_one_line(monkeypatch, capsys):
+  """compare.py and pome_digits.py define --config with a default file:
+  ml_collections applies the overrides then, before parsing."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(sys, "argv", ["compare.py", "--config.optimzer.name=x"])
+  with pytest.raises(SystemExit) as info, cli.flag_definitions():
+    config_flags.DEFINE_config_file(
+        "config", str(REPO / "configs" / "lm.py"), "",
+        flag_values=flags.FlagValues(), lock_config=True,
+    )
+  assert info.value.code == 2
+  assert capsys.readouterr().err == (
+      "compare.py: error: unknown option --config.optimzer.name: the"
+      " configuration has no field 'optimzer'; Did you mean \"optimizer\""
+      " instead of \"optimzer\"?\n"
+  )
 
 
 def test_missing_data_file_is_one_line(tmp_path):
