@@ -1,0 +1,170 @@
+r"""How a transform keeps a moment buffer: a float array or quantized codes.
+
+A transform's ``mu_dtype`` / ``nu_dtype`` is one of
+
+* ``None``: the buffer takes the parameter's dtype;
+* a floating dtype (``jnp.float32``, ``jnp.bfloat16``, ``"float32"``, ...);
+* a quantized format: ``"q8"`` or ``"q4"`` or a
+  :class:`~ortho_optax.QuantFormat` (:mod:`ortho_optax.state.quantized`).
+
+A quantized format is never a plain integer dtype: ``jnp.int8``,
+``"int8"``, ``"uint8"`` are refused (an integer buffer would hold the
+rounded moment, 0 for any gradient below 1). Momenta and first moments are
+signed (``"q8"``, ``"q4"``); a second moment is stored in the unsigned code
+of the same width (``"q8"`` means ``"u8"`` there, see
+:func:`as_storage`).
+
+Each step reads the buffer back in float32 (:func:`load`), updates it, and
+writes it again (:func:`store`): no full-precision copy is kept across
+steps. Stochastic rounding (``QuantFormat(..., stochastic=True)``) draws
+from :func:`rounding_key`, a key derived from the transform's step count,
+so the state needs no key of its own.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ortho_optax.state import quantized as _quantized
+
+Storage = None | np.dtype | _quantized.QuantFormat
+
+_INTEGER_HINT = (
+    "a quantized format is 'q8' or 'q4' (or a QuantFormat), not an integer"
+    " dtype"
+)
+
+
+def as_storage(value, name: str, *, second_moment: bool = False) -> Storage:
+  """Checks a ``mu_dtype``-like argument and returns its storage.
+
+  Args:
+    value: ``None``, a floating dtype (or its name), ``"q8"``, ``"q4"`` or
+      a :class:`QuantFormat`; for a second moment also ``"u8"``, ``"u4"``.
+    name: the argument's name, for errors.
+    second_moment: the buffer is non-negative (Adam's ``v``): a signed
+      quantized format is replaced by its unsigned counterpart of the same
+      width, block size and rounding (``"q8"`` -> ``"u8"``).
+
+  Returns:
+    ``None``, a ``numpy`` floating dtype, or a :class:`QuantFormat`.
+
+  Raises:
+    ValueError / TypeError naming ``name`` and the accepted values.
+  """
+  accepted = (
+      "None, a floating dtype (e.g. jnp.float32, jnp.bfloat16), 'q8', 'q4'"
+      + (", 'u8', 'u4'" if second_moment else "")
+      + " or a QuantFormat"
+  )
+  if value is None:
+    return None
+  if isinstance(value, str) and value in _quantized.FORMATS:
+    value = _quantized.QuantFormat(value)
+  if isinstance(value, _quantized.QuantFormat):
+    signed = value.book.signed
+    if second_moment and signed:
+      return _quantized.QuantFormat(
+          "u" + value.code[1:], value.block_size, value.stochastic
+      )
+    if not second_moment and not signed:
+      raise ValueError(
+          f"`{name}` stores a signed moment; {value.code!r} is an unsigned"
+          " (second-moment) format. Use 'q8' or 'q4'."
+      )
+    return value
+  try:
+    dtype = jnp.dtype(value)
+  except TypeError as e:
+    raise TypeError(f"`{name}` must be {accepted}; got {value!r}.") from e
+  if jnp.issubdtype(dtype, jnp.integer) or dtype == jnp.bool_:
+    raise TypeError(
+        f"`{name}` must be {accepted}; got the integer dtype {dtype}:"
+        f" {_INTEGER_HINT}."
+    )
+  if not jnp.issubdtype(dtype, jnp.floating):
+    raise TypeError(f"`{name}` must be {accepted}; got {value!r}.")
+  return np.dtype(dtype)
+
+
+def is_quantized(storage: Storage) -> bool:
+  return isinstance(storage, _quantized.QuantFormat)
+
+
+def _is_leaf(x) -> bool:
+  return isinstance(x, _quantized.QuantizedArray)
+
+
+def zeros(tree, storage: Storage, name: str = "mu_dtype"):
+  """A zero buffer for every array of ``tree`` (other nodes kept).
+
+  Raises:
+    TypeError naming ``name`` for a quantized storage of a leaf that is not
+    real floating (complex parameters need a float storage).
+  """
+
+  def one(x):
+    if not is_quantized(storage):
+      return jnp.zeros_like(x, dtype=storage)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(
+          f"`{name}`={storage.code!r} quantizes real floating buffers only;"
+          f" a parameter has dtype {x.dtype} (use a float `{name}`)."
+      )
+    return _quantized.quantize(jnp.zeros_like(x, jnp.float32), storage)
+
+  return jax.tree.map(one, tree)
+
+
+def load(tree):
+  """The buffers as arrays: quantized ones dequantized to float32."""
+  return jax.tree.map(
+      lambda b: _quantized.dequantize(b, jnp.float32) if _is_leaf(b) else b,
+      tree,
+      is_leaf=_is_leaf,
+  )
+
+
+def store(tree, storage: Storage, like, count=None, salt: int = 0):
+  """The new values ``tree`` in ``storage``.
+
+  Args:
+    tree: the updated buffers (float arrays).
+    storage: from :func:`as_storage`.
+    like: the previous buffers: ``None`` storage keeps their dtypes.
+    count: the step count, for stochastic formats (:func:`rounding_key`).
+    salt: tells apart the buffers of one transform (different draws).
+
+  Returns:
+    A tree like ``like``.
+  """
+  if is_quantized(storage):
+    key = None
+    if storage.stochastic:
+      if count is None:
+        raise ValueError("A stochastic format needs the step `count`.")
+      key = rounding_key(count, salt)
+    leaves, treedef = jax.tree.flatten(tree)
+    out = [
+        _quantized.quantize(
+            x, storage, key=None if key is None else jax.random.fold_in(key, i)
+        )
+        for i, x in enumerate(leaves)
+    ]
+    return treedef.unflatten(out)
+  if storage is None:
+    return jax.tree.map(lambda x, b: x.astype(b.dtype), tree, like)
+  return jax.tree.map(lambda x: x.astype(storage), tree)
+
+
+def rounding_key(count, salt: int = 0):
+  """The stochastic-rounding key of step ``count``.
+
+  An ``rbg`` key (XLA's random bit generator, which compiles in a fraction
+  of threefry's time on CPU) folded with the step count and ``salt`` (to
+  tell apart two buffers of one transform).
+  """
+  key = jax.random.key(salt, impl="rbg")
+  return jax.random.fold_in(key, count)

@@ -1,0 +1,91 @@
+r"""``scale_by_adam``: Adam's moments, stored as floats or quantized."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ortho_optax.state import storage as _storage
+
+
+def scale_by_adam(
+    b1: jax.typing.ArrayLike = 0.9,
+    b2: jax.typing.ArrayLike = 0.999,
+    eps: jax.typing.ArrayLike = 1e-8,
+    eps_root: jax.typing.ArrayLike = 0.0,
+    *,
+    mu_dtype=None,
+    nu_dtype=None,
+) -> optax.GradientTransformation:
+  r"""Adam's scaling, with its moments in any storage.
+
+  .. math::
+    m_t = \beta_1 m_{t-1} + (1 - \beta_1) g_t, \quad
+    v_t = \beta_2 v_{t-1} + (1 - \beta_2) g_t^2, \quad
+    u_t = \frac{m_t / (1 - \beta_1^t)}
+      {\sqrt{v_t / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon},
+
+  exactly ``optax.scale_by_adam`` (same state, ``optax.ScaleByAdamState``)
+  when both moments are floats. A quantized ``mu_dtype`` / ``nu_dtype``
+  (``"q8"``, ``"q4"``, a :class:`~ortho_optax.QuantFormat`) keeps that
+  moment as block-wise codes between steps: it is read back in float32,
+  updated and written again (8-bit: Dettmers et al., 2022; 4-bit: Li et
+  al., 2023). The second moment uses the unsigned code of the same width
+  (``"q8"`` stores ``v`` as ``"u8"``), which has no zero: a ``v`` rounded
+  to 0 would turn the step into :math:`m / \epsilon`.
+
+  Args:
+    b1: first-moment decay.
+    b2: second-moment decay.
+    eps: added to :math:`\sqrt{\hat v}`.
+    eps_root: added to :math:`\hat v` inside the square root.
+    mu_dtype: storage of :math:`m` (``None``: the parameters' dtype).
+    nu_dtype: storage of :math:`v` (``None``: the parameters' dtype).
+
+  Returns:
+    An ``optax.GradientTransformation`` whose state is an
+    ``optax.ScaleByAdamState``.
+
+  References:
+    Kingma and Ba, `Adam: A Method for Stochastic Optimization
+    <https://arxiv.org/abs/1412.6980>`_, 2014
+
+    Dettmers et al., `8-bit Optimizers via Block-wise Quantization
+    <https://arxiv.org/abs/2110.02861>`_, ICLR 2022
+
+    Li et al., `Memory Efficient Optimizers with 4-bit States
+    <https://arxiv.org/abs/2309.01507>`_, NeurIPS 2023
+  """
+  mu_storage = _storage.as_storage(mu_dtype, "mu_dtype")
+  nu_storage = _storage.as_storage(nu_dtype, "nu_dtype", second_moment=True)
+
+  def init_fn(params):
+    return optax.ScaleByAdamState(
+        count=jnp.zeros([], jnp.int32),
+        mu=_storage.zeros(params, mu_storage, "mu_dtype"),
+        nu=_storage.zeros(params, nu_storage, "nu_dtype"),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    count_inc = optax.safe_increment(state.count)
+    mu = optax.tree.update_moment(
+        updates, _storage.load(state.mu), b1, 1
+    )
+    nu = optax.tree.update_moment_per_elem_norm(
+        updates, _storage.load(state.nu), b2, 2
+    )
+    mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
+    nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
+    updates = jax.tree.map(
+        lambda m, v: None if m is None else m / (jnp.sqrt(v + eps_root) + eps),
+        mu_hat,
+        nu_hat,
+        is_leaf=lambda x: x is None,
+    )
+    mu = _storage.store(mu, mu_storage, state.mu, count_inc, salt=1)
+    nu = _storage.store(nu, nu_storage, state.nu, count_inc, salt=2)
+    return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
