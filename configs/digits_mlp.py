@@ -78,7 +78,9 @@ def get_config() -> ml_collections.ConfigDict:
   # command line: --config.optimizer.kwargs='{"weight_decay": 0.01}'.
   # Orthogonalizing optimizers get adam_learning_rate=3e-3 unless set.
   config.optimizer.kwargs = ml_collections.ConfigDict()
-  # Learning-rate shape after warmup: 'constant', 'cosine' or 'linear'.
+  # Learning-rate shape after warmup: 'constant', 'cosine', 'linear' or 'wsd'
+  # (warmup-stable-decay: constant, then linear to 0 over the last 20% of
+  # the steps).
   config.optimizer.schedule = "cosine"
   # Linear warmup steps (an int, or a float: a fraction of the steps).
   config.optimizer.warmup_steps = 0

@@ -112,10 +112,14 @@ def get_config() -> ml_collections.ConfigDict:
   # command line: --config.optimizer.kwargs='{"weight_decay": 0.01}'.
   # Orthogonalizing optimizers get adam_learning_rate=3e-3 unless set.
   config.optimizer.kwargs = ml_collections.ConfigDict()
-  # Learning-rate shape after warmup: 'constant', 'cosine' or 'linear'.
+  # Learning-rate shape after warmup: 'constant', 'cosine', 'linear' or 'wsd'
+  # (warmup-stable-decay: constant, then linear to 0 over decay_steps).
   config.optimizer.schedule = "cosine"
   # Linear warmup steps (an int, or a float: a fraction of the steps).
   config.optimizer.warmup_steps = 0.05
+  # The final decay of the 'wsd' schedule (an int, or a float: a fraction of
+  # the steps); the other schedules ignore it.
+  config.optimizer.decay_steps = 0.2
   # Clip gradients to this global norm before the optimizer (0: no clipping).
   config.optimizer.grad_clip_norm = 1.0
   return config

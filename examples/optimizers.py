@@ -151,27 +151,61 @@ def accepts(name: str, kwarg: str) -> bool:
   return kwarg in inspect.signature(factory).parameters
 
 
+SCHEDULES = ("constant", "cosine", "linear", "wsd")
+
+
 def lr_multiplier(
-    schedule: str, total_steps: int, warmup_steps: int
+    schedule: str, total_steps: int, warmup_steps: int,
+    decay_steps: int | None = None,
 ) -> optax.Schedule:
-  """A schedule shape with peak 1: linear warmup, then ``schedule``."""
+  """A schedule shape with peak 1: linear warmup, then ``schedule``.
+
+  Args:
+    schedule: after the warmup, ``"constant"``; ``"cosine"`` or ``"linear"``
+      decay to 0 at ``total_steps``; or ``"wsd"`` (warmup-stable-decay,
+      Hu et al. 2024, MiniCPM): 1 until the last ``decay_steps`` steps, then
+      linearly to 0 at ``total_steps``.
+    total_steps: the length of the run.
+    warmup_steps: steps of linear warmup from ``1 / (warmup_steps + 1)``.
+    decay_steps: the final decay of ``"wsd"`` (at most the steps after the
+      warmup); ignored by the other shapes.
+  """
   warmup_steps = min(warmup_steps, max(total_steps - 1, 0))
-  decay_steps = max(total_steps - warmup_steps, 1)
+  after_steps = max(total_steps - warmup_steps, 1)
   if schedule == "constant":
     after = optax.constant_schedule(1.0)
   elif schedule == "cosine":
-    after = optax.cosine_decay_schedule(1.0, decay_steps, alpha=0.0)
+    after = optax.cosine_decay_schedule(1.0, after_steps, alpha=0.0)
   elif schedule == "linear":
-    after = optax.linear_schedule(1.0, 0.0, decay_steps)
+    after = optax.linear_schedule(1.0, 0.0, after_steps)
+  elif schedule == "wsd":
+    if decay_steps is None or decay_steps < 1:
+      raise ValueError(
+          "`optimizer.decay_steps` must be a positive number of steps (or a"
+          f" fraction of the run) for the 'wsd' schedule; got {decay_steps!r}."
+      )
+    decay = min(decay_steps, after_steps)
+    after = optax.join_schedules(
+        [optax.constant_schedule(1.0),
+         optax.linear_schedule(1.0, 0.0, decay)],
+        [after_steps - decay],
+    )
   else:
     raise ValueError(
-        "`optimizer.schedule` must be one of 'constant', 'cosine', 'linear';"
-        f" got {schedule!r}."
+        f"`optimizer.schedule` must be one of {', '.join(map(repr, SCHEDULES))}"
+        f"; got {schedule!r}."
     )
   if warmup_steps == 0:
     return after
   warm = optax.linear_schedule(1.0 / (warmup_steps + 1), 1.0, warmup_steps)
   return optax.join_schedules([warm, after], [warmup_steps])
+
+
+def steps_of(value, total_steps: int):
+  """An int number of steps, or a float fraction of ``total_steps``."""
+  if isinstance(value, float):
+    return int(math.ceil(value * total_steps))
+  return value
 
 
 def create_optimizer(
@@ -183,16 +217,18 @@ def create_optimizer(
     config: ``name``, ``learning_rate`` (``None``: the optimizer's entry in
       ``DEFAULT_LEARNING_RATES``), ``kwargs`` (passed to the factory),
       ``schedule``, ``warmup_steps`` (an int, or a float fraction of
-      ``total_steps``) and ``grad_clip_norm`` (``0`` disables clipping).
+      ``total_steps``), ``decay_steps`` (the same, for the ``"wsd"``
+      schedule; 0.2 if the configuration has no such field) and
+      ``grad_clip_norm`` (``0`` disables clipping).
     total_steps: the length of the run, for the schedule.
 
   Returns:
     ``chain(clip, factory(learning_rate, **kwargs), scale_by_schedule)``.
   """
   factory = get_factory(config.name)
-  warmup = config.warmup_steps
-  if isinstance(warmup, float):
-    warmup = int(math.ceil(warmup * total_steps))
+  warmup = steps_of(config.warmup_steps, total_steps)
+  # Configurations without the field (the digits ones) decay over 20%.
+  decay = steps_of(config.get("decay_steps", 0.2), total_steps)
   parts = []
   if config.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -201,6 +237,6 @@ def create_optimizer(
       **resolve_kwargs(config.name, config.kwargs),
   ))
   parts.append(optax.scale_by_schedule(
-      lr_multiplier(config.schedule, total_steps, warmup)
+      lr_multiplier(config.schedule, total_steps, warmup, decay)
   ))
   return optax.chain(*parts)

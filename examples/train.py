@@ -478,14 +478,16 @@ def describe_optimizer(config: ml_collections.ConfigDict, total: int) -> str:
       f"{k}={v!r}" for k, v in optimizers.resolve_kwargs(c.name, c.kwargs)
       .items()
   ]
-  warmup = c.warmup_steps
-  if isinstance(warmup, float):
-    warmup = int(math.ceil(warmup * total))
+  warmup = optimizers.steps_of(c.warmup_steps, total)
   clip = (f", gradient clipping {c.grad_clip_norm:g}" if c.grad_clip_norm
           else "")
+  decay = ""
+  if c.schedule == "wsd":
+    last = optimizers.steps_of(c.get("decay_steps", 0.2), total)
+    decay = f" (decay over the last {last} steps)"
   return (
-      f"optimizer: {c.name}({', '.join(args)}), {c.schedule} schedule after"
-      f" {warmup} warmup step{'' if warmup == 1 else 's'}{clip}"
+      f"optimizer: {c.name}({', '.join(args)}), {c.schedule} schedule"
+      f"{decay} after {warmup} warmup step{'' if warmup == 1 else 's'}{clip}"
   )
 
 

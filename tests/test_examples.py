@@ -54,6 +54,7 @@ def _records(workdir, split):
         ("digits_mlp", "adamw"),
         ("digits_cnn", "optax_muon"),
         ("lm", None),  # The default: ortho_optax.muon.
+        ("lm_deep", "adamw"),  # The warmup-stable-decay schedule.
     ],
 )
 def test_default_config_runs(tmp_path, name, optimizer):
@@ -134,28 +135,131 @@ def test_pome_example(tmp_path):
   assert (tmp_path / "finetune" / "checkpoints" / "4").is_dir()
 
 
-def test_compare_writes_table_and_plot(tmp_path):
+def _compare():
   from examples import compare  # pylint: disable=g-import-not-at-top
 
-  config = compare.comparison_config(_config("lm"))
-  out = compare.compare(
-      config, tmp_path, ["adamw", "optax_muon", "no_such_optimizer"],
-      lr_factors=[1.0], seeds=[0, 1], results_dir=tmp_path / "results",
+  return compare
+
+
+def _tiny_compare(tmp_path, task_names, lr_factors=(1.0,)):
+  compare = _compare()
+  return compare.compare_tasks(
+      [compare.TASKS[t] for t in task_names], tmp_path / "runs",
+      ["adamw", "optax_muon", "no_such_optimizer"],
+      lr_factors=list(lr_factors), seeds=[0, 1],
+      results_dir=tmp_path / "results", steps=4, quick=True,
   )
-  rows = {r["optimizer"]: r for r in out["rows"]}
+
+
+def test_compare_tasks_write_tables_summary_and_defaults(tmp_path):
+  """The digits task, tiny: its table and plot, the summary across tasks
+  and the recommended defaults."""
+  results = tmp_path / "results"
+  out = _tiny_compare(tmp_path, ["digits_cnn"])
+  [t] = out["tables"]
+  assert t["task"] == "digits_cnn" and t["metric"] == "accuracy"
+  rows = {r["optimizer"]: r for r in t["rows"]}
   assert sorted(rows) == ["adamw", "optax_muon"]
   assert rows["adamw"]["fraction_of_adamw_steps"] == 1.0
-  assert len(rows["optax_muon"]["seed_losses"]) == 2
+  ref, adamw = rows["optax_muon"], rows["adamw"]
+  assert ref["paired_default_vs_reference"] == [0.0, 0.0]
+  # Not swept: the default is the best, on both seeds.
+  assert ref["best_lr"] == ref["default_lr"] == 0.02
+  assert ref["best_values"] == ref["default_values"]
+  assert ref["swept_lrs"] == [0.02]
   # Two seeds: the standard error of their mean is half their difference.
-  assert rows["optax_muon"]["seed_sem"] == pytest.approx(
-      rows["optax_muon"]["seed_spread"] / 2)
-  table = (tmp_path / "results" / "compare.md").read_text()
-  assert "| optax_muon |" in table and "no_such_optimizer" in table
-  assert f"{rows['adamw']['best_val_loss']:.4f} ± " in table
-  assert (tmp_path / "results" / "compare.png").stat().st_size > 0
-  # A second call reuses the finished runs.
-  again = compare.compare(config, tmp_path, ["adamw"], [1.0], [0, 1])
-  assert again["rows"][0]["best_val_loss"] == rows["adamw"]["best_val_loss"]
+  assert ref["seed_sem"] == pytest.approx(ref["seed_spread"] / 2)
+  want = [a - b for a, b in zip(adamw["default_values"],
+                                ref["default_values"])]
+  assert adamw["paired_default_vs_reference"] == pytest.approx(want)
+  # The metric is the best accuracy of each run's evaluations.
+  for x, seed in zip(adamw["best_values"], [0, 1]):
+    evals = _records(tmp_path / "runs" / "digits_cnn" / "runs" / "adamw"
+                     / "lr0.003" / f"seed{seed}", "eval")
+    assert x == max(r["accuracy"] for r in evals)
+  table = (results / "digits_cnn" / "compare.md").read_text()
+  assert "| optax_muon | 0.02 |" in table and "no_such_optimizer" in table
+  mean = sum(adamw["best_values"]) / 2
+  assert f"| {100 * mean:.2f}% ± " in table
+  assert (results / "digits_cnn" / "compare.png").stat().st_size > 0
+  summary = (results / "summary.md").read_text()
+  assert summary == out["summary"]
+  assert summary.startswith("- **digits_cnn**: CNN (16 and 32 channels")
+  assert "| digits_cnn | optax_muon | 0.02 | +0.00 / +0.00 (%) |" in summary
+  assert _compare().read_tables(results)[0]["rows"] == t["rows"]
+  # One learning rate each: it is the recommendation, and its score is the
+  # mean paired loss difference.
+  rec = out["defaults"]["optimizers"]["adamw"]
+  assert rec["recommended"] == 0.003
+  assert rec["scores"][0.003] == pytest.approx(
+      np.mean(adamw["paired_default_loss_vs_reference"]))
+  defaults = (results / "defaults.md").read_text()
+  assert "(only one measured)" in defaults and "spectral condition" in defaults
+
+
+@pytest.mark.slow
+def test_compare_tasks_sweep_reuse_and_missing_runs(tmp_path):
+  """The deep LM and the digits: the sweep reuses the default runs, picks
+  the best rate on the first seed and reruns it on the second; with
+  ``reuse_only`` nothing trains and the runs not there are listed."""
+  compare = _compare()
+  out = _tiny_compare(tmp_path, ["lm_deep", "digits_cnn"])
+  lm_deep, digits = out["tables"]
+  assert lm_deep["metric"] == "loss"
+  # --quick halves the depth and the context: 2 layers, sequence 64.
+  table = (tmp_path / "results" / "lm_deep" / "compare.md").read_text()
+  assert "(2 layers, width 64, 2 heads, sequence 64," in table
+  assert "warmup-stable-decay schedule (linear decay to 0 over the last" \
+      " 20% of the steps)" in table
+  assert "| lm_deep | adamw | 0.003 |" in out["summary"]
+
+  config = compare.comparison_config(
+      compare.load_config("configs/digits_cnn.py"), steps=4, quick=True)
+  workdir = tmp_path / "runs" / "digits_cnn"
+  swept = compare.compare(config, workdir, ["optax_muon"], [1.0, 2.0],
+                          [0, 1], metric="accuracy", task="digits_cnn")
+  row = swept["rows"][0]
+  assert row["swept_lrs"] == [0.02, 0.04]
+  before = {r["optimizer"]: r for r in digits["rows"]}["optax_muon"]
+  assert row["default_values"] == before["default_values"]  # Reused.
+  first = {x["lr"]: x for x in row["runs"] if x["seed"] == 0}
+  best = max(first, key=lambda lr: (first[lr]["value"], -first[lr]["loss"]))
+  assert row["best_lr"] == best and row["edge_of_sweep"]
+  assert {x["seed"] for x in row["runs"] if x["lr"] == best} == {0, 1}
+  again = compare.compare(config, workdir, ["optax_muon"], [1.0, 2.0, 4.0],
+                          [0, 1], metric="accuracy", task="digits_cnn",
+                          reuse_only=True)
+  assert again["missing"] == ["optax_muon lr=0.08 seed=0"]
+  assert again["rows"][0]["swept_lrs"] == [0.02, 0.04]
+  assert "Not run yet (1): optax_muon lr=0.08 seed=0" in again["markdown"]
+
+
+def test_recommend_defaults_takes_the_best_mean_over_tasks():
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  def table(task, ref_losses, runs):
+    rows = [{"optimizer": "optax_muon", "default_lr": 0.02,
+             "runs": [{"lr": 0.02, "seed": s, "loss": x}
+                      for s, x in enumerate(ref_losses)]},
+            {"optimizer": "muon", "default_lr": 0.02,
+             "runs": [{"lr": lr, "seed": s, "loss": x}
+                      for lr, s, x in runs]}]
+    return {"task": task, "rows": rows}
+
+  tables = [
+      # Task a: lr 0.04 is 0.02 better than the reference, 0.02 is 0.01.
+      table("a", [1.0, 1.2], [(0.02, 0, 1.01), (0.02, 1, 1.21),
+                              (0.04, 0, 0.98)]),
+      # Task b: lr 0.04 is 0.05 worse; lr 0.01 is only measured here.
+      table("b", [2.0], [(0.02, 0, 1.99), (0.04, 0, 2.05), (0.01, 0, 1.9)]),
+  ]
+  out = compare.recommend_defaults(tables, current={"muon": 0.02})
+  muon = out["optimizers"]["muon"]
+  assert muon["scores"] == pytest.approx({0.02: 0.0, 0.04: 0.015})
+  assert muon["recommended"] == 0.02
+  assert muon["per_task"][0.01] == pytest.approx({"b": -0.1})
+  assert "| muon | 0.02 | 0.02: +0.0000, 0.04: +0.0150 | 0.02 (= current)" \
+      " (edge of the sweep) |" in out["table"]
 
 
 def test_steps_to_reach_interpolates():
@@ -165,30 +269,84 @@ def test_steps_to_reach_interpolates():
   assert compare.steps_to_reach(steps, losses, 1.5) == 25.0
   assert compare.steps_to_reach(steps, losses, 3.5) == 10.0
   assert compare.steps_to_reach(steps, losses, 0.5) is None
+  # An accuracy rises to its target.
+  acc = np.array([0.5, 0.8, 0.9])
+  assert compare.steps_to_reach(steps, acc, 0.85, True) == pytest.approx(25.0)
+  assert compare.steps_to_reach(steps, acc, 0.95, True) is None
 
 
 def test_compare_checks_report_the_targets():
   from examples import compare  # pylint: disable=g-import-not-at-top
 
-  def row(name, loss, frac):
-    return {"optimizer": name, "best_val_loss": loss,
-            "fraction_of_adamw_steps": frac}
+  def row(name, paired, frac, own=None):
+    return {"optimizer": name, "paired_default_vs_reference": paired,
+            "fraction_of_adamw_steps": frac,
+            "swept_lrs": [1, 2, 3] if own is not None else [1],
+            "default_worse_than_best": own}
 
   lines = compare.checks([
-      row("adamw", 1.70, 1.0), row("optax_muon", 1.55, 0.48),
-      row("muon", 1.553, 0.47), row("adamuon", 1.69, 0.79),
-      row("root", 1.538, 0.45), row("auon", 1.76, None),
-      row("scion", 1.545, 0.6),
+      row("adamw", [0.15, 0.16], 1.0), row("optax_muon", [0.0, 0.0], 0.48),
+      row("muon", [0.002, 0.004], 0.47, own=[0.0, 0.0]),
+      row("adamuon", [0.1, 0.12], 0.79, own=[0.02, 0.01]),
+      row("root", [-0.011, -0.013], 0.45), row("auon", [0.2, 0.2], None),
+      row("scion", [-0.005, 0.001], 0.6),
   ])
   text = "\n".join(lines)
   assert "optax_muon 0.48 (yes)" in text and "adamuon 0.79 (no)" in text
   assert "muon 0.47 (yes)" in text
   assert "other methods, x AdamW's steps: auon not reached, scion 0.60" in text
-  assert "muon - optax_muon: +0.0030 nats/byte (target: <= +0.005: yes)" in text
-  assert "best of ours: root 1.5380, 0.0120 below optax_muon" in text
+  assert ("at defaults, muon - optax_muon: +0.0030 nats/byte, mean over seeds"
+          " (target: <= +0.005: yes)") in text
+  assert "at defaults, best of ours: root, 0.0120 below optax_muon" in text
   assert "(target: >= 0.01: yes)" in text
-  # Without AdamW and optax's Muon there is nothing to check.
-  assert compare.checks([row("muon", 1.5, None)]) == []
+  assert ("default within 0.01 nats of its own best swept learning rate:"
+          " muon yes, adamuon no (0.015 nats worse)") in text
+  # Accuracy: no loss targets, the tolerance is 0.5%.
+  acc = compare.checks([row("muon", [0.0], None, own=[0.004, 0.008])],
+                       metric="accuracy")
+  assert acc == ["", "Checks:", "- default within 0.5% of its own best swept"
+                 " learning rate: muon no (0.6% worse)"]
+  # Without AdamW, optax's Muon or a sweep there is nothing to check.
+  assert compare.checks([row("muon", [0.0], None)]) == []
+
+
+def test_wsd_schedule():
+  """Warmup-stable-decay against its definition: linear warmup to 1, 1,
+  then linear to 0 over the last ``decay_steps``."""
+  from examples import optimizers  # pylint: disable=g-import-not-at-top
+
+  total, warmup, decay = 20, 4, 5
+  sched = optimizers.lr_multiplier("wsd", total, warmup, decay)
+  got = np.array([float(sched(t)) for t in range(total + 1)])
+  want = np.empty(total + 1)
+  for t in range(total + 1):
+    if t < warmup:
+      want[t] = (1 + t) / (warmup + 1)
+    elif t < total - decay:
+      want[t] = 1.0
+    else:
+      want[t] = (total - t) / decay
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+  with pytest.raises(ValueError, match="`optimizer.decay_steps`"):
+    optimizers.lr_multiplier("wsd", total, warmup, None)
+  with pytest.raises(ValueError, match="'wsd'"):
+    optimizers.lr_multiplier("step", total, warmup)
+
+
+def test_lm_deep_config_derives_from_lm():
+  from configs import lm  # pylint: disable=g-import-not-at-top
+  from configs import lm_deep  # pylint: disable=g-import-not-at-top
+
+  base, deep = lm.get_config(), lm_deep.get_config()
+  assert deep.model.num_layers >= 4 and deep.data.seq_len >= 128
+  assert deep.optimizer.schedule == "wsd"
+  assert deep.batch_size * deep.data.seq_len == (
+      base.batch_size * base.data.seq_len)
+  # Half as wide, the same heads' width; everything else is lm.py's.
+  assert deep.model.d_model // deep.model.num_heads == (
+      base.model.d_model // base.model.num_heads)
+  assert deep.model.mlp_ratio == base.model.mlp_ratio
+  assert deep.data.path == base.data.path
 
 
 @pytest.mark.parametrize("zero", [True, False])
