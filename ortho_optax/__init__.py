@@ -23,6 +23,8 @@ from ortho_optax.engines.polar import polar_svd as polar_svd
 from ortho_optax.optimizers.adamuon import adamuon as adamuon
 from ortho_optax.optimizers.auon import auon as auon
 from ortho_optax.optimizers.auon import hybrid_auon as hybrid_auon
+from ortho_optax.optimizers.dion import dion as dion
+from ortho_optax.optimizers.dion2 import dion2 as dion2
 from ortho_optax.optimizers.muon import muon as muon
 from ortho_optax.optimizers.muon import turbo_muon as turbo_muon
 from ortho_optax.optimizers.normuon import normuon as normuon
@@ -30,6 +32,7 @@ from ortho_optax.optimizers.root import root as root
 from ortho_optax.optimizers.scion import scion as scion
 from ortho_optax.optimizers.scion import scion_init as scion_init
 from ortho_optax.optimizers.scion import scion_norms as scion_norms
+from ortho_optax.optimizers.trion import trion as trion
 from ortho_optax.optimizers.trust_region import trust_region as trust_region
 from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
 from ortho_optax.parallel.hlo import matmul_flops as compiled_matmul_flops
@@ -43,6 +46,10 @@ from ortho_optax.state.quantized import dequantize as dequantize
 from ortho_optax.state.quantized import quantize as quantize
 from ortho_optax.tools.pome import pome as pome
 from ortho_optax.tools.qk_clip import qk_clip as qk_clip
+from ortho_optax.transforms.dion import ScaleByDionState as ScaleByDionState
+from ortho_optax.transforms.dion import scale_by_dion as scale_by_dion
+from ortho_optax.transforms.dion2 import ScaleByDion2State as ScaleByDion2State
+from ortho_optax.transforms.dion2 import scale_by_dion2 as scale_by_dion2
 from ortho_optax.transforms.elementwise_norm import (
     ScaleByElementwiseNormState as ScaleByElementwiseNormState,
 )
@@ -70,6 +77,8 @@ from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
 )
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
+from ortho_optax.transforms.trion import ScaleByTrionState as ScaleByTrionState
+from ortho_optax.transforms.trion import scale_by_trion as scale_by_trion
 
 __version__ = "0.1.0"
 
@@ -79,10 +88,13 @@ __all__ = (
     "LMONorm",
     "QuantFormat",
     "QuantizedArray",
+    "ScaleByDion2State",
+    "ScaleByDionState",
     "ScaleByElementwiseNormState",
     "ScaleByMomentumState",
     "DimensionNumbers",
     "ScaleByNeuronNormState",
+    "ScaleByTrionState",
     "ShardingOptions",
     "adamuon",
     "auon",
@@ -93,6 +105,8 @@ __all__ = (
     "count_matmul_flops",
     "dequantize",
     "dimension_numbers_tree",
+    "dion",
+    "dion2",
     "gram_newton_schulz",
     "hybrid_auon",
     "label_params",
@@ -107,16 +121,20 @@ __all__ = (
     "qk_clip",
     "quantize",
     "root",
+    "scale_by_dion",
+    "scale_by_dion2",
     "scale_by_elementwise_norm",
     "scale_by_lmo",
     "scale_by_momentum",
     "scale_by_neuron_norm",
     "scale_by_orthogonalization",
     "scale_by_shape",
+    "scale_by_trion",
     "scion",
     "scion_init",
     "scion_norms",
     "select_method",
+    "trion",
     "trust_region",
     "turbo_muon",
 )

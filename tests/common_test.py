@@ -53,6 +53,10 @@ REGISTRY = {
     # Scion's preset radius is 3: lr * radius is its step size.
     "scion": Entry(ortho_optax.scion, dict(learning_rate=3e-3)),
     "trust_region": Entry(ortho_optax.trust_region, _LR),
+    # Low-rank methods: the rank is a Python int or fraction (static).
+    "dion": Entry(ortho_optax.dion, _LR, ("rank", "seed")),
+    "dion2": Entry(ortho_optax.dion2, _LR, ("rank",)),
+    "trion": Entry(ortho_optax.trion, _LR, ("rank",)),
 }
 
 

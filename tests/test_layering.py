@@ -283,6 +283,16 @@ PUBLIC_NAMES = (
     "select_method",
     "trust_region",
     "turbo_muon",
+    # Low-rank methods (issue 14).
+    "ScaleByDion2State",
+    "ScaleByDionState",
+    "ScaleByTrionState",
+    "dion",
+    "dion2",
+    "scale_by_dion",
+    "scale_by_dion2",
+    "scale_by_trion",
+    "trion",
 )
 
 

@@ -1,0 +1,108 @@
+"""What the low-rank transforms share: the rank and the selected rows.
+
+Dion, Dion2 and Trion keep ``rank`` directions of each matrix (a fraction of
+its shorter side or a number), and Dion2 and Trion orthogonalize a few rows
+picked out of a larger matrix. Where their per-matrix work runs is
+``ortho_optax.parallel.stateful``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ortho_optax import checks as _checks
+from ortho_optax.engines import orthogonalize as _orthogonalize
+
+
+def check_rank(rank, name: str = "rank") -> None:
+  """Raises unless ``rank`` is a fraction in ``(0, 1]`` or an int >= 1."""
+  if isinstance(rank, bool) or not isinstance(rank, (int, float)):
+    raise TypeError(
+        f"`{name}` must be a fraction in (0, 1] (float) or a number of"
+        f" directions >= 1 (int), got {rank!r}."
+    )
+  if isinstance(rank, int):
+    if rank < 1:
+      raise ValueError(f"`{name}` as an int must be >= 1, got {rank}.")
+  elif not 0.0 < rank <= 1.0:
+    raise ValueError(f"`{name}` as a float must be in (0, 1], got {rank}.")
+
+
+def resolve_rank(rank, m: int, n: int) -> int:
+  """The number of directions kept for an ``m x n`` matrix.
+
+  A float is a fraction of ``min(m, n)``, rounded up (Dion's and Dion2's
+  rule); an int is taken as is. Either is capped at ``min(m, n)`` and is at
+  least 1 for a non-empty matrix.
+  """
+  short = min(m, n)
+  if short == 0:
+    return 0
+  if isinstance(rank, int):
+    return min(rank, short)
+  return min(max(1, math.ceil(rank * short)), short)
+
+
+def max_abs(x: jax.Array) -> jax.Array:
+  """Per-matrix ``max |x|`` over the last two axes (keepdims), 1 where 0.
+
+  Dividing by it brings a matrix to entries of order one, so that norms
+  neither overflow (``|x|^2`` above the dtype's range) nor underflow, and
+  epsilons act relative to the matrix instead of in absolute units.
+  """
+  s = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
+  return jnp.where(s > 0, s, 1).astype(s.dtype)
+
+
+def _is_masked(x) -> bool:
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def matrix_state(params, dns, make):
+  """A tree like ``params``: ``make(index, leaf, dn)`` on matrices, else
+  ``optax.MaskedNode()`` (``None`` leaves stay ``None``)."""
+  leaves, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
+  dn_leaves = treedef.flatten_up_to(dns)
+  out = []
+  for i, (x, dn) in enumerate(zip(leaves, dn_leaves)):
+    if x is None:
+      out.append(None)
+    elif _is_masked(x) or _is_masked(dn):
+      out.append(optax.MaskedNode())
+    else:
+      out.append(make(i, x, dn))
+  return jax.tree.unflatten(treedef, out)
+
+
+def orthogonalizer(method: str, engine_options: dict):
+  """The engine, checked now, applied to matrices scaled to order one.
+
+  Scaling by the largest entry first leaves the polar factor alone and
+  keeps the engine's normalization (and its epsilon) away from overflow and
+  underflow, whatever the momentum's scale.
+  """
+  _checks.check_choice(method, "method", _orthogonalize.METHODS)
+  jax.eval_shape(
+      lambda: _orthogonalize.orthogonalize(
+          jnp.zeros((2, 3)), method, **engine_options
+      )
+  )
+  engine = functools.partial(
+      _orthogonalize.orthogonalize, method=method, **engine_options
+  )
+  return lambda x: engine(x / max_abs(x))
+
+
+def take_rows(x: jax.Array, idx: jax.Array) -> jax.Array:
+  """Rows ``idx`` (``(B, k)``) of each matrix of ``x`` (``(B, m, n)``)."""
+  return jnp.take_along_axis(x, idx[..., None], axis=-2)
+
+
+def row_mask(idx: jax.Array, m: int, dtype) -> jax.Array:
+  """``(B, m)``: 1 on the rows in ``idx`` (``(B, k)``, distinct), else 0."""
+  return jnp.sum(jax.nn.one_hot(idx, m, dtype=dtype), axis=-2)
