@@ -25,7 +25,10 @@ Columns:
   rounds (and the fastest and slowest round); the rows are interleaved
   round by round, so slow drifts of the load on a shared machine hit every
   row alike;
-* ratios to ``optax.contrib.muon`` (default routing), from the same run;
+* ratios to ``optax.contrib.muon`` (default routing) and to our ``muon``
+  (the low-rank methods' reference), from the same run;
+* ``state MiB``: bytes of the optimizer state (momenta, Dion's right
+  factors, the AdamW branch's moments);
 * ``polar err``: how far the first update (from zero state, at zero
   params so that weight decay adds nothing) of each hidden matrix of block
   0 (``q``, ``fc``, ``proj``) is from the exact polar factor of its
@@ -36,7 +39,11 @@ Columns:
   every momentum form's input is proportional to ``g``. NorMuon and AdaMuon
   renormalize the orthogonalized update per neuron / per element on
   purpose, ROOT orthogonalizes the quantile-clipped momentum and AuON
-  only approximates the polar factor, so their errors are by design.
+  only approximates the polar factor, and Dion, Dion2 and Trion update a
+  rank-``r`` part of each matrix, so their errors are by design.
+
+Rows: also ``trion (dct=fft)``, Trion with its DCT as a fast cosine
+transform (not a matmul, so not in the FLOP count).
 
 Usage::
 
@@ -119,6 +126,8 @@ def optimizers(lr: float = 0.02) -> dict:
   for name in NAMED:
     kwargs = {"learning_rate": 2**-6 if name == "scion" else lr}
     rows[name] = getattr(ortho_optax, name)(**kwargs)
+  # Trion's DCT as a fast cosine transform instead of a matmul.
+  rows["trion (dct=fft)"] = ortho_optax.trion(lr, dct="fft")
   rows[BASELINE] = optax.contrib.muon(lr)
   rows[BASELINE + " (no embed/head)"] = optax.contrib.muon(
       lr, muon_weight_dimension_numbers=optax_dimension_numbers
@@ -137,7 +146,13 @@ NAMED = (
     "hybrid_auon",
     "scion",
     "trust_region",
+    # Low-rank methods, at their default rank: 1/4 of the shorter side.
+    "dion",
+    "dion2",
+    "trion",
 )
+# The row the low-rank methods' targets are measured against.
+MUON = "muon"
 # Leaves of block 0 whose orthogonality is reported.
 PROBES = (("attn", "q"), ("mlp", "fc"), ("mlp", "proj"))
 
@@ -185,9 +200,12 @@ def benchmark(args) -> str:
       updates, _ = compiled(grads, state, zeros)
       err = polar_error(updates, grads)
       del updates
+    state_bytes = sum(
+        x.nbytes for x in jax.tree.leaves(state) if hasattr(x, "nbytes")
+    )
     rows[name] = dict(
         fn=compiled, state=state, flops=flops, xla_flops=xla_flops,
-        err=err, times=[],
+        err=err, times=[], state_bytes=state_bytes,
     )
     print(f"# {name}: compiled and warmed up in"
           f" {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
@@ -203,19 +221,25 @@ def benchmark(args) -> str:
 
   base = rows[BASELINE]
   base_ms = statistics.median(base["times"]) * 1e3
+  muon = rows.get(MUON)
+  muon_ms = statistics.median(muon["times"]) * 1e3 if muon else math.nan
   lines = [
-      "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | ms | ms min-max"
-      " | time / optax | polar err |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|",
+      "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | FLOPs / muon | ms"
+      " | ms min-max | time / optax | time / muon | state MiB | polar err |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, row in rows.items():
     ms = statistics.median(row["times"]) * 1e3
     lo, hi = min(row["times"]) * 1e3, max(row["times"]) * 1e3
     err = "—" if math.isnan(row["err"]) else f"{row['err']:.4f}"
+    vs_muon = (
+        f"{row['flops'] / muon['flops']:.3f} | " if muon else "— | "
+    )
     lines.append(
         f"| {name} | {row['flops'] / 1e9:.1f} | {row['xla_flops'] / 1e9:.1f}"
-        f" | {row['flops'] / base['flops']:.3f} | {ms:.0f} | {lo:.0f}-{hi:.0f}"
-        f" | {ms / base_ms:.3f} | {err} |"
+        f" | {row['flops'] / base['flops']:.3f} | {vs_muon}{ms:.0f}"
+        f" | {lo:.0f}-{hi:.0f} | {ms / base_ms:.3f} | {ms / muon_ms:.3f}"
+        f" | {row['state_bytes'] / 2**20:.1f} | {err} |"
     )
   caption = (
       f"One optimizer step (jitted `update`) on a GPT-like tree: {layers}"
@@ -238,7 +262,9 @@ def benchmark(args) -> str:
       " factor's norm, against the exact polar factor of the gradient"
       " (by design, NorMuon and AdaMuon renormalize the orthogonalized"
       " update per neuron/element, ROOT orthogonalizes the quantile-clipped"
-      " momentum, and AuON only approximates the polar factor)."
+      " momentum, AuON only approximates the polar factor, and Dion,"
+      " Dion2 and Trion update a rank-1/4 part only). state MiB: bytes of"
+      " the optimizer state (momenta, factors, AdamW moments)."
   )
   return caption + "\n\n" + "\n".join(lines) + "\n"
 

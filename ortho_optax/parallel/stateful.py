@@ -44,10 +44,13 @@ def like_params_mesh(x: jax.Array, like) -> jax.Array:
   :math:`Q_0`) would otherwise live on the default device while the rest
   of the state lives on the params' mesh.
   """
-  s = _known_sharding(like)
-  if s is None:
-    return x
-  return jax.device_put(x, NamedSharding(s.mesh, P()))
+  s = _sharding._concrete_sharding(like)
+  if s is not None:
+    return jax.device_put(x, NamedSharding(s.mesh, P()))
+  s = _sharding._type_sharding(like)
+  if s is not None:  # traced, with the mesh in its type (Explicit axes)
+    return jax.sharding.reshard(x, NamedSharding(s.mesh, P()))
+  return x
 
 
 class Placement(NamedTuple):
@@ -55,13 +58,17 @@ class Placement(NamedTuple):
 
   Attributes:
     strategy: ``None``, ``"gather"`` or ``"distribute"``.
-    mesh: the mesh, or ``None`` (then both methods do nothing).
+    mesh: the mesh, or ``None`` (then nothing is constrained).
     axes: the mesh axes the stacks are spread over.
+    layout: where the rows and columns of the stack's matrices are sharded,
+      ``(row_axes, col_axes)`` (see ``sharding.matrix_spec``), when every
+      matrix of the stack has the same known layout; else ``None``.
   """
 
   strategy: str | None
   mesh: Any
   axes: tuple[str, ...]
+  layout: tuple | None = None
 
   @property
   def active(self) -> bool:
@@ -72,20 +79,37 @@ class Placement(NamedTuple):
   def _constrain(self, x, spec):
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-  def to_owners(self, *stacks: jax.Array) -> tuple[jax.Array, ...]:
-    """Places stacks ``(N, ...)`` for the per-matrix work.
+  def pin(self, *stacks: jax.Array) -> tuple[jax.Array, ...]:
+    """Keeps stacks ``(N, m, n)`` in their matrices' own layout.
 
-    ``"distribute"``: padded with zeros to a multiple of the device count
-    ``W`` and split along the stack axis, so each device holds whole
-    matrices; so few matrices that the padded trip would move more than
-    gathering them (``N (W + 1) < 4 W``, as in
-    ``sharding.map_matrix_groups``) are gathered instead.
-    ``"gather"``: replicated. Otherwise unchanged.
+    Without it, XLA may carry the layout the work asks for (see
+    :meth:`to_owners`) back into the reshapes that build the stack, and
+    reshuffle the updates there instead of in one collective.
+    """
+    if self.mesh is None or self.layout is None:
+      return stacks
+    spec = _sharding._p((), *self.layout)
+    return tuple(self._constrain(s, spec) for s in stacks)
+
+  def to_owners(self, *stacks: jax.Array) -> tuple[jax.Array, ...]:
+    """Places stacks ``(N, m, n)`` (pinned) for the per-matrix work.
+
+    ``"distribute"``: padded with zeros to a multiple of the number of
+    devices ``W`` that split the stack and split along the stack axis, so
+    each device holds whole matrices, in the steps of
+    ``sharding.map_matrix_groups`` (one collective each from the stack's
+    layout; a local slice for replicated matrices); so few matrices that
+    the padded trip would move more than gathering them (``N (W + 1) < 4
+    W``) are gathered instead. ``"gather"``: replicated. Otherwise
+    unchanged.
     """
     if not self.active:
       return stacks
-    width = math.prod(self.mesh.shape[a] for a in self.axes)
     count = stacks[0].shape[0]
+    path, dim0 = _sharding._distribute_path(
+        self.layout, self.axes, self.mesh, count
+    )
+    width = math.prod(self.mesh.shape[a] for a in dim0)
     if self.strategy == "gather" or count * (width + 1) < 4 * width:
       return tuple(self._constrain(s, P()) for s in stacks)
     padded = -(-count // width) * width
@@ -94,7 +118,9 @@ class Placement(NamedTuple):
       if padded != count:
         pad = jnp.zeros((padded - count,) + s.shape[1:], s.dtype)
         s = jnp.concatenate([s, pad], axis=0)
-      out.append(self._constrain(s, P(self.axes)))
+      for spec in path:
+        s = self._constrain(s, spec)
+      out.append(s)
     return tuple(out)
 
   def to_all(self, count: int, *stacks: jax.Array) -> tuple[jax.Array, ...]:
@@ -196,11 +222,18 @@ def map_matrix_groups(
         " mesh axes."
     )
   axes = _sharding._work_axes(mesh, options.axes) if mesh is not None else ()
+  explicit = mesh is not None and any(
+      _sharding._has_explicit(x) for x in gs + ms
+  )
+  targets = _sharding._param_targets(options, updates, index, mesh)
+  own = _sharding._type_sharding if explicit else _sharding._concrete_sharding
+  known = [t if t is not None else own(x) for t, x in zip(targets, gs)]
+  layouts = [
+      None if s is None else _sharding.matrix_spec(x.shape, dn, s.spec)
+      for s, x, dn in zip(known, gs, mat_dns)
+  ]
 
   def core(gs, ms, es, inner_mesh):
-    placement = Placement(
-        options.strategy if inner_mesh is not None else None, inner_mesh, axes
-    )
     buckets: dict = {}
     for j, (g, dn) in enumerate(zip(gs, mat_dns)):
       batch, m, n = oriented_shape(g.shape, dn)
@@ -214,6 +247,15 @@ def map_matrix_groups(
     for key in sorted(buckets):
       m, n, wd, transposed = key
       members = buckets[key]
+      layout = layouts[members[0]]
+      if any(layouts[j] != layout for j in members):
+        layout = None
+      placement = Placement(
+          options.strategy if inner_mesh is not None else None,
+          inner_mesh,
+          axes,
+          layout,
+      )
 
       def oriented(x, dn, wd=wd, transposed=transposed):
         x = _routing.to_matrix(x.astype(wd), dn)
@@ -239,9 +281,11 @@ def map_matrix_groups(
             e_stacks,
         )
       else:
+        g_stack, m_stack = placement.pin(g_stack, m_stack)
         u_stack, m_stack_new, e_new = step(
             g_stack, m_stack, e_stacks, placement, transposed
         )
+        u_stack, m_stack_new = placement.pin(u_stack, m_stack_new)
       offset = 0
       for j, count in zip(members, counts):
         sl = slice(offset, offset + count)
@@ -258,9 +302,6 @@ def map_matrix_groups(
           e_list[j] = e_out[sl].astype(e_in[j].dtype)
     return us, mus_new, es_new
 
-  explicit = mesh is not None and any(
-      _sharding._has_explicit(x) for x in gs + ms
-  )
   if explicit:
     replicated = NamedSharding(mesh, P())
 
@@ -280,7 +321,6 @@ def map_matrix_groups(
     )(gs, ms, es)
   else:
     us, mus_new, es_new = core(gs, ms, es, mesh)
-    targets = _sharding._param_targets(options, updates, index, mesh)
 
     def pin(ys, xs, ts=None):
       ts = ts or [None] * len(xs)

@@ -179,11 +179,19 @@ def scale_by_dion(
     del transposed
     (q,) = extras
     q = q.astype(g.dtype)
-    b = m + g
+    (b,) = placement.pin(m + g)
     count = b.shape[0]
     p = jnp.einsum("bmn,bmr->bnr", b.conj(), q)
-    (p,) = placement.to_owners(p)
-    (p,) = placement.to_all(count, orthonormalize(p))
+    # P = B^T Q is sharded like B's columns (its rows), once the partial
+    # sums over B's sharded rows are reduced: pinned there, so that only
+    # the factor moves to the owners (left free, XLA may move B instead).
+    layout = placement.layout
+    factors = placement._replace(
+        layout=None if layout is None else (layout[1], ())
+    )
+    (p,) = factors.pin(p)
+    (p,) = factors.to_owners(p)
+    (p,) = factors.to_all(count, orthonormalize(p))
     r = jnp.einsum("bmn,bnr->bmr", b, p)
     # An all-zero B has no column space (the QR returns an arbitrary
     # basis): zero update and unchanged Q, the reference's rule.

@@ -117,7 +117,7 @@ def scale_by_dion2(
 
   def step(g, m, extras, placement, transposed):
     del extras
-    b = m + g
+    (b,) = placement.pin(m + g)
     # A square matrix that was not transposed is (fan_in, fan_out): select
     # along fan_out, as the reference does.
     flip = b.shape[-2] == b.shape[-1] and not transposed

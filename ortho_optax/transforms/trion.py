@@ -215,7 +215,7 @@ def scale_by_trion(
 
   def step(g, m, extras, placement, transposed):
     del extras
-    b = m + g
+    (b,) = placement.pin(m + g)
     count, rows, cols = b.shape
     r = _low_rank.resolve_rank(rank, rows, cols)
     (owned,) = placement.to_owners(b)
