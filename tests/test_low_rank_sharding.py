@@ -194,3 +194,24 @@ def test_replicated_params_bring_back_factors(name):
   theirs = collective_bytes(muon, tree).total
   # Measured 0.28 for both (16 x 32 matrices, rank 1/4).
   assert ours < 0.4 * theirs, (ours, theirs)
+
+
+def test_auto_axes_plan_from_the_parameters_init_saw():
+  """Auto axes under jit: no hints needed; results equal one device and
+  keep the parameters' shardings (recorded by ``init``)."""
+  mesh = make_mesh("fsdp2x4", AxisType.Auto)
+  n = 11
+  trees = [shard(make_tree(n, seed), mesh, MESHES["fsdp2x4"][2])
+           for seed in (0, 1)]
+  tx = TRANSFORMS["trion"](sharding="distribute")
+  state = tx.init(trees[0])
+  step = jax.jit(tx.update)
+  out = []
+  for g in trees:
+    u, state = step(g, state)
+    out.append(u)
+  ref_out, _ = reference("trion", n)
+  for u, ref in zip(out, ref_out):
+    assert_close(u, ref)
+  for k, x in out[-1].items():
+    assert x.sharding.is_equivalent_to(trees[0][k].sharding, x.ndim), k

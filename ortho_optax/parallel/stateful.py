@@ -169,6 +169,7 @@ def map_matrix_groups(
     extras: tuple,
     dns,
     options: _sharding.ShardingOptions,
+    layouts: _sharding.Layouts | None = None,
 ):
   """Runs ``step`` once per stack of same-shape matrices, with their state.
 
@@ -187,8 +188,10 @@ def map_matrix_groups(
     mu: the momentum tree (like ``updates``).
     extras: a tuple of extra state trees.
     dns: the dimension-numbers tree of ``updates``.
-    options: the sharding strategy; see ``ortho_optax.parallel.sharding`` for how
-      the mesh is found.
+    options: the sharding strategy; see ``ortho_optax.parallel.sharding``
+      for how the mesh is found.
+    layouts: the parameters' shardings recorded by ``init``
+      (``sharding.Layouts``), used where nothing else says the layout.
 
   Returns:
     ``(updates, mu, extras)`` with every matrix leaf replaced, each with its
@@ -228,6 +231,13 @@ def map_matrix_groups(
   targets = _sharding._param_targets(options, updates, index, mesh)
   own = _sharding._type_sharding if explicit else _sharding._concrete_sharding
   known = [t if t is not None else own(x) for t, x in zip(targets, gs)]
+  if layouts is not None and not explicit and mesh is not None:
+    recorded = layouts.lookup(updates)
+    known = [
+        NamedSharding(mesh, r.spec)
+        if s is None and _sharding._same_mesh(r, mesh) else s
+        for s, r in zip(known, (recorded[i] for i in index))
+    ]
   layouts = [
       None if s is None else _sharding.matrix_spec(x.shape, dn, s.spec)
       for s, x, dn in zip(known, gs, mat_dns)
@@ -334,8 +344,8 @@ def map_matrix_groups(
       return out
 
     out = (
-        pin(us, gs, targets),
-        pin(mus_new, ms, targets),
+        pin(us, gs, known),
+        pin(mus_new, ms, known),
         [pin(e_new, e) for e_new, e in zip(es_new, es)],
     )
   us, mus_new, es_new = out

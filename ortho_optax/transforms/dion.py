@@ -152,8 +152,13 @@ def scale_by_dion(
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   key = jax.random.key(seed)
 
+  # Where ``init`` saw the parameters: the layouts the work is planned
+  # from under Auto mesh axes, where traced updates carry none.
+  layouts = _sharding.Layouts()
+
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    layouts.record(params)
 
     def momentum(i, x, dn):
       del i, dn
@@ -207,7 +212,7 @@ def scale_by_dion(
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
     updates, mu, (q,) = _stateful.map_matrix_groups(
-        step, updates, state.mu, (state.q,), dns, sharding
+        step, updates, state.mu, (state.q,), dns, sharding, layouts
     )
     return updates, ScaleByDionState(mu=mu, q=q)
 

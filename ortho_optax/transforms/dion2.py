@@ -105,8 +105,13 @@ def scale_by_dion2(
   orthogonalize = _low_rank.orthogonalizer(method, engine_options)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
 
+  # Where ``init`` saw the parameters: the layouts the work is planned
+  # from under Auto mesh axes, where traced updates carry none.
+  layouts = _sharding.Layouts()
+
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    layouts.record(params)
     return ScaleByDion2State(
         mu=_low_rank.matrix_state(
             params,
@@ -141,7 +146,7 @@ def scale_by_dion2(
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
     updates, mu, _ = _stateful.map_matrix_groups(
-        step, updates, state.mu, (), dns, sharding
+        step, updates, state.mu, (), dns, sharding, layouts
     )
     return updates, ScaleByDion2State(mu=mu)
 
