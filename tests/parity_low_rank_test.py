@@ -127,7 +127,10 @@ def _numpy_dion(params, grads, q0, lr, mu, wd, eps=1e-8):
   return {k: v.T for k, v in w.items()}
 
 
-@pytest.mark.parametrize("rank", [2, 0.5, 1.0])
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("rank", [2, 0.5, pytest.param(1.0, marks=SLOW)])
 def test_dion_equals_numpy(rank):
   params, grads = _init(), _grads()
   tx = ortho_optax.dion(0.02, rank=rank, weight_decay=0.1, seed=3)
@@ -184,7 +187,7 @@ def _numpy_dion2(params, grads, fraction, lr, ef_decay, wd, eps=1e-8):
   return {k: v.T for k, v in w.items()}
 
 
-@pytest.mark.parametrize("rank", [0.25, 3, 1.0])
+@pytest.mark.parametrize("rank", [0.25, 3, pytest.param(1.0, marks=SLOW)])
 def test_dion2_equals_numpy(rank):
   params, grads = _init(), _grads()
   tx = ortho_optax.dion2(
@@ -232,8 +235,11 @@ def _numpy_trion(params, grads, rank, lr, mu, wd):
   return {k: v.T for k, v in w.items()}
 
 
-@pytest.mark.parametrize("dct", ["matmul", "fft"])
-@pytest.mark.parametrize("rank", [2, 5])
+@pytest.mark.parametrize(
+    "rank, dct",
+    [(2, "matmul"), (5, "fft"), pytest.param(5, "matmul", marks=SLOW),
+     pytest.param(2, "fft", marks=SLOW)],
+)
 def test_trion_equals_numpy(rank, dct):
   params, grads = _init(), _grads()
   tx = ortho_optax.trion(

@@ -322,6 +322,6 @@ def test_complex_leaves(name):
 
 def test_mu_dtype():
   tx = ortho_optax.scale_by_dion(0.5, mu_dtype=jnp.bfloat16)
-  (_,), state = _steps(tx, [_tree()])
+  (_,), state = _steps(tx, [{"up": _normal(0, (6, 10))}])
   assert state.mu["up"].dtype == jnp.bfloat16
   assert state.q["up"].dtype == jnp.bfloat16
