@@ -433,6 +433,35 @@ def test_quantized_ema_tracks_float32(name):
   assert abs(np.mean(err)) <= 5 * np.sqrt(np.mean(var) / err.size)
 
 
+@pytest.mark.parametrize("name", ["q8", "q4"])
+def test_sharding_in_types(name):
+  # Under Explicit mesh axes the codes and scales take the parameter's
+  # PartitionSpec where their lengths divide (scales (1, 16): not along
+  # "fsdp"), the result the parameter's, and the numbers are unchanged.
+  from jax.sharding import AxisType
+  from jax.sharding import NamedSharding
+  from jax.sharding import PartitionSpec as P
+
+  mesh = jax.make_mesh((2, 4), ("fsdp", "model"),
+                       axis_types=(AxisType.Explicit,) * 2)
+  for shape, spec in (((256, 128), P("fsdp", "model")),
+                      ((3, 256, 64), P(None, "fsdp", "model")),
+                      ((256,), P("model"))):
+    host = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x = jax.device_put(host, NamedSharding(mesh, spec))
+    with jax.set_mesh(mesh):
+      q = jax.jit(lambda x: Q.quantize(x, name))(x)
+      back = jax.jit(Q.dequantize)(q)
+    assert jax.typeof(back).sharding.spec == spec
+    assert jax.typeof(q.codes).sharding.spec == spec
+    ref = Q.quantize(host, name)
+    np.testing.assert_array_equal(np.asarray(q.codes), np.asarray(ref.codes))
+    np.testing.assert_array_equal(np.asarray(q.scales), np.asarray(ref.scales))
+    np.testing.assert_array_equal(np.asarray(back), np.asarray(
+        Q.dequantize(ref)))
+  assert jax.typeof(q.scales).sharding.spec in (P(), P(None))
+
+
 # ----------------------------------------------------------- bad input
 
 

@@ -290,7 +290,9 @@ def quantize(x, format="q8", *, block_size=None, key=None) -> QuantizedArray:
     key: a PRNG key: stochastic rounding; ``None``: round to nearest.
 
   Returns:
-    A :class:`QuantizedArray`.
+    A :class:`QuantizedArray`. Under Explicit mesh axes (sharding in
+    types) its codes and scales take ``x``'s ``PartitionSpec``, axis by
+    axis where their length divides evenly (replicated along the others).
 
   Unsigned formats store negative entries as their smallest value, and a
   block holding a NaN or an infinity gets a non-finite scale.
@@ -305,33 +307,58 @@ def quantize(x, format="q8", *, block_size=None, key=None) -> QuantizedArray:
   x = _check_input(x)
   book = fmt.book
   shape, dtype = tuple(x.shape), jnp.dtype(x.dtype)
-  k_m, l_m, k_n, l_n = block_layout(shape, book.bits, fmt.max_block)
-  mat = _as_matrices(x).astype(jnp.float32)
-  *batch, m, n = mat.shape
-  pad = [(0, 0)] * len(batch) + [(0, k_m * l_m - m), (0, k_n * l_n - n)]
-  blocks = _tiles(jnp.pad(mat, pad), k_m, l_m, k_n, l_n)
-  axes = (-2,) if l_n == 1 else (-3, -1)
-  scales = jnp.max(jnp.abs(blocks), axis=axes, keepdims=True, initial=0.0)
-  y = _normalize(blocks, scales)
-  if key is None:
-    idx = _count_at_most(_thresholds(book.values), y)
+  layout = block_layout(shape, book.bits, fmt.max_block)
+  k_m, l_m, k_n, l_n = layout
+
+  def core(x, key):
+    mat = _as_matrices(x).astype(jnp.float32)
+    *batch, m, n = mat.shape
+    pad = [(0, 0)] * len(batch) + [(0, k_m * l_m - m), (0, k_n * l_n - n)]
+    blocks = _tiles(jnp.pad(mat, pad), k_m, l_m, k_n, l_n)
+    axes = (-2,) if l_n == 1 else (-3, -1)
+    scales = jnp.max(jnp.abs(blocks), axis=axes, keepdims=True, initial=0.0)
+    y = _normalize(blocks, scales)
+    if key is None:
+      idx = _count_at_most(_thresholds(book.values), y)
+    else:
+      idx = _stochastic(y, book.values, key)
+    codes = _pack(idx.reshape(*batch, k_m * l_m, k_n * l_n), book.bits)
+    scales = scales.reshape(*batch, k_m, k_n)
+    if len(shape) < 2:
+      codes, scales = codes[..., 0], scales[..., 0]
+    return codes, scales
+
+  sharding = _explicit_sharding(x)
+  if sharding is None:
+    codes, scales = core(x, key)
   else:
-    idx = _stochastic(y, book.values, key)
-  codes = _pack(idx.reshape(*batch, k_m * l_m, k_n * l_n), book.bits)
-  scales = scales.reshape(*batch, k_m, k_n)
-  if len(shape) < 2:
-    codes, scales = codes[..., 0], scales[..., 0]
+    batch = shape[:-2]
+    if len(shape) < 2:
+      out = [(k_m * l_m * book.bits // 8,), (k_m,)]
+    else:
+      out = [
+          (*batch, k_m * l_m * book.bits // 8, k_n * l_n),
+          (*batch, k_m, k_n),
+      ]
+    codes, scales = jax.sharding.auto_axes(
+        core,
+        axes=_explicit_axes(sharding.mesh),
+        out_sharding=tuple(_like(sharding, o) for o in out),
+    )(x, key)
   return QuantizedArray(
       codes, scales, book.name, (l_m, l_n), shape, dtype
   )
 
 
-def dequantize(q: QuantizedArray, dtype=None) -> jax.Array:
+def dequantize(q: QuantizedArray, dtype=None, *, out_sharding=None):
   """The array a :class:`QuantizedArray` stands for.
 
   Args:
     q: a quantized array.
     dtype: the result's dtype; ``None`` for the original one.
+    out_sharding: under Explicit mesh axes, the result's sharding (e.g. the
+      parameter's); ``None`` takes the codes' ``PartitionSpec``, axis by
+      axis where it divides the result's length evenly.
 
   Returns:
     ``values[codes] * scales`` (computed in float32), in ``q``'s original
@@ -340,22 +367,71 @@ def dequantize(q: QuantizedArray, dtype=None) -> jax.Array:
   if not isinstance(q, QuantizedArray):
     raise TypeError(f"`q` must be a QuantizedArray, got {type(q).__name__}.")
   book = codes_lib.CODES[q.code]
-  codes, scales = q.codes, q.scales
-  if len(q.shape) < 2:
-    codes, scales = codes[:, None], scales[:, None]
-  *batch, k_m, k_n = scales.shape
-  l_m, l_n = q.block
-  idx = _unpack(codes, book.bits).astype(jnp.int32)
-  table = jnp.asarray(book.values)
-  blocks = _tiles(jnp.take(table, idx, mode="clip"), k_m, l_m, k_n, l_n)
-  if l_n == 1:
-    x = blocks * scales.reshape(*batch, k_m, 1, k_n)
-  else:
-    x = blocks * scales.reshape(*batch, k_m, 1, k_n, 1)
-  x = x.reshape(*batch, k_m * l_m, k_n * l_n)
-  m, n = _matrix_shape(q.shape)
-  x = x[..., :m, :n].reshape(q.shape)
-  return x.astype(q.dtype if dtype is None else dtype)
+  out_dtype = q.dtype if dtype is None else dtype
+
+  def core(codes, scales):
+    if len(q.shape) < 2:
+      codes, scales = codes[:, None], scales[:, None]
+    *batch, k_m, k_n = scales.shape
+    l_m, l_n = q.block
+    idx = _unpack(codes, book.bits).astype(jnp.int32)
+    table = jnp.asarray(book.values)
+    blocks = _tiles(jnp.take(table, idx, mode="clip"), k_m, l_m, k_n, l_n)
+    if l_n == 1:
+      x = blocks * scales.reshape(*batch, k_m, 1, k_n)
+    else:
+      x = blocks * scales.reshape(*batch, k_m, 1, k_n, 1)
+    x = x.reshape(*batch, k_m * l_m, k_n * l_n)
+    m, n = _matrix_shape(q.shape)
+    x = x[..., :m, :n].reshape(q.shape)
+    return x.astype(out_dtype)
+
+  sharding = _explicit_sharding(q.codes) or _explicit_sharding(q.scales)
+  if sharding is None and out_sharding is None:
+    return core(q.codes, q.scales)
+  if out_sharding is None:
+    out_sharding = _like(sharding, q.shape)
+  mesh = (sharding or out_sharding).mesh
+  return jax.sharding.auto_axes(
+      core, axes=_explicit_axes(mesh), out_sharding=out_sharding
+  )(q.codes, q.scales)
+
+
+def _explicit_axes(mesh) -> tuple[str, ...]:
+  return tuple(
+      a
+      for a, t in zip(mesh.axis_names, mesh.axis_types)
+      if t == jax.sharding.AxisType.Explicit
+  )
+
+
+def _explicit_sharding(x):
+  """``x``'s ``NamedSharding`` when it splits ``x`` over Explicit axes."""
+  try:
+    s = jax.typeof(x).sharding
+  except (AttributeError, TypeError):
+    return None
+  if not isinstance(s, jax.sharding.NamedSharding):
+    return None
+  explicit = set(_explicit_axes(s.mesh))
+  used = set()
+  for entry in s.spec:
+    used.update((entry,) if isinstance(entry, str) else entry or ())
+  return s if used & explicit else None
+
+
+def _like(sharding, shape):
+  """``sharding``'s spec on ``shape``: each axis kept where it divides."""
+  spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+  sizes = dict(sharding.mesh.shape)
+  out = []
+  for entry, length in zip(spec[: len(shape)], shape):
+    names = (entry,) if isinstance(entry, str) else tuple(entry or ())
+    ways = math.prod(sizes[a] for a in names)
+    out.append(entry if names and length % ways == 0 else None)
+  return jax.sharding.NamedSharding(
+      sharding.mesh, jax.sharding.PartitionSpec(*out)
+  )
 
 
 def _pow2(k):

@@ -118,13 +118,24 @@ def zeros(tree, storage: Storage, name: str = "mu_dtype"):
   return jax.tree.map(one, tree)
 
 
-def load(tree):
-  """The buffers as arrays: quantized ones dequantized to float32."""
-  return jax.tree.map(
-      lambda b: _quantized.dequantize(b, jnp.float32) if _is_leaf(b) else b,
-      tree,
-      is_leaf=_is_leaf,
-  )
+def load(tree, like=None):
+  """The buffers as arrays: quantized ones dequantized to float32.
+
+  Args:
+    tree: buffers from :func:`zeros` or :func:`store`.
+    like: the updates the buffers meet (optional): under Explicit mesh
+      axes a dequantized buffer takes its update's sharding.
+  """
+
+  def one(b, u=None):
+    if not _is_leaf(b):
+      return b
+    s = _quantized._explicit_sharding(u) if u is not None else None
+    return _quantized.dequantize(b, jnp.float32, out_sharding=s)
+
+  if like is None:
+    return jax.tree.map(one, tree, is_leaf=_is_leaf)
+  return jax.tree.map(one, tree, like, is_leaf=_is_leaf)
 
 
 def store(tree, storage: Storage, like, count=None, salt: int = 0):
