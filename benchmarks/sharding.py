@@ -88,7 +88,14 @@ memory copies and the devices do not run in parallel, so wall times measure
 total work, not a pod's speed; FLOPs and bytes are the per-device numbers a
 pod would see. `distribute` needs 1/8 of the single-device FLOPs plus the
 zero matrices that pad stacks of 4 (qkv, attention out) to 8; with 4 blocks
-on 8 devices that is 3.19 instead of 2.35 GFLOP.
+on 8 devices that is 3.19 instead of 2.35 GFLOP. remat = XLA's "Involuntary
+full rematerialization" warnings while compiling the step.
+
+Auto rows pass no hints (`param_shardings`): the transform reads the
+layouts from the placed parameters that `init` received. Before it did,
+`distribute` on the 2-D mesh under Auto axes moved 51.0 MiB (4.25x) with
+2 remat warnings per compile (XLA's own resharding path); now 16.0 MiB
+(1.33x), as with Explicit axes.
 """
 
 
