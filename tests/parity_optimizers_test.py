@@ -5,6 +5,7 @@ Each reference is written in its own PyTorch layout (``W`` of shape
 ``(in, out)`` kernels, over several steps in float32.
 """
 
+import dataclasses
 import math
 
 import jax
@@ -315,6 +316,55 @@ def test_root_uses_shape_keyed_coefficients():
   assert table.resolve((3072, 2048)) == ((3.4509, -4.5790, 1.9325),)
   assert table.resolve((2048, 8192)) == ((2.9794, -3.6674, 1.6207),)
   assert table.resolve((6, 4)) == (MUON_ABC,)
+
+
+def test_root_costs_what_muon_costs():
+  """ROOT's Newton-Schulz takes the Gram form where Muon's does.
+
+  The shape-keyed rows (2048 x 8192 here) are one row repeated five times,
+  like Muon's, so the matmul FLOPs of a step are equal; the quantile is
+  comparisons, not matmuls.
+  """
+  shapes = {"wide": (64, 256), "square": (96, 96), "keyed": (2048, 8192)}
+  spec = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+  flops = {}
+  for name in ("root", "muon"):
+    tx = getattr(ortho_optax, name)(1e-2)
+    state = jax.eval_shape(tx.init, spec)
+    flops[name] = ortho_optax.count_matmul_flops(tx.update, spec, state, spec)
+  assert flops["root"] == flops["muon"], flops
+  gram = ortho_optax.orthogonalize_flops(
+      (2048, 8192), "gram_newton_schulz", coeffs="root", steps=5
+  )
+  assert gram < ortho_optax.orthogonalize_flops(
+      (2048, 8192), "newton_schulz", coeffs="root", steps=5
+  )
+  assert flops["root"] == (
+      gram
+      + ortho_optax.orthogonalize_flops((64, 256), "auto", coeffs="root",
+                                        normalization="frobenius")
+      + ortho_optax.orthogonalize_flops((96, 96), "newton_schulz", steps=5)
+  )
+
+
+def test_root_gram_form_uses_keyed_rows():
+  """A shape-keyed row through the Gram form: the standard form's result.
+
+  ROOT's table is keyed by 2048-sided shapes; the same mechanism with a
+  small key keeps the test fast.
+  """
+  row = (3.4509, -4.5790, 1.9325)  # ROOT's 2048 x 3072 row
+  table = dataclasses.replace(
+      ortho_optax.COEFFICIENT_PRESETS["root"], by_shape=(((32, 128), row),)
+  )
+  g = jnp.asarray(_normal(7, (128, 32)))
+  opts = dict(coeffs=table, normalization="frobenius", eps=1e-7)
+  assert ortho_optax.select_method(g.shape, **opts) == "gram_newton_schulz"
+  auto = ortho_optax.orthogonalize(g, "auto", **opts)
+  ref = _ns5(g, abc=row)
+  np.testing.assert_allclose(auto, ref, atol=1e-4)
+  # ... which is not Muon's row.
+  assert np.max(np.abs(ref - _ns5(g))) > 1e-2
 
 
 # -------------------------------------------------------------------- AuON

@@ -22,7 +22,7 @@ def root(
     beta: jax.typing.ArrayLike = 0.95,
     nesterov: bool = True,
     q: jax.typing.ArrayLike = 0.9,
-    method: str = "newton_schulz",
+    method: str = "auto",
     coeffs="root",
     steps: int | None = 5,
     normalization: str | None = "frobenius",
@@ -60,7 +60,10 @@ def root(
   outliers (see :func:`clip_by_quantile`); the Newton-Schulz step uses
   ROOT's shape-keyed ("AdaNewton") coefficients, the ``"root"`` preset
   (Muon's for shapes outside its table), with Frobenius pre-normalization
-  (eps 1e-7); the shape factor is Moonlight's, so AdamW's learning rate and
+  (eps 1e-7), through whichever of the standard and the Gram form costs
+  fewer FLOPs for the shape (``method="auto"``, as :func:`muon`: the same
+  polynomial either way, so ROOT's orthogonalization costs what Muon's
+  does); the shape factor is Moonlight's, so AdamW's learning rate and
   weight decay are reused, and AdamW gets the same learning rate and
   weight decay (0.1), betas (0.9, 0.95).
 
@@ -75,7 +78,8 @@ def root(
     beta: momentum coefficient :math:`\mu`.
     nesterov: Nesterov look-ahead.
     q: the clipping quantile.
-    method: orthogonalization engine, see :func:`orthogonalize`.
+    method: orthogonalization engine, see :func:`orthogonalize`
+      (``"auto"``: the cheaper of the standard and the Gram form).
     coeffs: Newton-Schulz coefficients (ROOT's shape-keyed table).
     steps: Newton-Schulz steps.
     normalization: the engine's input normalization.
