@@ -30,7 +30,7 @@ from the finished runs alone (the missing ones are listed).
 
 Run from the repository root::
 
-  # About an hour per task on 2 idle CPU cores:
+  # Up to about an hour per task on 2 idle CPU cores:
   python examples/compare.py --workdir=runs/compare \
     --results_dir=examples/results
   # One task:
@@ -111,7 +111,10 @@ class TaskSpec:
 # byte-level LM with context 64 and a cosine schedule; a 4-layer one with
 # context 128 and warmup-stable-decay; a CNN on 8x8 digits (cosine, no
 # warmup, no clipping). One task's full comparison (10 optimizers, 3
-# learning rates, 4 seeds: 60 runs) is about an hour on 2 idle CPU cores.
+# learning rates, 4 seeds: 60 runs, up to 90 where a default is not the
+# best) is about an hour on 2 idle CPU cores for the LM (58 s a run), less
+# for the others (the deep LM's runs are 0.4x the LM's FLOPs, the digits'
+# about 20 s).
 TASKS = {
     "lm": TaskSpec("lm", "configs/lm.py", "loss"),
     "lm_deep": TaskSpec("lm_deep", "configs/lm_deep.py", "loss"),
@@ -906,12 +909,16 @@ def recommend_defaults(tables: list[dict], current=None) -> dict:
       " measured on every task (lower is better).",
       "",
       "| optimizer | current default | learning rates: score |"
-      " recommended |",
-      "|---|---|---|---|",
+      " recommended | measured on fewer tasks |",
+      "|---|---|---|---|---|",
   ]
   for name, r in out.items():
     scores = ", ".join(f"{lr:.3g}: {s:+.4f}"
                        for lr, s in sorted(r["scores"].items()))
+    fewer = "; ".join(
+        f"{lr:.3g}: " + ", ".join(f"{t} {d:+.4f}" for t, d in per.items())
+        for lr, per in sorted(r["per_task"].items()) if lr not in r["scores"]
+    ) or "-"
     rec = f"{r['recommended']:.3g}"
     if r["current"] is not None and math.isclose(r["recommended"],
                                                   r["current"]):
@@ -921,7 +928,7 @@ def recommend_defaults(tables: list[dict], current=None) -> dict:
     elif r["edge"]:
       rec += " (edge of the sweep)"
     lines.append(f"| {name} | {_fmt(r['current'], '.3g')} | {scores} |"
-                 f" {rec} |")
+                 f" {rec} | {fewer} |")
   text = "\n".join(lines) + "\n"
   print(text, flush=True)
   return {"table": text, "optimizers": out}
@@ -985,13 +992,19 @@ def write_summary(tables: list[dict], out) -> dict:
 
 
 def read_tables(results_dir) -> list[dict]:
-  """The tasks' ``compare.json`` under ``results_dir`` (``<task>/``)."""
+  """The tasks' ``compare.json`` under ``results_dir`` (``<task>/``).
+
+  In the order of ``TASKS``, then the other tasks by name.
+  """
   tables = []
   for path in sorted(pathlib.Path(results_dir).glob("*/compare.json")):
     t = json.loads(path.read_text())
     if t.get("rows"):
       tables.append(t)
-  return tables
+  order = list(TASKS)
+  return sorted(tables, key=lambda t: (
+      order.index(t["task"]) if t["task"] in order else len(order),
+      t["task"]))
 
 
 def main(argv):

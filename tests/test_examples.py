@@ -234,7 +234,7 @@ def test_compare_tasks_sweep_reuse_and_missing_runs(tmp_path):
   assert "Not run yet (1): optax_muon lr=0.08 seed=0" in again["markdown"]
 
 
-def test_recommend_defaults_takes_the_best_mean_over_tasks():
+def test_recommend_defaults_takes_the_best_mean_over_tasks(tmp_path):
   from examples import compare  # pylint: disable=g-import-not-at-top
 
   def table(task, ref_losses, runs):
@@ -259,7 +259,16 @@ def test_recommend_defaults_takes_the_best_mean_over_tasks():
   assert muon["recommended"] == 0.02
   assert muon["per_task"][0.01] == pytest.approx({"b": -0.1})
   assert "| muon | 0.02 | 0.02: +0.0000, 0.04: +0.0150 | 0.02 (= current)" \
-      " (edge of the sweep) |" in out["table"]
+      " (edge of the sweep) | 0.01: b -0.1000 |" in out["table"]
+  # From the tasks' compare.json: the tasks of TASKS first, in its order.
+  for t in [table("zz", [1.0], []), table("digits_cnn", [1.0], []),
+            table("lm", [1.0], [])] + tables:
+    (tmp_path / t["task"]).mkdir()
+    (tmp_path / t["task"] / "compare.json").write_text(json.dumps(t))
+  read = compare.read_tables(tmp_path)
+  assert [t["task"] for t in read] == ["lm", "digits_cnn", "a", "b", "zz"]
+  assert compare.recommend_defaults(
+      read[2:4], current={"muon": 0.02})["table"] == out["table"]
 
 
 def test_steps_to_reach_interpolates():
