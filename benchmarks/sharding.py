@@ -14,7 +14,11 @@ parameters and state donated) of:
   matrices only, for each ``sharding`` strategy;
 * ``muon``: the named :func:`ortho_optax.muon` (AdamW on the rest), for each
   strategy;
-* ``optax``: ``optax.contrib.muon`` with the same matrices routed to it.
+* ``optax``: ``optax.contrib.muon`` with the same matrices routed to it;
+* with ``--rows``: the low-rank ``dion``, ``dion2``, ``trion`` (rank 1/4)
+  for each strategy, and with ``--meshes dp8`` a data-parallel mesh (every
+  parameter replicated on 8 devices), where Dion2 and Trion bring back only
+  their low-rank factors.
 
 Our transforms run with Explicit mesh axes (layouts read from the types)
 and with Auto axes without any hint (no ``param_shardings``: the layouts
@@ -45,6 +49,8 @@ Columns, per device:
 Usage::
 
   python benchmarks/sharding.py [--quick] [--out benchmarks/results/x.md]
+  python benchmarks/sharding.py --rows muon,dion,dion2,trion \
+      --meshes fsdp8,fsdp2x4,dp8 --out benchmarks/results/sharding_low_rank.md
 """
 
 from __future__ import annotations
@@ -73,7 +79,15 @@ from jax.sharding import PartitionSpec as P  # noqa: E402
 import ortho_optax  # noqa: E402
 
 NS = {"method": "newton_schulz", "coeffs": "muon"}
-MESHES = {"fsdp8": ((8,), ("fsdp",)), "fsdp2x4": ((2, 4), ("fsdp", "model"))}
+MESHES = {
+    "fsdp8": ((8,), ("fsdp",)),
+    "fsdp2x4": ((2, 4), ("fsdp", "model")),
+    # Data parallelism: every parameter replicated on 8 devices.
+    "dp8": ((8,), ("data",)),
+}
+# The rows of the default run; --rows adds the low-rank optimizers.
+DEFAULT_ROWS = ("chain", "muon", "optax")
+LOW_RANK = ("dion", "dion2", "trion")
 STRATEGIES = (None, "gather", "distribute")
 
 
@@ -132,7 +146,7 @@ def param_specs(params, mesh_name):
 
   def spec(path, x):
     key = jax.tree_util.keystr(path)
-    if x.ndim < 2:
+    if x.ndim < 2 or mesh_name == "dp8":
       return P()
     if mesh_name == "fsdp8":
       return P("fsdp", None)
@@ -168,6 +182,13 @@ def optimizers(params):
         labels,
     )
     out["muon", strategy] = ortho_optax.muon(0.02, sharding=strategy, **NS)
+    # Low-rank methods at their default rank (1/4 of the shorter side); the
+    # Newton-Schulz of Dion2 and Trion in its plain form, as Muon's here.
+    out["dion", strategy] = ortho_optax.dion(0.02, sharding=strategy)
+    for name in ("dion2", "trion"):
+      out[name, strategy] = getattr(ortho_optax, name)(
+          0.02, sharding=strategy, method="newton_schulz"
+      )
   dims = jax.tree_util.tree_map_with_path(
       lambda p, x: optax.contrib.MuonDimensionNumbers(0, 1)
       if is_hidden_matrix(p, x)
@@ -245,7 +266,18 @@ def main(argv=None):
   parser.add_argument("--quick", action="store_true", help="a small tree")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None, help="also write the table")
+  parser.add_argument(
+      "--rows", default=",".join(DEFAULT_ROWS),
+      help="comma-separated optimizers: chain, muon, optax, dion, dion2,"
+      " trion",
+  )
+  parser.add_argument(
+      "--meshes", default="fsdp8,fsdp2x4",
+      help=f"comma-separated meshes of {sorted(MESHES)}",
+  )
   args = parser.parse_args(argv)
+  rows_wanted = args.rows.split(",")
+  meshes = {k: MESHES[k] for k in args.meshes.split(",")}
   d_model, layers, vocab = (128, 2, 256) if args.quick else (256, 4, 512)
   # Host copies: every mesh gets fresh buffers (the step donates them).
   base = jax.tree.map(
@@ -278,8 +310,10 @@ def main(argv=None):
       "|---|---|---|---|---:|---:|---:|---:|---:|",
   ]
   txs = optimizers(base)
-  for mesh_name, (shape, names) in MESHES.items():
+  for mesh_name, (shape, names) in meshes.items():
     for optimizer, strategy in txs:
+      if optimizer not in rows_wanted:
+        continue
       if optimizer == "optax":
         # optax under Explicit axes raises; the row records it.
         axis_types = (AxisType.Auto, AxisType.Explicit)

@@ -70,7 +70,7 @@ from examples import train  # noqa: E402
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OPTIMIZERS = (
     "adamw", "optax_muon", "muon", "turbo_muon", "normuon", "adamuon", "root",
-    "auon", "scion", "trust_region",
+    "auon", "scion", "trust_region", "dion", "dion2", "trion",
 )
 BASELINE = "adamw"
 # The reference Muon, and ours with its defaults, for the checks under the

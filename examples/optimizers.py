@@ -74,7 +74,7 @@ _BUILTIN = {
 # The ortho_optax optimizers the examples and the comparison know about.
 ORTHO_OPTAX_NAMES = (
     "muon", "turbo_muon", "normuon", "adamuon", "root", "auon", "hybrid_auon",
-    "scion", "trust_region",
+    "scion", "trust_region", "dion", "dion2", "trion",
 )
 
 
@@ -96,6 +96,12 @@ DEFAULT_LEARNING_RATES = {
     "hybrid_auon": 0.02,
     "scion": 0.01,
     "trust_region": 0.04,
+    # Low-rank methods (rank 1/4): Muon's rate as the centre of the sweep
+    # (the references' defaults are 0.01 for Dion and Dion2, 0.02 for
+    # Trion).
+    "dion": 0.02,
+    "dion2": 0.02,
+    "trion": 0.02,
 }
 # The learning rate of the AdamW branch (embeddings, heads, 1-D leaves) of the
 # orthogonalizing optimizers, when they take `adam_learning_rate` and the

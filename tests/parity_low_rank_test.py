@@ -66,10 +66,16 @@ def _run(tx, params, grads, state=None):
   return params
 
 
-def _assert_close(actual, expected):
+def _assert_close(actual, expected, start):
+  """Relative error of the displacement ``W_T - W_0``, below ``RTOL``.
+
+  Measured on the displacement, not on ``W_T`` (which is mostly ``W_0``):
+  3e-6 at most over these cases.
+  """
   for k in expected:
     a = np.asarray(actual[k], np.float64)
-    err = np.linalg.norm(a - expected[k]) / np.linalg.norm(expected[k])
+    moved = np.linalg.norm(expected[k] - np.asarray(start[k], np.float64))
+    err = np.linalg.norm(a - expected[k]) / moved
     assert err < RTOL, (k, err)
 
 
@@ -138,7 +144,7 @@ def test_dion_equals_numpy(rank):
   # The initial right factors are random draws: the reference takes ours.
   q0 = {k: np.asarray(v[0]) for k, v in _dion_q(state).items()}
   expected = _numpy_dion(params, grads, q0, 0.02, 0.95, 0.1)
-  _assert_close(_run(tx, params, grads, state), expected)
+  _assert_close(_run(tx, params, grads, state), expected, params)
 
 
 def test_dion_stacked_layers_are_separate_matrices():
@@ -154,7 +160,7 @@ def test_dion_stacked_layers_are_separate_matrices():
         flat, steps, {"w": np.asarray(q["stack"][layer])}, 0.02, 0.95, 0.0
     )
     got = _run(tx, params, grads, state)["stack"][layer]
-    _assert_close({"w": got}, expected)
+    _assert_close({"w": got}, expected, flat)
 
 
 # ------------------------------------------------------------------ Dion2
@@ -194,7 +200,7 @@ def test_dion2_equals_numpy(rank):
       0.02, rank=rank, weight_decay=0.1, method="newton_schulz"
   )
   expected = _numpy_dion2(params, grads, rank, 0.02, 0.95, 0.1)
-  _assert_close(_run(tx, params, grads), expected)
+  _assert_close(_run(tx, params, grads), expected, params)
 
 
 # ------------------------------------------------------------------ Trion
@@ -246,7 +252,7 @@ def test_trion_equals_numpy(rank, dct):
       0.02, rank=rank, weight_decay=0.1, dct=dct, method="newton_schulz"
   )
   expected = _numpy_trion(params, grads, rank, 0.02, 0.95, 0.1)
-  _assert_close(_run(tx, params, grads), expected)
+  _assert_close(_run(tx, params, grads), expected, params)
 
 
 def test_trion_rank_fraction_rounds_up():
@@ -258,4 +264,4 @@ def test_trion_rank_fraction_rounds_up():
     sub = {k: params[k]}
     expected = _numpy_trion(sub, [{k: g[k]} for g in grads], r, 0.02, 0.95,
                             0.0)
-    _assert_close({k: got[k]}, expected)
+    _assert_close({k: got[k]}, expected, sub)
