@@ -40,6 +40,7 @@ def adamuon(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
+    nu_dtype=None,
     sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
@@ -113,7 +114,13 @@ def adamuon(
     labels: as in :func:`muon`.
     rules: routing overrides, see :func:`label_params`.
     dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: dtype of the momentum buffer.
+    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
+      ``None`` (the parameters' dtype), a floating dtype, or a quantized
+      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`).
+    nu_dtype: storage of AdamW's second moment and of AdaMuon's
+      elementwise one: ``None``, a
+      floating dtype, or a quantized format (kept in the unsigned code of
+      its width, ``"q8"`` -> ``"u8"``).
     sharding: see :func:`scale_by_orthogonalization`.
     skip_nonfinite: skip steps with non-finite gradients.
 
@@ -150,7 +157,7 @@ def adamuon(
           ),
       ),
       _elementwise_norm.scale_by_elementwise_norm(
-          beta, eps, rms=rms, dimension_numbers=branch_dn
+          beta, eps, rms=rms, dimension_numbers=branch_dn, nu_dtype=nu_dtype
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
       optax.scale_by_learning_rate(learning_rate),
@@ -167,4 +174,6 @@ def adamuon(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
   )

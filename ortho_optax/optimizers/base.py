@@ -9,6 +9,7 @@ import optax
 
 from ortho_optax import routing as _routing
 from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.transforms import adam as _adam
 
 # Skipping a non-finite step forever (rather than after a few tries, optax's
 # default) is what "never a silent NaN parameter" means.
@@ -104,6 +105,8 @@ def matrix_and_adam(
     rules: _routing.Rules = None,
     other_tx: optax.GradientTransformation | None = None,
     skip_nonfinite: bool = True,
+    mu_dtype=None,
+    nu_dtype=None,
 ) -> optax.GradientTransformation:
   """Sends matrices to ``matrix_tx`` and every other leaf to AdamW.
 
@@ -126,6 +129,10 @@ def matrix_and_adam(
     skip_nonfinite: wrap the result in ``optax.apply_if_finite`` so that a
       step with a NaN or infinite gradient is skipped (parameters and state
       unchanged) instead of writing NaNs into the parameters.
+    mu_dtype: storage of AdamW's first moment (as the momentum's).
+    nu_dtype: storage of AdamW's second moment; a quantized format stores
+      it in the unsigned code of its width (see :func:`scale_by_adam
+      <ortho_optax.transforms.adam.scale_by_adam>`).
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -136,13 +143,22 @@ def matrix_and_adam(
   check_learning_rate(adam_learning_rate, "adam_learning_rate")
   if other_tx is None:
     check_nonnegative(adam_weight_decay, "adam_weight_decay")
-    other_tx = optax.adamw(
-        adam_learning_rate,
-        b1=adam_b1,
-        b2=adam_b2,
-        eps=adam_eps,
-        weight_decay=adam_weight_decay,
-    )
+    if mu_dtype is None and nu_dtype is None:
+      other_tx = optax.adamw(
+          adam_learning_rate,
+          b1=adam_b1,
+          b2=adam_b2,
+          eps=adam_eps,
+          weight_decay=adam_weight_decay,
+      )
+    else:  # optax.adamw's chain, with the moments in their storage
+      other_tx = optax.chain(
+          _adam.scale_by_adam(
+              adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+          ),
+          optax.add_decayed_weights(adam_weight_decay),
+          optax.scale_by_learning_rate(adam_learning_rate),
+      )
   if labels is None:
     def labels(params):
       return _routing.label_params(

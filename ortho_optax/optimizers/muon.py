@@ -41,6 +41,7 @@ def muon(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
+    nu_dtype=None,
     sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
@@ -111,7 +112,12 @@ def muon(
     rules: routing overrides, see :func:`label_params`.
     dimension_numbers: optax-style routing (``MuonDimensionNumbers`` tree or
       callable), see :func:`label_params`.
-    mu_dtype: dtype of the momentum buffer.
+    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
+      ``None`` (the parameters' dtype), a floating dtype, or a quantized
+      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`).
+    nu_dtype: storage of AdamW's second moment: ``None``, a
+      floating dtype, or a quantized format (kept in the unsigned code of
+      its width, ``"q8"`` -> ``"u8"``).
     sharding: how the orthogonalization is spread over devices, see
       :func:`scale_by_orthogonalization`.
     skip_nonfinite: skip steps whose gradients are not finite instead of
@@ -183,6 +189,8 @@ def muon(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
   )
 
 

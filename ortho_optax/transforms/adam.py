@@ -79,9 +79,12 @@ def scale_by_adam(
     mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
     nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
     updates = jax.tree.map(
-        lambda m, v: None if m is None else m / (jnp.sqrt(v + eps_root) + eps),
+        lambda m, v, g: None if m is None else (
+            m / (jnp.sqrt(v + eps_root) + eps)
+        ).astype(g.dtype),  # a float32 buffer read back keeps bf16 updates
         mu_hat,
         nu_hat,
+        updates,
         is_leaf=lambda x: x is None,
     )
     mu = _storage.store(mu, mu_storage, state.mu, count_inc, salt=1)

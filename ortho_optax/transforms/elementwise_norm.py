@@ -10,6 +10,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import neuron_norm as _neuron_norm
 
@@ -31,6 +32,7 @@ def scale_by_elementwise_norm(
     rms: jax.typing.ArrayLike = 0.2,
     dimension_numbers=None,
     rules: _routing.Rules = None,
+    nu_dtype=None,
 ) -> optax.GradientTransformation:
   r"""AdaMuon's elementwise second moment, then RMS matching.
 
@@ -54,6 +56,10 @@ def scale_by_elementwise_norm(
     rms: the RMS of the output.
     dimension_numbers: as in :func:`scale_by_orthogonalization`.
     rules: routing overrides, see :func:`label_params`.
+    nu_dtype: storage of :math:`v`: ``None`` (the parameters' dtype), a
+      floating dtype, or a quantized format, kept in the unsigned code of
+      its width (``"q8"`` -> ``"u8"``) and rounded to nearest (this state
+      has no step count to draw stochastic rounding from).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
@@ -68,11 +74,18 @@ def scale_by_elementwise_norm(
     if not isinstance(value, jax.core.Tracer):
       _checks.check_nonnegative(value, name)
 
+  storage = _storage.as_storage(nu_dtype, "nu_dtype", second_moment=True)
+  if _storage.is_quantized(storage) and storage.stochastic:
+    raise ValueError(
+        "`nu_dtype` of scale_by_elementwise_norm rounds to nearest; got a"
+        " stochastic QuantFormat (its state has no step count)."
+    )
+
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
     return ScaleByElementwiseNormState(
         nu=_neuron_norm.matrix_state(
-            params, dns, lambda x, dn: jnp.zeros_like(x)
+            params, dns, lambda x, dn: _storage.zeros(x, storage, "nu_dtype")
         )
     )
 
@@ -85,7 +98,10 @@ def scale_by_elementwise_norm(
   def update_fn(updates, state, params=None):
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
-    updates, nu = _neuron_norm.map_with_state(normalize, updates, state.nu, dns)
-    return updates, ScaleByElementwiseNormState(nu=nu)
+    prev = _storage.load(state.nu, updates)
+    updates, nu = _neuron_norm.map_with_state(normalize, updates, prev, dns)
+    return updates, ScaleByElementwiseNormState(
+        nu=_storage.store(nu, storage, state.nu)
+    )
 
   return optax.GradientTransformation(init_fn, update_fn)

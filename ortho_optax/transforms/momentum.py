@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from ortho_optax import checks as _checks
+from ortho_optax.state import storage as _storage
 
 FORMS = ("ema", "sum")
 
@@ -68,7 +69,11 @@ def scale_by_momentum(
     nesterov: whether to use the Nesterov look-ahead.
     form: ``"ema"`` or ``"sum"``.
     bias_correction: divide by :math:`1 - \beta^t` (optax's form; EMA only).
-    mu_dtype: dtype of the momentum buffer; ``None`` inherits the params'.
+    mu_dtype: storage of the momentum buffer: ``None`` (the params'
+      dtype), a floating dtype, or a quantized format (``"q8"``, ``"q4"``,
+      a :class:`QuantFormat`: 8 or 4 bits an entry plus a float32 scale a
+      block, read back in float32 for each step). Integer dtypes are
+      refused, see :mod:`ortho_optax.state.storage`.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -87,24 +92,26 @@ def scale_by_momentum(
         "`bias_correction=True` is only defined for `form='ema'`, got"
         f" form={form!r}."
     )
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  storage = _storage.as_storage(mu_dtype, "mu_dtype")
 
   def init_fn(params):
     return ScaleByMomentumState(
         count=jnp.zeros([], jnp.int32),
-        mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+        mu=_storage.zeros(params, storage, "mu_dtype"),
     )
 
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
+    # A quantized buffer is read back in float32 for the step only.
+    prev = _storage.load(state.mu, updates)
     if form == "ema":
-      mu = optax.tree.update_moment(updates, state.mu, beta, 1)
+      mu = optax.tree.update_moment(updates, prev, beta, 1)
     else:
       mu = jax.tree.map(
           lambda g, m: None if g is None else beta * m + g,
           updates,
-          state.mu,
+          prev,
           is_leaf=lambda x: x is None,
       )
     if bias_correction:
@@ -137,9 +144,7 @@ def scale_by_momentum(
         updates,
         is_leaf=lambda x: x is None,
     )
-    mu = optax.tree.cast(mu, mu_dtype) if mu_dtype is not None else (
-        optax.tree.cast_like(mu, state.mu)
-    )
+    mu = _storage.store(mu, storage, state.mu, count)
     return out, ScaleByMomentumState(count=count, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
