@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import inspect
 import math
 import os
 import platform
@@ -120,12 +121,24 @@ def optax_dimension_numbers(params):
   )
 
 
-def optimizers(lr: float = 0.02) -> dict:
-  """Row name -> GradientTransformation."""
+def optimizers(lr: float = 0.02, states=("f32",)) -> dict:
+  """Row name -> GradientTransformation.
+
+  ``states``: ``"f32"`` (the defaults) and quantized formats; a format
+  ``s`` adds the row ``name [s]`` with ``mu_dtype = nu_dtype = s``.
+  """
   rows = {}
   for name in NAMED:
     kwargs = {"learning_rate": 2**-6 if name == "scion" else lr}
-    rows[name] = getattr(ortho_optax, name)(**kwargs)
+    factory = getattr(ortho_optax, name)
+    quantizable = "nu_dtype" in inspect.signature(factory).parameters
+    for state in states:
+      if state == "f32":
+        rows[name] = getattr(ortho_optax, name)(**kwargs)
+      elif quantizable:  # the low-rank methods keep float factors
+        rows[f"{name} [{state}]"] = getattr(ortho_optax, name)(
+            **kwargs, mu_dtype=state, nu_dtype=state
+        )
   # Trion's DCT as a fast cosine transform instead of a matmul.
   rows["trion (dct=fft)"] = ortho_optax.trion(lr, dct="fft")
   rows[BASELINE] = optax.contrib.muon(lr)
@@ -168,6 +181,16 @@ def polar_error(updates, grads) -> float:
   return sum(errs) / len(errs)
 
 
+def _vs_f32(rows, name) -> str:
+  """State and time of a quantized-state row over its float32 row's."""
+  f32 = rows.get(name.split(" [")[0])
+  if f32 is None or f32 is rows[name]:
+    return "— | — |"
+  row = rows[name]
+  t = statistics.median(row["times"]) / statistics.median(f32["times"])
+  return f"{row['state_bytes'] / f32['state_bytes']:.3f} | {t:.3f} |"
+
+
 def benchmark(args) -> str:
   layers, width = (4, 256) if args.quick else (args.layers, args.width)
   dtype = jnp.dtype(args.dtype)
@@ -176,10 +199,13 @@ def benchmark(args) -> str:
   grads = make_tree(shapes, dtype, 1)
   zeros = jax.tree.map(jnp.zeros_like, params)
   n_params = sum(x.size for x in jax.tree.leaves(params))
-  txs = optimizers()
+  txs = optimizers(states=args.state.split(","))
   if args.only:
     keep = set(args.only.split(","))
-    txs = {k: v for k, v in txs.items() if k in keep or k == BASELINE}
+    txs = {
+        k: v for k, v in txs.items()
+        if k.split(" [")[0] in keep or k == BASELINE
+    }
 
   rows = {}
   for name, tx in txs.items():
@@ -225,8 +251,9 @@ def benchmark(args) -> str:
   muon_ms = statistics.median(muon["times"]) * 1e3 if muon else math.nan
   lines = [
       "| optimizer | GFLOP | XLA GFLOP | FLOPs / optax | FLOPs / muon | ms"
-      " | ms min-max | time / optax | time / muon | state MiB | polar err |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+      " | ms min-max | time / optax | time / muon | state MiB | polar err"
+      " | state / f32 | time / f32 |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, row in rows.items():
     ms = statistics.median(row["times"]) * 1e3
@@ -239,7 +266,7 @@ def benchmark(args) -> str:
         f"| {name} | {row['flops'] / 1e9:.1f} | {row['xla_flops'] / 1e9:.1f}"
         f" | {row['flops'] / base['flops']:.3f} | {vs_muon}{ms:.0f}"
         f" | {lo:.0f}-{hi:.0f} | {ms / base_ms:.3f} | {ms / muon_ms:.3f}"
-        f" | {row['state_bytes'] / 2**20:.1f} | {err} |"
+        f" | {row['state_bytes'] / 2**20:.1f} | {err} | {_vs_f32(rows, name)}"
     )
   caption = (
       f"One optimizer step (jitted `update`) on a GPT-like tree: {layers}"
@@ -265,6 +292,9 @@ def benchmark(args) -> str:
       " momentum, AuON only approximates the polar factor, and Dion,"
       " Dion2 and Trion update a rank-1/4 part only). state MiB: bytes of"
       " the optimizer state (momenta, factors, AdamW moments)."
+      " `name [q8]`/`[q4]` rows (`--state`) set `mu_dtype = nu_dtype` to"
+      " that quantized format; their state / f32 and time / f32 are"
+      " relative to the same optimizer's float32 row of this run."
   )
   return caption + "\n\n" + "\n".join(lines) + "\n"
 
@@ -280,6 +310,8 @@ def main(argv=None):
                       choices=("float32", "bfloat16"))
   parser.add_argument("--repeats", type=int, default=None,
                       help="timed rounds (default 3, 10 with --quick)")
+  parser.add_argument("--state", default="f32",
+                      help="comma-separated: f32 and quantized formats (q8,q4)")
   parser.add_argument("--only", default=None,
                       help="comma-separated row names (baseline always)")
   parser.add_argument("--out", default=None, help="also write the table here")

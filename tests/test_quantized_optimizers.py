@@ -223,3 +223,33 @@ def test_distribute_equals_one_device():
       jax.tree.map(np.asarray, mu),
       jax.tree.map(np.asarray, ref_state.inner_state.inner_states[
           "orthogonalize"].inner_state[0].mu))
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_nnx_optimizer(name):
+  """Quantized buffers replace NNX Variables whole (nnx.jit splits them)."""
+  from flax import nnx
+
+  class Model(nnx.Module):
+
+    def __init__(self):
+      self.blocks = nnx.List([nnx.Linear(16, 32, rngs=nnx.Rngs(0))])
+      self.embed = nnx.Embed(50, 16, rngs=nnx.Rngs(1))
+
+    def __call__(self, x):
+      return self.blocks[0](self.embed(x))
+
+  model = Model()
+  optimizer = nnx.Optimizer(
+      model, getattr(ortho_optax, name)(1e-2, mu_dtype="q8", nu_dtype="q8"),
+      wrt=nnx.Param)
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, grads = nnx.value_and_grad(
+        lambda m: jnp.mean(m(jnp.arange(8)) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(4)]
+  assert losses[-1] < losses[0]

@@ -93,6 +93,11 @@ def is_quantized(storage: Storage) -> bool:
   return isinstance(storage, _quantized.QuantFormat)
 
 
+def _is_array_like(x) -> bool:
+  """An array, or a wrapper of one that has its shape and dtype."""
+  return hasattr(x, "shape") and hasattr(x, "dtype") and not _is_leaf(x)
+
+
 def _is_leaf(x) -> bool:
   return isinstance(x, _quantized.QuantizedArray)
 
@@ -113,9 +118,14 @@ def zeros(tree, storage: Storage, name: str = "mu_dtype"):
           f"`{name}`={storage.code!r} quantizes real floating buffers only;"
           f" a parameter has dtype {x.dtype} (use a float `{name}`)."
       )
+    x = x if isinstance(x, jax.Array) else jnp.asarray(x)
     return _quantized.quantize(jnp.zeros_like(x, jnp.float32), storage)
 
-  return jax.tree.map(one, tree)
+  if not is_quantized(storage):
+    return jax.tree.map(one, tree)
+  # A quantized buffer replaces the whole leaf, wrapper included: a Flax
+  # NNX Variable holding a QuantizedArray would not survive nnx.split.
+  return jax.tree.map(one, tree, is_leaf=_is_array_like)
 
 
 def load(tree, like=None):

@@ -83,10 +83,11 @@ def scale_by_elementwise_norm(
 
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    nu = _neuron_norm.matrix_state(
+        params, dns, lambda x, dn: jnp.zeros_like(x)
+    )
     return ScaleByElementwiseNormState(
-        nu=_neuron_norm.matrix_state(
-            params, dns, lambda x, dn: _storage.zeros(x, storage, "nu_dtype")
-        )
+        nu=_storage.zeros(nu, storage, "nu_dtype")
     )
 
   def normalize(o, v):
