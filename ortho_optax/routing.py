@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 MATRIX = "orthogonalize"
@@ -195,6 +196,98 @@ Rules = (
 )
 
 
+_ROUTING_VALUES = f"{MATRIX!r}, {OTHER!r}, None or DimensionNumbers"
+
+
+def _is_routing_value(value) -> bool:
+  if value is None or _is_dimnums(value):
+    return True
+  return isinstance(value, str) and value in (MATRIX, OTHER)
+
+
+def _check_dimnums(dn, name: str) -> None:
+  for axes in (dn.reduction_axis, dn.output_axis):
+    ok = isinstance(axes, int) and not isinstance(axes, bool)
+    if not ok and isinstance(axes, Sequence) and not isinstance(axes, str):
+      ok = all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+    if not ok:
+      raise TypeError(
+          f"`{name}` holds {dn}, whose axes are not ints or sequences of"
+          " ints."
+      )
+
+
+def check_rules(rules, name: str = "rules") -> None:
+  """Raises unless ``rules`` is None, a callable or ``(regex, value)`` pairs."""
+  if rules is None or callable(rules):
+    return
+  accepted = (
+      "None, a callable (path, leaf) -> value, or a sequence of (regex,"
+      f" value) pairs with values {_ROUTING_VALUES}"
+  )
+  if isinstance(rules, (str, bytes)) or not isinstance(rules, Sequence):
+    raise TypeError(f"`{name}` must be {accepted}; got {rules!r}.")
+  for rule in rules:
+    if not (isinstance(rule, Sequence) and len(rule) == 2) or isinstance(
+        rule, str
+    ):
+      raise TypeError(
+          f"`{name}` must be {accepted}; got the entry {rule!r}."
+      )
+    pattern, value = rule
+    if not isinstance(pattern, str):
+      raise TypeError(
+          f"`{name}` patterns must be regex strings, got {pattern!r}."
+      )
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise ValueError(
+          f"`{name}` pattern {pattern!r} is not a valid regular expression"
+          f" ({e})."
+      ) from e
+    if not _is_routing_value(value):
+      raise ValueError(
+          f"Unknown `{name}` value {value!r} for pattern {pattern!r};"
+          f" accepted values are {_ROUTING_VALUES}."
+      )
+    if _is_dimnums(value):
+      _check_dimnums(value, name)
+
+
+def check_dimension_numbers(dimension_numbers, name="dimension_numbers"):
+  """Raises unless the argument is None, a callable, or a (prefix) tree of
+  DimensionNumbers and None (or ``"orthogonalize"``/``"adam"``)."""
+  if dimension_numbers is None or (
+      callable(dimension_numbers) and not _is_dimnums(dimension_numbers)
+  ):
+    return
+  leaves = jax.tree_util.tree_leaves(
+      dimension_numbers, is_leaf=lambda x: x is None or _is_dimnums(x)
+  )
+  for value in leaves:
+    if not _is_routing_value(value):
+      raise ValueError(
+          f"Unknown `{name}` entry {value!r}; accepted values are None, a"
+          f" callable params -> tree, or a (prefix) tree of"
+          f" {_ROUTING_VALUES}."
+      )
+    if _is_dimnums(value):
+      _check_dimnums(value, name)
+
+
+def check_labels(labels, name: str = "labels") -> None:
+  """Raises unless ``labels`` is None, a callable or a tree of labels."""
+  if labels is None or callable(labels):
+    return
+  for value in jax.tree_util.tree_leaves(labels):
+    if not (isinstance(value, str) and value in (MATRIX, OTHER)):
+      raise ValueError(
+          f"Unknown `{name}` entry {value!r}; accepted values are None, a"
+          f" callable params -> tree, or a tree of {MATRIX!r} and {OTHER!r}."
+      )
+
+
 def _apply_rules(rules, path, leaf, default):
   if rules is None:
     return default
@@ -239,15 +332,19 @@ def dimension_numbers_tree(
   Returns:
     The tree of dimension numbers (``None`` leaves for the other leaves).
   """
+  check_rules(rules)
+  check_dimension_numbers(dimension_numbers)
+  if not isinstance(use_names, (bool, np.bool_)):
+    raise TypeError(f"`use_names` must be True or False, got {use_names!r}.")
   leaves_with_path, treedef = jax.tree_util.tree_flatten_with_path(
       params, is_leaf=lambda x: x is None
   )
   if dimension_numbers is not None:
-    dn_tree = (
-        dimension_numbers(params)
-        if callable(dimension_numbers)
-        else dimension_numbers
-    )
+    if callable(dimension_numbers) and not _is_dimnums(dimension_numbers):
+      dn_tree = dimension_numbers(params)
+      check_dimension_numbers(dn_tree)
+    else:
+      dn_tree = dimension_numbers
     user = _broadcast_prefix(dn_tree, params)
   else:
     user = None

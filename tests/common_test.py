@@ -422,5 +422,100 @@ class CommonTest(chex.TestCase):
     self.assertLess(losses[-1], losses[0])
 
 
+# ------------------------------------------- init/update mismatch errors
+
+
+def _mismatched_trees(params):
+  """``{case: (tree, [what the message must name])}``, against
+  :func:`_mixed_params`: a hidden kernel (4, 6), its bias (6,), a head
+  kernel (6, 3)."""
+  def edit(**hidden):
+    return dict(params, hidden=dict(params["hidden"], **hidden))
+
+  return {
+      "transposed_matrix": (
+          edit(kernel=params["hidden"]["kernel"].T),
+          ["['hidden']['kernel']", "(6, 4)", "(4, 6)"],
+      ),
+      "reshaped_bias": (
+          edit(bias=params["hidden"]["bias"].reshape(2, 3)),
+          ["['hidden']['bias']", "(2, 3)", "(6,)"],
+      ),
+      "added_leaf": (
+          dict(params, extra=jnp.ones(3)),
+          ["['extra']", "(3,)"],
+      ),
+      "removed_leaf": (
+          {k: v for k, v in params.items() if k != "head"},
+          ["['head']['kernel']", "(6, 3)"],
+      ),
+  }
+
+
+class InitUpdateMismatchTest(parameterized.TestCase):
+  """A tree that changed between ``init`` and ``update`` is a ValueError
+  naming the leaf's path and both shapes, with or without ``params``, under
+  ``jit`` (trace time) or not; the Optax wrappers still work."""
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_mismatch_names_leaf_and_shapes(self, name):
+    params = _mixed_params()
+    tx = _make(name)
+    state = tx.init(params)
+    for case, (tree, parts) in _mismatched_trees(params).items():
+      for with_params in (True, False):
+        with self.subTest(case=case, with_params=with_params):
+          with self.assertRaises(ValueError) as cm:
+            # Traced, as under jit: the check is static.
+            jax.eval_shape(
+                tx.update, tree, state, tree if with_params else None
+            )
+          for part in parts:
+            self.assertIn(part, str(cm.exception))
+    # Eagerly too, before anything is computed.
+    tree, parts = _mismatched_trees(params)["transposed_matrix"]
+    with self.assertRaisesRegex(ValueError, r"\['hidden'\]\['kernel'\]"):
+      tx.update(tree, state, tree)
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_updates_must_match_params(self, name):
+    params = _mixed_params()
+    tx = _make(name)
+    grads = dict(params, head={"kernel": jnp.ones((3, 6))})
+    with self.assertRaisesRegex(
+        ValueError, r"\['head'\]\['kernel'\].*\(3, 6\).*\(6, 3\)"
+    ):
+      jax.eval_shape(tx.update, grads, tx.init(params), params)
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_mismatch_check_inside_optax_wrappers(self, name):
+    params = {k: v for k, v in _mixed_params().items() if k != "frozen"}
+    bad, parts = _mismatched_trees(params)["transposed_matrix"]
+    entry = REGISTRY[name]
+    wrapped = {
+        "masked": optax.masked(_make(name), {"hidden": True, "head": False}),
+        "partition": optax.partition(
+            {"ours": _make(name), "sgd": optax.sgd(0.1)},
+            {"hidden": "ours", "head": "sgd"},
+        ),
+        "multi_steps": optax.MultiSteps(_make(name), every_k_schedule=2),
+        "inject_hyperparams": optax.inject_hyperparams(
+            entry.factory, static_args=entry.static_args
+        )(**entry.kwargs),
+    }
+    for label, tx in wrapped.items():
+      with self.subTest(label):
+        state = tx.init(params)
+        out, _ = jax.eval_shape(tx.update, params, state, params)
+        self.assertEqual(
+            jax.tree.map(lambda x: x.shape, out),
+            jax.tree.map(jnp.shape, params),
+        )
+        with self.assertRaises(ValueError) as cm:
+          jax.eval_shape(tx.update, bad, state, bad)
+        for part in parts:
+          self.assertIn(part, str(cm.exception))
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -445,7 +445,7 @@ def test_negative_learning_rate_raises(name):
         ("hybrid_auon", dict(beta=1.0), "beta"),
         ("scion", dict(alpha=0.0), "alpha"),
         ("scion", dict(alpha=1.5), "alpha"),
-        ("scion", dict(norms="l1"), "norm"),
+        ("scion", dict(norms="l1"), "norms"),
         ("scion", dict(preset="vit"), "preset"),
         ("trust_region", dict(alpha=0.0), "alpha"),
         ("trust_region", dict(norm="nuclear"), "norm"),

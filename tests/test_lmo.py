@@ -276,7 +276,7 @@ def test_unknown_norm_raises_at_construction():
     ortho_optax.scale_by_lmo("nuclear")
   with pytest.raises(ValueError, match="`norm`"):
     ortho_optax.scale_by_lmo({"w": "spectral", "b": "l1"})
-  with pytest.raises(ValueError, match="`norm`"):
+  with pytest.raises(ValueError, match="`name`"):
     LMONorm("rms")
 
 

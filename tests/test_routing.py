@@ -190,7 +190,6 @@ def test_optax_dimension_numbers_prefix_tree():
         (jnp.ones(3), MDN(), "rank 1"),
         (jnp.ones((3, 4, 5)), MDN(0, 5), "out of range"),
         (jnp.ones((3, 4)), MDN(0, 0), "repeat"),
-        (jnp.ones((3, 4)), "sideways", "Unknown routing value"),
         (jnp.ones((3, 4), jnp.int32), ORTHO, "dtype int32"),
     ],
 )
@@ -205,6 +204,14 @@ def test_unhandled_leaf_error_names_path_and_shape(leaf, rule, match):
   with pytest.raises(ValueError) as err:
     ortho_optax.muon(0.1, rules=[("weird", rule)]).init(params)
   assert path in str(err.value)
+
+
+def test_unknown_rule_value_fails_at_construction():
+  params = {"w": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match="Unknown `rules` value 'sideways'"):
+    ortho_optax.label_params(params, rules=[("w", "sideways")])
+  with pytest.raises(ValueError, match="Unknown `rules` value 'sideways'"):
+    ortho_optax.muon(0.1, rules=[("w", "sideways")])
 
 
 def test_none_leaves_are_not_matrices():

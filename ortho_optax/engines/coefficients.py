@@ -8,6 +8,22 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def _check_rows(rows, name: str) -> None:
+  try:
+    arr = np.asarray(rows, dtype=np.float64)
+  except (TypeError, ValueError) as e:
+    raise TypeError(
+        f"`{name}` must be a sequence of (a, b, c) rows, got {rows!r}."
+    ) from e
+  if arr.ndim != 2 or arr.shape[-1] != 3 or arr.shape[0] < 1:
+    raise ValueError(
+        f"`{name}` must have shape (k, 3) with k >= 1; got shape"
+        f" {arr.shape}."
+    )
+  if not np.all(np.isfinite(arr)):
+    raise ValueError(f"`{name}` must be finite; got {rows!r}.")
+
+
 @dataclasses.dataclass(frozen=True)
 class CoefficientTable:
   """A named table of quintic Newton-Schulz coefficients.
@@ -33,6 +49,48 @@ class CoefficientTable:
   normalization: str = "frobenius"
   source: str = ""
   by_shape: tuple[tuple[tuple[int, int], tuple[float, float, float]], ...] = ()
+
+  def __post_init__(self):
+    if not isinstance(self.name, str):
+      raise TypeError(f"`name` must be a string, got {self.name!r}.")
+    _check_rows(self.rows, "rows")
+    try:
+      scale = float(self.input_scale)
+    except (TypeError, ValueError) as e:
+      raise TypeError(
+          f"`input_scale` must be a number >= 1, got {self.input_scale!r}."
+      ) from e
+    if not (np.isfinite(scale) and scale >= 1.0) or isinstance(
+        self.input_scale, bool
+    ):
+      raise ValueError(
+          f"`input_scale` must be a finite number >= 1, got"
+          f" {self.input_scale!r}."
+      )
+    normalizations = ("frobenius", "spectral", "aol", "schatten4")
+    if self.normalization not in normalizations:
+      raise ValueError(
+          f"Unknown `normalization` {self.normalization!r}; accepted values"
+          f" are {normalizations}."
+      )
+    if not isinstance(self.source, str):
+      raise TypeError(f"`source` must be a string, got {self.source!r}.")
+    for entry in self.by_shape:
+      try:
+        (m, n), row = entry
+        ok = all(
+            isinstance(s, (int, np.integer)) and not isinstance(s, bool)
+            and 0 < s
+            for s in (m, n)
+        ) and m <= n
+      except (TypeError, ValueError):
+        ok = False
+      if not ok:
+        raise ValueError(
+            "`by_shape` entries must be ((m, n), (a, b, c)) with ints"
+            f" 0 < m <= n; got {entry!r}."
+        )
+      _check_rows((row,), "by_shape")
 
   def resolve(self, shape: Sequence[int]) -> tuple[tuple[float, float, float], ...]:
     """Returns the rows to use for a matrix of trailing shape ``(m, n)``."""

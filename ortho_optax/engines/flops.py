@@ -35,6 +35,8 @@ def count_matmul_flops(fn: Callable[..., Any], *args, **kwargs) -> int:
   Returns:
     The FLOP count, a Python int.
   """
+  if not callable(fn):
+    raise TypeError(f"`fn` must be callable, got {fn!r}.")
   closed = jax.make_jaxpr(lambda *a: fn(*a, **kwargs))(*args)
   return _jaxpr_flops(closed.jaxpr)
 

@@ -87,6 +87,8 @@ def auto_defaults(options: dict) -> dict:
 
 def select_method(shape: Sequence[int], dtype=jnp.float32, **options) -> str:
   """The engine ``orthogonalize(method="auto")`` uses for this shape."""
+  shape = _checks.check_shape(shape)
+  dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
     raise ValueError(
         f"`shape` must have rank >= 2, got {tuple(shape)}."
@@ -133,7 +135,8 @@ def orthogonalize_flops(
     The FLOP count, a Python int.
   """
   _checks.check_choice(method, "method", METHODS)
-  shape = tuple(int(s) for s in shape)
+  shape = _checks.check_shape(shape)
+  dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
     raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
   if method == "auto":

@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -75,10 +76,11 @@ def adamuon(
   Settings that reproduce the reference step (Chongjie-Si/AdaMuon,
   ``gpt2/models/optimizers/adamuon.py``; float32):
 
-  .. code-block:: python
-
-    adamuon(lr, sign=True, method="newton_schulz", coeffs="muon",
-            normalization="frobenius", ns_eps=1e-7)
+  >>> import ortho_optax
+  >>> lr = 0.02
+  >>> tx = ortho_optax.adamuon(
+  ...     lr, sign=True, method="newton_schulz", coeffs="muon",
+  ...     normalization="frobenius", ns_eps=1e-7)
 
   Reference defaults: ``lr=0.02``, ``weight_decay=0.01``, ``beta=0.95``;
   its GPT-2 runs use one ``lr=6e-4`` and ``weight_decay=0.1`` for both
@@ -133,6 +135,17 @@ def adamuon(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
+  _checks.check_bool(sign, "sign")
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+      eps_name="ns_eps",
+  )
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -176,4 +189,5 @@ def adamuon(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="adamuon",
   )

@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -102,7 +103,12 @@ def auon(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
   _base.check_nonnegative(gamma, "gamma")
+  _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
+  _checks.check_number(eps, "eps", low=0.0, optional=True)
+  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms", optional=True)
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -142,6 +148,7 @@ def auon(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="auon",
   )
 
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import inspect
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.engines import coefficients as _coefficients
+from ortho_optax.engines import normalization as _normalization
+from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.transforms import adam as _adam
+from ortho_optax.transforms import structure as _structure
 
 # Skipping a non-finite step forever (rather than after a few tries, optax's
 # default) is what "never a silent NaN parameter" means.
@@ -64,31 +70,89 @@ def engine_options(method: str, recipe: dict | None = None, **options) -> dict:
   return options
 
 
+def lmo_engine_options(
+    method, coeffs, steps, normalization, ns_eps, compute_dtype
+) -> dict:
+  """:func:`engine_options` for :func:`scale_by_lmo`, whose own ``eps`` is
+  the LMOs': the engine's epsilon goes in as ``ns_eps``."""
+  options = engine_options(
+      method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+  )
+  if "eps" in options:
+    options["ns_eps"] = options.pop("eps")
+  return options
+
+
 def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
   """Raises unless ``learning_rate`` is a schedule or a number >= 0."""
-  if callable(learning_rate) or isinstance(learning_rate, jax.core.Tracer):
+  if callable(learning_rate):
     return
   try:
-    lr = float(learning_rate)
-  except (TypeError, ValueError) as e:
+    _checks.check_number(learning_rate, name, low=0.0)
+  except TypeError as e:
     raise TypeError(
-        f"`{name}` must be a number or an optax schedule, got"
+        f"`{name}` must be a finite number >= 0 or an optax schedule, got"
         f" {learning_rate!r}."
     ) from e
-  if not lr >= 0.0:
-    raise ValueError(f"`{name}` must be >= 0, got {learning_rate!r}.")
 
 
 def check_nonnegative(value, name: str) -> None:
   """Raises unless a concrete ``value`` is >= 0 (traced values pass)."""
-  if isinstance(value, jax.core.Tracer) or callable(value):
+  _checks.check_number(value, name, low=0.0)
+
+
+def check_beta(value, name: str) -> None:
+  """Raises unless a concrete ``value`` is in ``[0, 1)``."""
+  _checks.check_number(value, name, low=0.0, high=1.0, high_open=True)
+
+
+def check_mask(mask, name: str = "weight_decay_mask") -> None:
+  """Raises unless ``mask`` is None, a callable or a tree of booleans."""
+  if mask is None or callable(mask):
     return
-  try:
-    v = float(value)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"`{name}` must be a number, got {value!r}.") from e
-  if not v >= 0.0:
-    raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+  for leaf in jax.tree.leaves(mask):
+    dtype = getattr(leaf, "dtype", None)
+    if isinstance(leaf, (bool, np.bool_)) or (
+        dtype is not None and jnp.dtype(dtype) == jnp.bool_
+    ):
+      continue
+    raise TypeError(
+        f"`{name}` must be None, a callable params -> tree of booleans, or a"
+        f" (prefix) tree of booleans; got the leaf {leaf!r}."
+    )
+
+
+def check_engine_args(
+    *,
+    method,
+    coeffs=None,
+    steps=None,
+    normalization=None,
+    eps=None,
+    compute_dtype=None,
+    eps_name: str = "eps",
+) -> None:
+  """Checks a named optimizer's orthogonalization arguments under its names.
+
+  ``eps_name`` is what the optimizer calls the engine's epsilon (``eps`` in
+  :func:`muon`, ``ns_eps`` where ``eps`` is another epsilon).
+  """
+  _checks.check_choice(method, "method", _orthogonalize.METHODS)
+  if coeffs is not None:
+    _coefficients.resolve_coefficients(coeffs, (2, 3), steps)
+  elif steps is not None:
+    _coefficients.check_steps(steps)
+  _checks.check_choice(
+      normalization, "normalization", (None,) + _normalization.NORMALIZATIONS
+  )
+  _checks.check_number(eps, eps_name, low=0.0, optional=True)
+  if compute_dtype is not None:
+    _checks.check_compute_dtype(compute_dtype, jnp.float32)
 
 
 def matrix_and_adam(
@@ -107,6 +171,7 @@ def matrix_and_adam(
     skip_nonfinite: bool = True,
     mu_dtype=None,
     nu_dtype=None,
+    name: str = "optimizer",
 ) -> optax.GradientTransformation:
   """Sends matrices to ``matrix_tx`` and every other leaf to AdamW.
 
@@ -133,6 +198,7 @@ def matrix_and_adam(
     nu_dtype: storage of AdamW's second moment; a quantized format stores
       it in the unsigned code of its width (see :func:`scale_by_adam
       <ortho_optax.transforms.adam.scale_by_adam>`).
+    name: the optimizer's name, for error messages.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -141,6 +207,14 @@ def matrix_and_adam(
   if adam_learning_rate is None:
     adam_learning_rate = learning_rate
   check_learning_rate(adam_learning_rate, "adam_learning_rate")
+  check_beta(adam_b1, "adam_b1")
+  check_beta(adam_b2, "adam_b2")
+  check_nonnegative(adam_eps, "adam_eps")
+  check_nonnegative(adam_weight_decay, "adam_weight_decay")
+  _routing.check_labels(labels)
+  _routing.check_rules(rules)
+  _routing.check_dimension_numbers(dimension_numbers)
+  _checks.check_bool(skip_nonfinite, "skip_nonfinite")
   if other_tx is None:
     check_nonnegative(adam_weight_decay, "adam_weight_decay")
     if mu_dtype is None and nu_dtype is None:
@@ -169,7 +243,7 @@ def matrix_and_adam(
   )
   if skip_nonfinite:
     tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
-  return tx
+  return _structure.check_like_init(tx, name)
 
 
 def variant_of(base, **defaults):

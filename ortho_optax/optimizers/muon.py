@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -70,16 +71,15 @@ def muon(
   Settings that reproduce the reference Muon step (KellerJordan/Muon,
   float32) operation for operation:
 
-  .. code-block:: python
-
-    muon(lr, method="newton_schulz")
+  >>> import ortho_optax
+  >>> lr = 0.02
+  >>> tx = ortho_optax.muon(lr, method="newton_schulz")
 
   Settings that reproduce ``optax.contrib.muon(lr)`` on its Muon leaves:
 
-  .. code-block:: python
-
-    muon(lr, bias_correction=True, method="newton_schulz", eps=1e-8,
-         adam_b2=0.999)
+  >>> tx = ortho_optax.muon(
+  ...     lr, bias_correction=True, method="newton_schulz", eps=1e-8,
+  ...     adam_b2=0.999)
 
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
@@ -145,6 +145,18 @@ def muon(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
+  _checks.check_choice(momentum_form, "momentum_form", _momentum.FORMS)
+  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms")
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=eps,
+      compute_dtype=compute_dtype,
+  )
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -191,6 +203,7 @@ def muon(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="muon",
   )
 
 

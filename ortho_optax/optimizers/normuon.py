@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -72,10 +73,11 @@ def normuon(
   Settings that reproduce the reference step (zichongli5/NorMuon,
   ``normuon.py``; float32):
 
-  .. code-block:: python
-
-    normuon(lr, method="newton_schulz", coeffs="muon",
-            normalization="frobenius", ns_eps=1e-7)
+  >>> import ortho_optax
+  >>> lr = 0.02
+  >>> tx = ortho_optax.normuon(
+  ...     lr, method="newton_schulz", coeffs="muon",
+  ...     normalization="frobenius", ns_eps=1e-7)
 
   Reference defaults: ``lr=0.02``, ``weight_decay=0``, ``beta=beta2=0.95``.
 
@@ -126,6 +128,20 @@ def normuon(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
+  _checks.check_choice(rescale, "rescale", _neuron_norm.RESCALES)
+  _checks.check_choice(
+      shape_rule, "shape_rule", (None,) + _shape.SHAPE_RULES
+  )
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+      eps_name="ns_eps",
+  )
   if shape_rule is None:
     shape_rule = "muon" if rescale == "frobenius" else "none"
   branch_dn = functools.partial(
@@ -171,4 +187,5 @@ def normuon(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="normuon",
   )

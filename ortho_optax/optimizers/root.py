@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -116,6 +117,17 @@ def root(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
+  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms", optional=True)
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=eps,
+      compute_dtype=compute_dtype,
+  )
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -161,4 +173,5 @@ def root(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="root",
   )

@@ -121,6 +121,8 @@ def scion_norms(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
   """
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  _checks.check_regex(input_pattern, "input_pattern", optional=True)
+  _checks.check_regex(output_pattern, "output_pattern", optional=True)
   table = SCION_PRESETS[preset]
   leaves, treedef = jax.tree_util.tree_flatten_with_path(
       params, is_leaf=_is_masked
@@ -250,11 +252,13 @@ def scion(
   Reference defaults (LIONS-EPFL/scion): ``alpha=0.1``, constrained;
   the reference runs Newton-Schulz with Muon's coefficients in bfloat16:
 
-  .. code-block:: python
-
-    scion(lr, method="newton_schulz", coeffs="muon",
-          normalization="frobenius", ns_eps=1e-7,
-          compute_dtype=jnp.bfloat16)
+  >>> import jax.numpy as jnp
+  >>> import ortho_optax
+  >>> lr = 0.02
+  >>> tx = ortho_optax.scion(
+  ...     lr, method="newton_schulz", coeffs="muon",
+  ...     normalization="frobenius", ns_eps=1e-7,
+  ...     compute_dtype=jnp.bfloat16)
 
   Args:
     learning_rate: :math:`\gamma` (or a schedule); at most 1 when
@@ -303,11 +307,24 @@ def scion(
   _base.check_learning_rate(learning_rate)
   _trust_region.check_alpha(alpha)
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  _checks.check_bool(constrained, "constrained")
+  _checks.check_nonnegative(eps, "eps")
+  _lmo.check_norms(norms, "norms")
+  _lmo.check_radius(radii, "radii")
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+      eps_name="ns_eps",
+  )
   if constrained and not callable(learning_rate):
-    try:
-      too_large = float(learning_rate) > 1.0
-    except TypeError:  # traced under inject_hyperparams
-      too_large = False
+    # Traced under inject_hyperparams: not checked.
+    too_large = not _checks.is_traced(learning_rate) and (
+        float(learning_rate) > 1.0
+    )
     if too_large:
       raise ValueError(
           "`learning_rate` must be <= 1 with `constrained=True` (the SCG"
@@ -327,13 +344,8 @@ def scion(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=ns_eps,
-              compute_dtype=compute_dtype,
+          **_base.lmo_engine_options(
+              method, coeffs, steps, normalization, ns_eps, compute_dtype
           ),
       ),
       optax.add_decayed_weights(1.0 if constrained else 0.0),
@@ -358,6 +370,7 @@ def scion(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="scion",
   )
 
 
@@ -424,6 +437,10 @@ def scion_init(
         f" {type(key).__name__}."
     )
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
+  _lmo.check_norms(norms, "norms")
+  _lmo.check_radius(radii, "radii")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
   norms, radii, branch_dn = _lmo_arguments(
       preset, norms, radii, dimension_numbers, rules
   )

@@ -7,6 +7,7 @@ import functools
 import jax
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
@@ -16,14 +17,7 @@ from ortho_optax.transforms import momentum as _momentum
 
 def check_alpha(alpha, name: str = "alpha") -> None:
   """Raises unless a concrete ``alpha`` lies in ``(0, 1]``."""
-  if isinstance(alpha, jax.core.Tracer) or callable(alpha):
-    return
-  try:
-    a = float(alpha)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"`{name}` must be a number, got {alpha!r}.") from e
-  if not 0.0 < a <= 1.0:
-    raise ValueError(f"`{name}` must be in (0, 1], got {alpha!r}.")
+  _checks.check_number(alpha, name, low=0.0, high=1.0, low_open=True)
 
 
 def _unit_norms(norm):
@@ -145,7 +139,19 @@ def trust_region(
   """
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
+  _base.check_mask(weight_decay_mask)
   check_alpha(alpha)
+  _lmo.check_norms(norm, "norm")
+  _checks.check_nonnegative(eps, "eps")
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+      eps_name="ns_eps",
+  )
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -161,13 +167,8 @@ def trust_region(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=ns_eps,
-              compute_dtype=compute_dtype,
+          **_base.lmo_engine_options(
+              method, coeffs, steps, normalization, ns_eps, compute_dtype
           ),
       ),
       optax.add_decayed_weights(weight_decay, weight_decay_mask),
@@ -187,4 +188,5 @@ def trust_region(
       skip_nonfinite=skip_nonfinite,
       mu_dtype=mu_dtype,
       nu_dtype=nu_dtype,
+      name="trust_region",
   )

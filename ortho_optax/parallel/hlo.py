@@ -109,6 +109,15 @@ def _matching(s: str, start: int) -> int:
   return len(s)
 
 
+def _check_text(hlo_text) -> None:
+  if not isinstance(hlo_text, str):
+    raise TypeError(
+        "`hlo_text` must be the text of a compiled program"
+        " (`jax.jit(f).lower(*args).compile().as_text()`), got"
+        f" {type(hlo_text).__name__}."
+    )
+
+
 def _parse(text: str):
   """Computations: name -> list of (name, shape, opcode, operands, attrs)."""
   text = re.sub(r"/\*.*?\*/", "", text)
@@ -205,6 +214,7 @@ def matmul_flops(hlo_text: str) -> int:
   Returns:
     The FLOP count.
   """
+  _check_text(hlo_text)
   comps, entry = _parse(hlo_text)
   shapes = _shapes(comps)
   mult, _ = _multiplicities(comps, entry)
@@ -254,6 +264,7 @@ def collective_bytes(hlo_text: str) -> CollectiveStats:
   Returns:
     A :class:`CollectiveStats`.
   """
+  _check_text(hlo_text)
   comps, entry = _parse(hlo_text)
   shapes = _shapes(comps)
   mult, unknown = _multiplicities(comps, entry)

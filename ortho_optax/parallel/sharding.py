@@ -102,6 +102,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import AxisType
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -154,14 +155,31 @@ def canonicalize(sharding) -> ShardingOptions:
         f" ShardingOptions, got {sharding!r}."
     )
   if options.strategy not in STRATEGIES:
+    name = "strategy" if isinstance(sharding, ShardingOptions) else "sharding"
     raise ValueError(
-        f"Unknown `sharding` strategy {options.strategy!r}; accepted values"
-        f" are {STRATEGIES}."
+        f"Unknown `{name}` {options.strategy!r}; accepted values are"
+        f" {STRATEGIES}"
+        + (", or a ShardingOptions" if name == "sharding" else "")
+        + "."
     )
-  if options.max_matrix_bytes is not None and options.max_matrix_bytes < 0:
+  limit = options.max_matrix_bytes
+  if limit is not None and (
+      isinstance(limit, bool) or not isinstance(limit, (int, np.integer))
+  ):
+    raise TypeError(
+        f"`max_matrix_bytes` must be None or an int >= 0, got {limit!r}."
+    )
+  if limit is not None and limit < 0:
     raise ValueError(
-        "`max_matrix_bytes` must be None or >= 0, got"
-        f" {options.max_matrix_bytes}."
+        f"`max_matrix_bytes` must be None or an int >= 0, got {limit!r}."
+    )
+  axes = options.axes
+  if axes is not None and not isinstance(axes, str) and not (
+      isinstance(axes, Sequence) and all(isinstance(a, str) for a in axes)
+  ):
+    raise TypeError(
+        "`axes` must be None, a mesh axis name or a sequence of them, got"
+        f" {axes!r}."
     )
   if options.mesh is not None and not hasattr(options.mesh, "axis_names"):
     raise TypeError(

@@ -129,7 +129,8 @@ def pome(
     >>> import jax.numpy as jnp
     >>> import ortho_optax
     >>> pre = {"w": jnp.zeros((4, 3)), "b": jnp.zeros(3)}
-    >>> ft = {"w": jnp.eye(4, 3) * jnp.array([[3.0, 2.0, 1.0]]), "b": jnp.ones(3)}
+    >>> ft = {"w": jnp.eye(4, 3) * jnp.array([[3.0, 2.0, 1.0]]),
+    ...       "b": jnp.ones(3)}
     >>> edited = ortho_optax.pome(pre, ft, rank_ratio=0.6)  # k = ceil(1.8) = 2
     >>> jnp.linalg.svd(edited["w"], compute_uv=False).round(4)
     Array([2.5, 2.5, 0. ], dtype=float32)

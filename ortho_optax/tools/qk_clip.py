@@ -87,13 +87,14 @@ def qk_clip(
     Kimi Team, `Kimi K2: Open Agentic Intelligence
     <https://arxiv.org/abs/2507.20534>`_, 2025
   """
-  if not isinstance(tau, jax.core.Tracer):
-    if not _checks.check_nonnegative(tau, "tau") > 0:
-      raise ValueError(f"`tau` must be > 0, got {tau!r}.")
-  if not isinstance(alpha, jax.core.Tracer):
-    a = float(alpha)
-    if not 0.0 <= a <= 1.0:
-      raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}.")
+  _checks.check_positive(tau, "tau")
+  _checks.check_number(alpha, "alpha", low=0.0, high=1.0)
+  _checks.check_str(query_key, "query_key")
+  _checks.check_str(key_key, "key_key")
+  if query_key == key_key:
+    raise ValueError(
+        f"`query_key` and `key_key` must differ, both are {query_key!r}."
+    )
   logits = {
       _names(p): s
       for p, s in jax.tree_util.tree_leaves_with_path(max_logits)
@@ -119,7 +120,7 @@ def qk_clip(
     ):
       raise ValueError(
           f"The leaf at {where} with shape {tuple(x.shape)} does not match"
-          f" max_logits of shape {tuple(s.shape)}: expected a kernel"
+          f" `max_logits` of shape {tuple(s.shape)}: expected a kernel"
           " (..., in, heads, head_dim) or a bias (..., heads, head_dim) with"
           " max_logits (..., heads)."
       )
@@ -137,7 +138,7 @@ def qk_clip(
   if missing:
     names = sorted(str(m) for m in missing)
     raise ValueError(
-        f"max_logits names modules {names} that have no {query_key!r} or"
+        f"`max_logits` names modules {names} that have no {query_key!r} or"
         f" {key_key!r} leaves in params."
     )
   return out

@@ -13,6 +13,7 @@ from ortho_optax import routing as _routing
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import neuron_norm as _neuron_norm
+from ortho_optax.transforms import structure as _structure
 
 
 class ScaleByElementwiseNormState(NamedTuple):
@@ -70,9 +71,10 @@ def scale_by_elementwise_norm(
     <https://arxiv.org/abs/2507.11005>`_, 2025
   """
   _momentum.check_beta(beta, "beta")
-  for value, name in ((eps, "eps"), (rms, "rms")):
-    if not isinstance(value, jax.core.Tracer):
-      _checks.check_nonnegative(value, name)
+  _checks.check_nonnegative(eps, "eps")
+  _checks.check_positive(rms, "rms")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   storage = _storage.as_storage(nu_dtype, "nu_dtype", second_moment=True)
   if _storage.is_quantized(storage) and storage.stochastic:
@@ -105,4 +107,7 @@ def scale_by_elementwise_norm(
         nu=_storage.store(nu, storage, state.nu)
     )
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _structure.check_like_init(
+      optax.GradientTransformation(init_fn, update_fn),
+      "scale_by_elementwise_norm",
+  )

@@ -13,6 +13,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import orthogonalization as _orthogonalization
 
@@ -58,7 +59,11 @@ class LMONorm:
   unit: bool = False
 
   def __post_init__(self):
-    _checks.check_choice(self.name, "norm", NORMS)
+    _checks.check_choice(self.name, "name", NORMS)
+    if self.normalized is not None:
+      _checks.check_bool(self.normalized, "normalized")
+    _checks.check_bool(self.max, "max")
+    _checks.check_bool(self.unit, "unit")
 
   def is_normalized(self, kind: str) -> bool:
     """The ``normalized`` flag for the concrete norm ``kind``."""
@@ -165,13 +170,20 @@ def _bias_rms(x, eps):
   return x / (rms + eps)
 
 
-def _check_radius(radius) -> None:
+def check_norms(norm, name: str = "norm") -> None:
+  """Raises unless ``norm`` is a norm, a (prefix) tree of them or callable."""
+  if callable(norm) and not isinstance(norm, LMONorm):
+    return
+  for value in jax.tree.leaves(norm, is_leaf=is_norm_value):
+    as_norm(value, name)
+
+
+def check_radius(radius, name: str = "radius") -> None:
+  """Raises unless ``radius`` is a number >= 0, a tree of them or callable."""
   if callable(radius):
     return
   for r in jax.tree.leaves(radius):
-    if isinstance(r, jax.core.Tracer):
-      continue
-    _checks.check_nonnegative(r, "radius")
+    _checks.check_nonnegative(r, name)
 
 
 def scale_by_lmo(
@@ -183,6 +195,7 @@ def scale_by_lmo(
     dimension_numbers=None,
     rules: _routing.Rules = None,
     sharding: str | _sharding.ShardingOptions | None = None,
+    ns_eps: float | None = None,
     **engine_options,
 ) -> optax.GradientTransformation:
   r"""The dual-norm direction of each leaf, times its radius.
@@ -242,6 +255,8 @@ def scale_by_lmo(
       exclude a leaf: every leaf gets its LMO).
     rules: routing overrides, see :func:`label_params`.
     sharding: as in :func:`scale_by_orthogonalization`.
+    ns_eps: the engine's normalization epsilon (its ``eps``; ``eps`` here
+      is the LMOs'); ``None`` for the engine's default.
     **engine_options: options of the engine (``coeffs``, ``steps``, ...).
 
   Returns:
@@ -255,12 +270,14 @@ def scale_by_lmo(
     via Non-Euclidean Trust-Region Optimization
     <https://arxiv.org/abs/2503.12645>`_, 2025
   """
-  if not callable(norm) or isinstance(norm, LMONorm):
-    for value in jax.tree.leaves(norm, is_leaf=is_norm_value):
-      as_norm(value)
-  _check_radius(radius)
-  if not isinstance(eps, jax.core.Tracer):
-    _checks.check_nonnegative(eps, "eps")
+  check_norms(norm)
+  check_radius(radius)
+  _checks.check_nonnegative(eps, "eps")
+  _checks.check_choice(method, "method", _orthogonalize.METHODS)
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
+  if ns_eps is not None:
+    engine_options["eps"] = _checks.check_nonnegative(ns_eps, "ns_eps")
 
   def plan(updates):
     """Per leaf: ``(leaf, dn, norm, kind)`` (``kind`` None: unchanged)."""
@@ -307,7 +324,7 @@ def scale_by_lmo(
     plan(params)
     polar.init(params)  # records the parameters' layouts for "distribute"
     if callable(radius):
-      _check_radius(radius(params))
+      check_radius(radius(params))
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):

@@ -10,6 +10,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax.state import storage as _storage
+from ortho_optax.transforms import structure as _structure
 
 FORMS = ("ema", "sum")
 
@@ -26,14 +27,7 @@ def check_beta(beta, name: str = "beta") -> None:
 
   Traced values (under ``inject_hyperparams``) are not checked.
   """
-  if isinstance(beta, jax.core.Tracer) or callable(beta):
-    return
-  try:
-    b = float(beta)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"`{name}` must be a number, got {beta!r}.") from e
-  if not 0.0 <= b < 1.0:
-    raise ValueError(f"`{name}` must be in [0, 1), got {beta!r}.")
+  _checks.check_number(beta, name, low=0.0, high=1.0, high_open=True)
 
 
 def scale_by_momentum(
@@ -86,7 +80,9 @@ def scale_by_momentum(
     <https://arxiv.org/abs/2502.16982>`_, 2025
   """
   check_beta(beta)
+  _checks.check_bool(nesterov, "nesterov")
   _checks.check_choice(form, "form", FORMS)
+  _checks.check_bool(bias_correction, "bias_correction")
   if bias_correction and form != "ema":
     raise ValueError(
         "`bias_correction=True` is only defined for `form='ema'`, got"
@@ -95,6 +91,11 @@ def scale_by_momentum(
   storage = _storage.as_storage(mu_dtype, "mu_dtype")
 
   def init_fn(params):
+    for path, x in jax.tree_util.tree_leaves_with_path(params):
+      _checks.check_state_dtype_for(
+          storage, jnp.result_type(x), "mu_dtype",
+          jax.tree_util.keystr(path),
+      )
     return ScaleByMomentumState(
         count=jnp.zeros([], jnp.int32),
         mu=_storage.zeros(params, storage, "mu_dtype"),
@@ -147,4 +148,6 @@ def scale_by_momentum(
     mu = _storage.store(mu, storage, state.mu, count)
     return out, ScaleByMomentumState(count=count, mu=mu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _structure.check_like_init(
+      optax.GradientTransformation(init_fn, update_fn), "scale_by_momentum"
+  )

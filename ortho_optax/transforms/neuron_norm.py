@@ -11,6 +11,7 @@ import optax
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.transforms import momentum as _momentum
+from ortho_optax.transforms import structure as _structure
 
 RESCALES = ("frobenius", "rms")
 
@@ -126,9 +127,10 @@ def scale_by_neuron_norm(
   """
   _momentum.check_beta(beta2, "beta2")
   _checks.check_choice(rescale, "rescale", RESCALES)
-  for value, name in ((eps, "eps"), (rms, "rms")):
-    if not isinstance(value, jax.core.Tracer):
-      _checks.check_nonnegative(value, name)
+  _checks.check_nonnegative(eps, "eps")
+  _checks.check_positive(rms, "rms")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
@@ -155,4 +157,6 @@ def scale_by_neuron_norm(
     updates, nu = map_with_state(normalize, updates, state.nu, dns)
     return updates, ScaleByNeuronNormState(nu=nu)
 
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _structure.check_like_init(
+      optax.GradientTransformation(init_fn, update_fn), "scale_by_neuron_norm"
+  )

@@ -61,6 +61,8 @@ def scale_by_orthogonalization(
     <https://kellerjordan.github.io/posts/muon/>`_, 2024
   """
   _checks.check_choice(method, "method", _orthogonalize.METHODS)
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
   sharding = _sharding.canonicalize(sharding)
   # Surface bad engine options now rather than at the first update.
   jax.eval_shape(

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 
 # ROOT adds this to the quantile (example_train.py).
@@ -15,14 +16,7 @@ QUANTILE_OFFSET = 1e-9
 
 
 def _check_q(q) -> None:
-  if isinstance(q, jax.core.Tracer):
-    return
-  try:
-    v = float(q)
-  except (TypeError, ValueError) as e:
-    raise TypeError(f"`q` must be a number, got {q!r}.") from e
-  if not 0.0 <= v <= 1.0:
-    raise ValueError(f"`q` must be in [0, 1], got {q!r}.")
+  _checks.check_number(q, "q", low=0.0, high=1.0)
 
 
 def _order_statistic(bits: jax.Array, k: jax.Array) -> jax.Array:
@@ -118,6 +112,8 @@ def clip_by_quantile(
     Training <https://arxiv.org/abs/2511.20626>`_, 2025
   """
   _check_q(q)
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   def init_fn(params):
     _routing.resolve_dimension_numbers(params, dimension_numbers, rules)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import jax
 import optax
 
 from ortho_optax import checks as _checks
@@ -64,8 +63,9 @@ def scale_by_shape(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
   """
   _checks.check_choice(rule, "rule", SHAPE_RULES)
-  if rule == "moonlight" and not isinstance(rms, jax.core.Tracer):
-    _checks.check_nonnegative(rms, "rms")
+  _checks.check_positive(rms, "rms")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   def init_fn(params):
     _routing.resolve_dimension_numbers(params, dimension_numbers, rules)

@@ -1,0 +1,469 @@
+"""Every argument of every public function is checked, under its own name.
+
+``BAD`` holds, per public callable, one bad value per argument and the error
+it must raise at the call (a transform when it is built, not at its first
+update); the message must name the argument as the user typed it.
+``test_every_argument_is_covered`` walks ``ortho_optax.__all__`` signature by
+signature, so a new argument needs a row here (or a reason in ``EXEMPT``).
+"""
+
+import functools
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ortho_optax as oo
+
+X = jnp.ones((4, 8))
+KEY = jax.random.key(0)
+PARAMS = {"w": jnp.ones((4, 8)), "b": jnp.zeros(8)}
+ATTN = {"a": {"query": {"kernel": jnp.ones((4, 2, 3))},
+              "key": {"kernel": jnp.ones((4, 2, 3))}}}
+
+
+@functools.cache
+def _hlo():
+  return jax.jit(jnp.sin).lower(X).compile().as_text()
+
+
+def _lr(fn):
+  return lambda learning_rate=0.01, **kw: fn(learning_rate, **kw)
+
+
+def _abstract(call):
+  """Runs ``call`` under ``jax.eval_shape``: the checks run when tracing,
+  and nothing is computed (eager engines are slow on CPU)."""
+  return lambda **kw: jax.eval_shape(lambda: call(**kw))
+
+
+def _x(fn):
+  return _abstract(lambda x=X, **kw: fn(x, **kw))
+
+
+# Each entry calls the public callable with valid required arguments, which
+# the keyword arguments may replace.
+CALLS = {
+    "muon": _lr(oo.muon),
+    "turbo_muon": _lr(oo.turbo_muon),
+    "normuon": _lr(oo.normuon),
+    "adamuon": _lr(oo.adamuon),
+    "root": _lr(oo.root),
+    "auon": _lr(oo.auon),
+    "hybrid_auon": _lr(oo.hybrid_auon),
+    "scion": _lr(oo.scion),
+    "trust_region": _lr(oo.trust_region),
+    "scale_by_momentum": oo.scale_by_momentum,
+    "scale_by_orthogonalization": oo.scale_by_orthogonalization,
+    "scale_by_lmo": lambda norm="spectral", **kw: oo.scale_by_lmo(norm, **kw),
+    "scale_by_shape": oo.scale_by_shape,
+    "scale_by_neuron_norm": oo.scale_by_neuron_norm,
+    "scale_by_elementwise_norm": oo.scale_by_elementwise_norm,
+    "clip_by_quantile": oo.clip_by_quantile,
+    "newton_schulz": _x(oo.newton_schulz),
+    "gram_newton_schulz": _x(oo.gram_newton_schulz),
+    "polar_svd": _x(oo.polar_svd),
+    "auon_orthogonalize": _x(oo.auon_orthogonalize),
+    "orthogonalize": _x(oo.orthogonalize),
+    "orthogonalize_flops": (
+        lambda shape=(4, 8), **kw: oo.orthogonalize_flops(shape, **kw)
+    ),
+    "select_method": lambda shape=(4, 8), **kw: oo.select_method(shape, **kw),
+    "orthogonality_error": _abstract(
+        lambda y=X, x=X: oo.orthogonality_error(y, x)
+    ),
+    "count_matmul_flops": (
+        lambda fn=jnp.sin, **kw: oo.count_matmul_flops(fn, X, **kw)
+    ),
+    "collective_bytes": lambda hlo_text=...: oo.collective_bytes(
+        _hlo() if hlo_text is ... else hlo_text
+    ),
+    "compiled_matmul_flops": lambda hlo_text=...: oo.compiled_matmul_flops(
+        _hlo() if hlo_text is ... else hlo_text
+    ),
+    "dimension_numbers_tree": (
+        lambda params=PARAMS, **kw: oo.dimension_numbers_tree(params, **kw)
+    ),
+    "label_params": lambda params=PARAMS, **kw: oo.label_params(params, **kw),
+    "scion_norms": lambda params=PARAMS, **kw: oo.scion_norms(params, **kw),
+    "scion_init": _abstract(
+        lambda key=KEY, params=PARAMS, **kw: oo.scion_init(
+            key, params, **kw
+        )
+    ),
+    "pome": _abstract(
+        lambda pretrained=PARAMS, finetuned=PARAMS, **kw: oo.pome(
+            pretrained, finetuned, **kw
+        )
+    ),
+    "qk_clip": _abstract(
+        lambda params=ATTN, max_logits=None, **kw: oo.qk_clip(
+            params,
+            {"a": jnp.ones(2)} if max_logits is None else max_logits,
+            **kw,
+        )
+    ),
+    "LMONorm": lambda name="spectral", **kw: oo.LMONorm(name, **kw),
+    "CoefficientTable": (
+        lambda name="t", rows=((3.0, -4.0, 2.0),), **kw: oo.CoefficientTable(
+            name, rows, **kw
+        )
+    ),
+    # Named tuples are checked where they are used.
+    "ShardingOptions": lambda **kw: oo.scale_by_orthogonalization(
+        sharding=oo.ShardingOptions(**kw)
+    ),
+    "DimensionNumbers": lambda **kw: oo.label_params(
+        {"w": X}, dimension_numbers=oo.DimensionNumbers(**kw)
+    ),
+}
+
+V, T = ValueError, TypeError
+
+# Arguments every named optimizer takes.
+_OPTIMIZER_COMMON = [
+    ("learning_rate", -0.1, V),
+    ("learning_rate", "fast", T),
+    ("adam_learning_rate", float("inf"), V),
+    ("adam_b1", 1.5, V),
+    ("adam_b2", -1, V),
+    ("adam_eps", -1, V),
+    ("adam_weight_decay", -1.0, V),
+    ("labels", {"w": "sideways", "b": "adam"}, V),
+    ("rules", [("w", "sideways")], V),
+    ("dimension_numbers", "sideways", V),
+    ("mu_dtype", jnp.int32, T),
+    ("sharding", "everywhere", V),
+    ("skip_nonfinite", "yes", T),
+]
+_WEIGHT_DECAY = [("weight_decay", -1.0, V), ("weight_decay_mask", "yes", T)]
+_ENGINE = [
+    ("method", "qr", V),
+    ("coeffs", "nope", V),
+    ("steps", 0, V),
+    ("normalization", "l7", V),
+    ("compute_dtype", jnp.int32, T),
+]
+_MUON_LIKE = [("beta", 1.5, V), ("nesterov", "yes", T)]
+_MUON_OWN = [
+    ("momentum_form", "x", V),
+    ("bias_correction", "yes", T),
+    ("eps", -1.0, V),
+    ("shape_rule", "x", V),
+    ("shape_rms", -1, V),
+]
+_AUON_OWN = [
+    ("gamma", -1.0, V),
+    ("hybrid_steps", -1, V),
+    ("eps", -1.0, V),
+    ("shape_rule", "x", V),
+    ("shape_rms", -1, V),
+]
+_ROUTING = [("dimension_numbers", "sideways", V), ("rules", "w", T)]
+
+BAD = {
+    "muon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
+    + _MUON_OWN,
+    "turbo_muon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
+    + _MUON_OWN,
+    "normuon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+        ("beta2", 1.0, V),
+        ("eps", -1.0, V),
+        ("rescale", "l2", V),
+        ("rms", -0.2, V),
+        ("shape_rule", "x", V),
+        ("ns_eps", -1.0, V),
+    ],
+    "adamuon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+        ("eps", -1.0, V),
+        ("sign", "yes", T),
+        ("rms", -0.2, V),
+        ("ns_eps", -1.0, V),
+    ],
+    "root": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+        ("q", 1.5, V),
+        ("eps", -1.0, V),
+        ("shape_rule", "x", V),
+        ("shape_rms", -1, V),
+    ],
+    "auon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
+    "hybrid_auon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
+    "scion": _OPTIMIZER_COMMON + _ENGINE + [
+        ("preset", "vit", V),
+        ("norms", "l1", V),
+        ("norms", {"w": "spectral", "b": "l2"}, V),
+        ("radii", -1.0, V),
+        ("radii", {"w": 1.0, "b": -3.0}, V),
+        ("alpha", 0.0, V),
+        ("constrained", "maybe", T),
+        ("eps", -1.0, V),
+        ("ns_eps", -1.0, V),
+    ],
+    "trust_region": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
+        ("norm", "nuclear", V),
+        ("alpha", 1.5, V),
+        ("eps", -1.0, V),
+        ("ns_eps", -1.0, V),
+    ],
+    "scale_by_momentum": [
+        ("beta", 1.0, V),
+        ("beta", "high", T),
+        ("nesterov", "yes", T),
+        ("form", "x", V),
+        ("bias_correction", 1, T),
+        ("mu_dtype", jnp.int32, T),
+        ("mu_dtype", jnp.bool_, T),
+        ("mu_dtype", "floaty", T),
+    ],
+    "scale_by_orthogonalization": _ROUTING + [
+        ("method", "qr", V),
+        ("sharding", "everywhere", V),
+    ],
+    "scale_by_lmo": _ROUTING + [
+        ("norm", "nuclear", V),
+        ("radius", -1.0, V),
+        ("eps", -1.0, V),
+        ("method", "qr", V),
+        ("sharding", "everywhere", V),
+        ("ns_eps", -1.0, V),
+    ],
+    "scale_by_shape": _ROUTING + [("rule", "x", V), ("rms", -1.0, V)],
+    "scale_by_neuron_norm": _ROUTING + [
+        ("beta2", 1.0, V),
+        ("eps", -1.0, V),
+        ("rescale", "l2", V),
+        ("rms", 0.0, V),
+    ],
+    "scale_by_elementwise_norm": _ROUTING + [
+        ("beta", -0.1, V),
+        ("eps", float("nan"), V),
+        ("rms", -1.0, V),
+    ],
+    "clip_by_quantile": _ROUTING + [("q", 1.5, V), ("q", "high", T)],
+    "newton_schulz": [
+        ("x", jnp.ones(3), V),
+        ("x", "matrix", T),
+        ("coeffs", "nope", V),
+        ("steps", 0, V),
+        ("normalization", "l7", V),
+        ("eps", -1.0, V),
+        ("compute_dtype", jnp.int32, T),
+    ],
+    "gram_newton_schulz": [
+        ("x", jnp.ones((4, 8), jnp.int32), T),
+        ("coeffs", "nope", V),
+        ("steps", 1.5, T),
+        ("restarts", (7,), V),
+        ("normalization", "l7", V),
+        ("eps", -1.0, V),
+        ("compute_dtype", "floaty", T),
+    ],
+    "polar_svd": [("x", jnp.ones(3), V)],
+    "auon_orthogonalize": [
+        ("x", jnp.ones(3), V),
+        ("gamma", -1.0, V),
+        ("hybrid_steps", -1, V),
+        ("eps", -1.0, V),
+    ],
+    "orthogonalize": [("x", jnp.ones(3), V), ("method", "qr", V)],
+    "orthogonalize_flops": [
+        ("shape", 5, T),
+        ("shape", (4,), V),
+        ("method", "qr", V),
+        ("dtype", "notadtype", T),
+    ],
+    "select_method": [("shape", (4,), V), ("dtype", "notadtype", T)],
+    "orthogonality_error": [("y", jnp.ones(3), V), ("x", jnp.ones((8, 4)), V)],
+    "count_matmul_flops": [("fn", 3, T)],
+    "collective_bytes": [("hlo_text", 3, T)],
+    "compiled_matmul_flops": [("hlo_text", None, T)],
+    "dimension_numbers_tree": [
+        ("rules", [("w", "sideways")], V),
+        ("dimension_numbers", {"w": "sideways", "b": None}, V),
+        ("use_names", "yes", T),
+    ],
+    "label_params": [
+        ("rules", [("(", "adam")], V),
+        ("dimension_numbers", "sideways", V),
+    ],
+    "scion_norms": [
+        ("preset", "vit", V),
+        ("input_pattern", "(", V),
+        ("output_pattern", 3, T),
+    ],
+    "scion_init": [
+        ("key", 0, T),
+        ("preset", "vit", V),
+        ("norms", "l1", V),
+        ("radii", -1.0, V),
+        ("dimension_numbers", "sideways", V),
+        ("rules", [("w", "sideways")], V),
+    ],
+    "pome": [
+        ("pretrained", {"w": jnp.ones((4, 8))}, V),
+        ("finetuned", {"w": jnp.ones((4, 8))}, V),
+        ("rank_ratio", 0.0, V),
+        ("scale", "max", V),
+        ("alpha", -1.0, V),
+        ("mask", {"w": True}, V),
+    ],
+    "qk_clip": [
+        ("max_logits", {"b": jnp.ones(2)}, V),
+        ("tau", 0.0, V),
+        ("alpha", 2.0, V),
+        ("alpha", "half", T),
+        ("query_key", 3, T),
+        ("key_key", "query", V),
+    ],
+    "LMONorm": [
+        ("name", "rms", V),
+        ("normalized", "yes", T),
+        ("max", "yes", T),
+        ("unit", 1, T),
+    ],
+    "CoefficientTable": [
+        ("name", 3, T),
+        ("rows", ((1.0, 2.0),), V),
+        ("input_scale", 0.5, V),
+        ("normalization", "l7", V),
+        ("source", 3, T),
+        ("by_shape", (((8, 4), (1.0, 2.0, 3.0)),), V),
+    ],
+    "ShardingOptions": [
+        ("strategy", "everywhere", V),
+        ("mesh", "mesh", T),
+        ("axes", 3, T),
+        ("max_matrix_bytes", -1, V),
+    ],
+    "DimensionNumbers": [
+        ("reduction_axis", "a", T),
+        ("output_axis", 1.5, T),
+    ],
+}
+
+# Arguments that take any value of their kind, with the reason.
+EXEMPT = {
+    ("count_matmul_flops", "args"): "the traced function's own arguments",
+    ("count_matmul_flops", "kwargs"): "the traced function's own arguments",
+    ("dimension_numbers_tree", "params"): "any tree",
+    ("label_params", "params"): "any tree",
+    ("scion_norms", "params"): "any tree",
+    ("scion_init", "params"): "any tree",
+    ("qk_clip", "params"): "any tree; max_logits is checked against it",
+    ("scale_by_orthogonalization", "engine_options"): "the engine's (below)",
+    ("scale_by_lmo", "engine_options"): "the engine's (below)",
+    ("orthogonalize", "options"): "the engine's (below)",
+    ("orthogonalize_flops", "options"): "the engine's (below)",
+    ("select_method", "options"): "the engine's (below)",
+    ("ShardingOptions", "param_shardings"): (
+        "a tree or callable matched against the updates at update time"
+    ),
+}
+
+# The exception's message names the argument this way (default `name`).
+NAMED = {
+    ("DimensionNumbers", "reduction_axis"): "reduction_axis='a'",
+    ("DimensionNumbers", "output_axis"): "output_axis=1.5",
+    ("pome", "pretrained"): "`pretrained`",
+}
+
+
+def _cases():
+  for fn, rows in BAD.items():
+    for arg, value, error in rows:
+      yield pytest.param(fn, arg, value, error, id=f"{fn}-{arg}-{value!r}")
+
+
+@pytest.mark.parametrize("fn, arg, value, error", _cases())
+def test_bad_argument_raises_naming_it(fn, arg, value, error):
+  with pytest.raises(error) as info:
+    CALLS[fn](**{arg: value})
+  assert NAMED.get((fn, arg), f"`{arg}`") in str(info.value)
+
+
+def _public_callables():
+  for name in oo.__all__:
+    obj = getattr(oo, name)
+    if callable(obj) and not name.startswith("Scale"):
+      yield name, obj
+
+
+def test_every_argument_is_covered():
+  """Signature by signature: every argument has a bad value in ``BAD``."""
+  missing = []
+  for name, obj in _public_callables():
+    covered = {arg for arg, _, _ in BAD.get(name, ())}
+    for arg in inspect.signature(obj).parameters:
+      if arg not in covered and (name, arg) not in EXEMPT:
+        missing.append(f"{name}({arg}=...)")
+  assert not missing, f"add bad values to BAD for: {missing}"
+
+
+def test_good_values_pass():
+  """Every ``CALLS`` entry works with its defaults: the sweep's errors come
+  from the bad argument alone."""
+  for call in CALLS.values():
+    call()
+
+
+@pytest.mark.parametrize("name", ["muon", "scion", "normuon", "adamuon"])
+def test_concrete_and_traced_hyperparameters_pass(name):
+  """``inject_hyperparams`` makes numbers arrays (tracers under ``jit``):
+  the checks look at concrete arrays and let tracers through."""
+  numeric = dict(
+      muon=dict(beta=0.9, shape_rms=0.2, weight_decay=0.1, eps=1e-7),
+      scion=dict(alpha=0.2, eps=1e-8, ns_eps=1e-7),
+      normuon=dict(beta2=0.9, eps=1e-8, rms=0.2, ns_eps=1e-7),
+      adamuon=dict(eps=1e-8, rms=0.2, weight_decay=0.1, ns_eps=1e-7),
+  )[name]
+  numeric.update(learning_rate=0.01, adam_b1=0.9, adam_b2=0.99, adam_eps=1e-8)
+  factory = CALLS[name]
+  as_arrays = {k: jnp.asarray(v) for k, v in numeric.items()}
+  factory(**as_arrays).init(PARAMS)
+
+  def traced(hparams):
+    tx = factory(**hparams)
+    return tx.update(PARAMS, tx.init(PARAMS), PARAMS)[0]
+
+  out = jax.eval_shape(traced, as_arrays)
+  assert jax.tree.map(lambda x: x.shape, out) == jax.tree.map(
+      jnp.shape, PARAMS
+  )
+
+
+def test_inject_hyperparams_checks_the_concrete_values():
+  with pytest.raises(ValueError, match="`adam_b1`"):
+    optax.inject_hyperparams(oo.muon)(learning_rate=0.01, adam_b1=1.5).init(
+        PARAMS
+    )
+
+
+@pytest.mark.parametrize("factory", [oo.scion, oo.trust_region])
+def test_ns_eps_reaches_the_engine(factory):
+  """``ns_eps`` is the engine's epsilon, not confused with ``eps``."""
+  x = {"w": jnp.zeros((4, 8))}
+  grads = {"w": jnp.asarray(np.random.default_rng(0).standard_normal((4, 8)),
+                            jnp.float32) * 1e-6}
+  kwargs = dict(method="newton_schulz", coeffs="muon",
+                normalization="frobenius", labels={"w": "orthogonalize"})
+  small = factory(0.1, ns_eps=1e-7, **kwargs)
+  large = factory(0.1, ns_eps=1.0, **kwargs)
+
+  @jax.jit
+  def updates():
+    return (small.update(grads, small.init(x), x)[0]["w"],
+            large.update(grads, large.init(x), x)[0]["w"])
+
+  u_small, u_large = updates()
+  # The Frobenius-normalized input is O(1) with ns_eps = 1e-7 and O(1e-6)
+  # with ns_eps = 1, which the five steps cannot bring back to O(1).
+  assert np.linalg.norm(u_large) < 1e-3 * np.linalg.norm(u_small)
+
+
+def test_mu_dtype_must_hold_complex_leaves():
+  tx = oo.scale_by_momentum(mu_dtype=jnp.float32)
+  with pytest.raises(TypeError, match=r"`mu_dtype`.*\['w'\]"):
+    tx.init({"w": jnp.ones((2, 2), jnp.complex64)})
