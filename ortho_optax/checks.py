@@ -151,6 +151,13 @@ def check_int(value, name: str, *, low: int | None = None,
   accepted = "an int" + (f" >= {low}" if low is not None else "") + (
       " or None" if optional else ""
   )
+  dtype = getattr(value, "dtype", None)
+  if (
+      dtype is not None
+      and np.ndim(value) == 0
+      and jnp.issubdtype(dtype, jnp.integer)
+  ):
+    value = int(value)  # a concrete 0-d array (inject_hyperparams)
   if isinstance(value, (bool, np.bool_)) or not isinstance(
       value, (int, np.integer)
   ):

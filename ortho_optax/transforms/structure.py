@@ -29,6 +29,8 @@ import optax
 
 # The number of mismatched leaves a message lists.
 _MAX_LISTED = 5
+# The number of tree signatures whose abstract init state is kept.
+_MAX_CACHED = 8
 
 _LOCAL = threading.local()
 
@@ -46,10 +48,18 @@ def _where(path) -> str:
 
 
 def _abstract(tree):
-  """``tree`` with every array leaf replaced by its shape and dtype."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(_shape(x), jnp.result_type(x)), tree
-  )
+  """``tree`` with every array leaf replaced by its shape and dtype (and a
+  concrete array's sharding, which an ``init`` may read)."""
+
+  def spec(x):
+    sharding = None
+    if isinstance(x, jax.Array) and not isinstance(x, jax.core.Tracer):
+      sharding = x.sharding
+    return jax.ShapeDtypeStruct(
+        _shape(x), jnp.result_type(x), sharding=sharding
+    )
+
+  return jax.tree.map(spec, tree)
 
 
 def check_like_init(
@@ -69,11 +79,34 @@ def check_like_init(
     An ``optax.GradientTransformationExtraArgs``.
   """
   inner = optax.with_extra_args_support(tx)
+  # init's abstract state per tree signature: init is a pure function of
+  # the shapes and dtypes, and eager updates would otherwise trace it
+  # every step.
+  expected_states: dict = {}
+
+  def expected_state(ref):
+    try:
+      leaves, treedef = jax.tree.flatten(_abstract(ref))
+    except Exception:  # pylint: disable=broad-except
+      return None  # leaves that are not arrays: the update will say
+    key = (treedef, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
+    if key not in expected_states:
+      if len(expected_states) >= _MAX_CACHED:
+        expected_states.clear()
+      try:
+        expected_states[key] = jax.eval_shape(
+            tx.init, jax.tree.unflatten(treedef, leaves)
+        )
+      except Exception:  # pylint: disable=broad-except
+        # init rejects this tree itself (or cannot run abstractly): leave
+        # the error, if any, to the update.
+        expected_states[key] = None
+    return expected_states[key]
 
   def update_fn(updates, state, params=None, **extra_args):
     if getattr(_LOCAL, "inside", False):
       return inner.update(updates, state, params, **extra_args)
-    check_update(tx.init, updates, state, params, name)
+    check_update(expected_state, updates, state, params, name)
     _LOCAL.inside = True
     try:
       return inner.update(updates, state, params, **extra_args)
@@ -83,11 +116,12 @@ def check_like_init(
   return optax.GradientTransformationExtraArgs(tx.init, update_fn)
 
 
-def check_update(init, updates, state, params, name: str) -> None:
+def check_update(expected_state, updates, state, params, name: str) -> None:
   """Raises ``ValueError`` naming the leaves that differ from ``init``'s tree.
 
   Args:
-    init: the transformation's ``init``.
+    expected_state: ``params -> `` the abstract state ``init`` builds for
+      them (``None``: unknown, no check).
     updates: the updates passed to ``update``.
     state: the state passed to ``update``.
     params: the params passed to ``update`` (or ``None``).
@@ -96,11 +130,8 @@ def check_update(init, updates, state, params, name: str) -> None:
   if params is not None:
     _check_updates_match_params(updates, params, name)
   ref = updates if params is None else params
-  try:
-    expected = jax.eval_shape(init, _abstract(ref))
-  except Exception:  # pylint: disable=broad-except
-    # init rejects this tree itself (or cannot run abstractly): leave the
-    # error, if any, to the update.
+  expected = expected_state(ref)
+  if expected is None:
     return
   lines = _state_mismatches(expected, state, ref)
   if lines:
