@@ -239,6 +239,26 @@ def check_state_dtype_for(dtype, leaf_dtype, name: str, where: str) -> None:
     )
 
 
+def is_prng_key(key) -> bool:
+  """A typed key (``jax.random.key``) or a raw uint32 one (``PRNGKey``)."""
+  dtype = getattr(key, "dtype", None)
+  if dtype is None:
+    return False
+  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    return True
+  return dtype == jnp.uint32 and jnp.ndim(key) >= 1
+
+
+def check_prng_key(key, name: str = "key", *, optional: bool = False):
+  """Raises unless ``key`` is a PRNG key (or None when ``optional``)."""
+  if (optional and key is None) or is_prng_key(key):
+    return key
+  raise TypeError(
+      f"`{name}` must be a PRNG key such as `jax.random.key(0)`"
+      f"{' or None' if optional else ''}, got {type(key).__name__}."
+  )
+
+
 def check_dtype(value, name: str = "dtype"):
   """Any dtype (e.g. of a shape's array)."""
   return _as_dtype(value, name, "a dtype such as jnp.float32")

@@ -107,6 +107,13 @@ CALLS = {
         )
     ),
     "LMONorm": lambda name="spectral", **kw: oo.LMONorm(name, **kw),
+    "QuantFormat": oo.QuantFormat,
+    "quantize": _abstract(lambda x=X, **kw: oo.quantize(x, **kw)),
+    "dequantize": _abstract(
+        lambda q=..., **kw: oo.dequantize(
+            oo.quantize(X) if q is ... else q, **kw
+        )
+    ),
     "CoefficientTable": (
         lambda name="t", rows=((3.0, -4.0, 2.0),), **kw: oo.CoefficientTable(
             name, rows, **kw
@@ -318,6 +325,18 @@ BAD = {
         ("query_key", 3, T),
         ("key_key", "query", V),
     ],
+    "QuantFormat": [
+        ("code", "q3", V),
+        ("block_size", 0, V),
+        ("stochastic", "yes", T),
+    ],
+    "quantize": [
+        ("x", jnp.ones(3, jnp.int32), T),
+        ("format", "int8", V),
+        ("block_size", -1, V),
+        ("key", 3, T),
+    ],
+    "dequantize": [("q", X, T), ("dtype", jnp.int8, T)],
     "LMONorm": [
         ("name", "rms", V),
         ("normalized", "yes", T),
@@ -358,6 +377,12 @@ EXEMPT = {
     ("orthogonalize", "options"): "the engine's (below)",
     ("orthogonalize_flops", "options"): "the engine's (below)",
     ("select_method", "options"): "the engine's (below)",
+    ("QuantizedArray", "codes"): "a container built by quantize",
+    ("QuantizedArray", "scales"): "a container built by quantize",
+    ("QuantizedArray", "code"): "a container built by quantize",
+    ("QuantizedArray", "block"): "a container built by quantize",
+    ("QuantizedArray", "shape"): "a container built by quantize",
+    ("QuantizedArray", "dtype"): "a container built by quantize",
     ("ShardingOptions", "param_shardings"): (
         "a tree or callable matched against the updates at update time"
     ),

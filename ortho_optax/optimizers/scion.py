@@ -166,16 +166,6 @@ def scion_norms(
   )
 
 
-def _is_prng_key(key) -> bool:
-  """A typed key (``jax.random.key``) or a raw uint32 one (``PRNGKey``)."""
-  dtype = getattr(key, "dtype", None)
-  if dtype is None:
-    return False
-  if jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-    return True
-  return dtype == jnp.uint32 and jnp.ndim(key) >= 1
-
-
 def _lmo_arguments(preset, norms, radii, dimension_numbers, rules):
   """``(norms, radii, dimension_numbers)`` for :func:`scale_by_lmo`: the
   preset's norms and radii unless given (radius 1 for given norms), and the
@@ -431,11 +421,7 @@ def scion_init(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025 (``Scion.init`` of
     LIONS-EPFL/scion)
   """
-  if not _is_prng_key(key):
-    raise TypeError(
-        "`key` must be a PRNG key such as `jax.random.key(0)`, got"
-        f" {type(key).__name__}."
-    )
+  _checks.check_prng_key(key, "key")
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
   _lmo.check_norms(norms, "norms")
   _lmo.check_radius(radii, "radii")

@@ -89,6 +89,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ortho_optax import checks as _checks
 from ortho_optax.state import codes as codes_lib
 
 FORMATS = tuple(codes_lib.CODES)
@@ -115,8 +116,8 @@ class QuantFormat:
   def __post_init__(self):
     if not isinstance(self.code, str) or self.code not in codes_lib.CODES:
       raise ValueError(
-          f"Unknown quantized format {self.code!r}; accepted values are"
-          f" {FORMATS}."
+          f"Unknown quantized format `code` {self.code!r}; accepted values"
+          f" are {FORMATS}."
       )
     if self.block_size is not None and (
         isinstance(self.block_size, bool)
@@ -298,6 +299,7 @@ def quantize(x, format="q8", *, block_size=None, key=None) -> QuantizedArray:
   block holding a NaN or an infinity gets a non-finite scale.
   """
   fmt = as_format(format)
+  _checks.check_prng_key(key, "key", optional=True)
   if block_size is not None:
     fmt = dataclasses.replace(fmt, block_size=block_size)
   if fmt.stochastic and key is None:
@@ -366,6 +368,12 @@ def dequantize(q: QuantizedArray, dtype=None, *, out_sharding=None):
   """
   if not isinstance(q, QuantizedArray):
     raise TypeError(f"`q` must be a QuantizedArray, got {type(q).__name__}.")
+  if dtype is not None:
+    dtype = _checks.check_dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise TypeError(
+          f"`dtype` must be None or a real floating dtype, got {dtype}."
+      )
   book = codes_lib.CODES[q.code]
   out_dtype = q.dtype if dtype is None else dtype
 
