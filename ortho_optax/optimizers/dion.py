@@ -108,6 +108,8 @@ def dion(
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms")
+  _base.check_mask(weight_decay_mask)
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -141,4 +143,5 @@ def dion(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      name="dion",
   )

@@ -116,6 +116,17 @@ def trion(
   _base.check_learning_rate(learning_rate)
   _base.check_nonnegative(weight_decay, "weight_decay")
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms")
+  _base.check_mask(weight_decay_mask)
+  _base.check_engine_args(
+      method=method,
+      coeffs=coeffs,
+      steps=steps,
+      normalization=normalization,
+      eps=ns_eps,
+      compute_dtype=compute_dtype,
+      eps_name="ns_eps",
+  )
   branch_dn = functools.partial(
       _routing.branch_dimension_numbers,
       dimension_numbers=dimension_numbers,
@@ -157,4 +168,5 @@ def trion(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      name="trion",
   )

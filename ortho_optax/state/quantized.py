@@ -374,6 +374,13 @@ def dequantize(q: QuantizedArray, dtype=None, *, out_sharding=None):
       raise TypeError(
           f"`dtype` must be None or a real floating dtype, got {dtype}."
       )
+  if out_sharding is not None and not isinstance(
+      out_sharding, (jax.sharding.NamedSharding, jax.sharding.PartitionSpec)
+  ):
+    raise TypeError(
+        "`out_sharding` must be None, a NamedSharding or a PartitionSpec,"
+        f" got {out_sharding!r}."
+    )
   book = codes_lib.CODES[q.code]
   out_dtype = q.dtype if dtype is None else dtype
 

@@ -149,7 +149,10 @@ def scale_by_dion(
   if not isinstance(eps, jax.core.Tracer):
     _checks.check_nonnegative(eps, "eps")
   sharding = _sharding.canonicalize(sharding)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
+  _checks.check_int(seed, "seed")
   key = jax.random.key(seed)
 
   # Where ``init`` saw the parameters: the layouts the work is planned

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
@@ -103,7 +104,9 @@ def scale_by_dion2(
   _momentum.check_beta(beta)
   sharding = _sharding.canonicalize(sharding)
   orthogonalize = _low_rank.orthogonalizer(method, engine_options)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   # Where ``init`` saw the parameters: the layouts the work is planned
   # from under Auto mesh axes, where traced updates carry none.

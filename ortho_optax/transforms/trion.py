@@ -193,7 +193,9 @@ def scale_by_trion(
   _checks.check_choice(dct, "dct", DCT_METHODS)
   sharding = _sharding.canonicalize(sharding)
   orthogonalize = _low_rank.orthogonalizer(method, engine_options)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
 
   # Where ``init`` saw the parameters: the layouts the work is planned
   # from under Auto mesh axes, where traced updates carry none.
