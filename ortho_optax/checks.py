@@ -71,12 +71,13 @@ def check_bool(value, name: str) -> bool:
 def _interval(low, high, low_open, high_open) -> str:
   if low is not None and high is not None:
     return (
-        f"in {'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        f"in {'(' if low_open else '['}{low:g}, {high:g}"
+        f"{')' if high_open else ']'}"
     )
   if low is not None:
-    return f"{'>' if low_open else '>='} {low}"
+    return f"{'>' if low_open else '>='} {low:g}"
   if high is not None:
-    return f"{'<' if high_open else '<='} {high}"
+    return f"{'<' if high_open else '<='} {high:g}"
   return "finite"
 
 
@@ -104,7 +105,9 @@ def check_number(
   if is_traced(value):
     return value
   where = _interval(low, high, low_open, high_open)
-  accepted = f"a finite real number {where}" + (" or None" if optional else "")
+  accepted = f"{where} (a finite real number" + (
+      " or None)" if optional else ")"
+  )
   if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
     raise TypeError(f"`{name}` must be {accepted}, got {value!r}.")
   dtype = getattr(value, "dtype", None)
