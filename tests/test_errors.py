@@ -153,6 +153,7 @@ _OPTIMIZER_COMMON = [
     ("skip_nonfinite", "yes", T),
 ]
 _WEIGHT_DECAY = [("weight_decay", -1.0, V), ("weight_decay_mask", "yes", T)]
+_NU = [("nu_dtype", jnp.int8, T), ("nu_dtype", "q16", T)]
 _ENGINE = [
     ("method", "qr", V),
     ("coeffs", "nope", V),
@@ -178,11 +179,11 @@ _AUON_OWN = [
 _ROUTING = [("dimension_numbers", "sideways", V), ("rules", "w", T)]
 
 BAD = {
-    "muon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
+    "muon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
     + _MUON_OWN,
-    "turbo_muon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
+    "turbo_muon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
     + _MUON_OWN,
-    "normuon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+    "normuon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
         ("beta2", 1.0, V),
         ("eps", -1.0, V),
         ("rescale", "l2", V),
@@ -190,21 +191,21 @@ BAD = {
         ("shape_rule", "x", V),
         ("ns_eps", -1.0, V),
     ],
-    "adamuon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+    "adamuon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
         ("eps", -1.0, V),
         ("sign", "yes", T),
         ("rms", -0.2, V),
         ("ns_eps", -1.0, V),
     ],
-    "root": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
+    "root": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE + [
         ("q", 1.5, V),
         ("eps", -1.0, V),
         ("shape_rule", "x", V),
         ("shape_rms", -1, V),
     ],
-    "auon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
-    "hybrid_auon": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
-    "scion": _OPTIMIZER_COMMON + _ENGINE + [
+    "auon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
+    "hybrid_auon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _MUON_LIKE + _AUON_OWN,
+    "scion": _NU + _OPTIMIZER_COMMON + _ENGINE + [
         ("preset", "vit", V),
         ("norms", "l1", V),
         ("norms", {"w": "spectral", "b": "l2"}, V),
@@ -215,7 +216,7 @@ BAD = {
         ("eps", -1.0, V),
         ("ns_eps", -1.0, V),
     ],
-    "trust_region": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
+    "trust_region": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
         ("norm", "nuclear", V),
         ("alpha", 1.5, V),
         ("eps", -1.0, V),
@@ -296,7 +297,7 @@ BAD = {
         ("rescale", "l2", V),
         ("rms", 0.0, V),
     ],
-    "scale_by_elementwise_norm": _ROUTING + [
+    "scale_by_elementwise_norm": _ROUTING + _NU + [
         ("beta", -0.1, V),
         ("eps", float("nan"), V),
         ("rms", -1.0, V),
