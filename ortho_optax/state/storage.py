@@ -23,6 +23,8 @@ so the state needs no key of its own.
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -119,7 +121,9 @@ def zeros(tree, storage: Storage, name: str = "mu_dtype"):
           f" a parameter has dtype {x.dtype} (use a float `{name}`)."
       )
     x = x if isinstance(x, jax.Array) else jnp.asarray(x)
-    return _quantized.quantize(jnp.zeros_like(x, jnp.float32), storage)
+    # Zeros round exactly: no key needed, whatever the rounding.
+    exact = dataclasses.replace(storage, stochastic=False)
+    return _quantized.quantize(jnp.zeros_like(x, jnp.float32), exact)
 
   if not is_quantized(storage):
     return jax.tree.map(one, tree)
