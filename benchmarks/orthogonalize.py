@@ -49,17 +49,30 @@ The last line checks the acceptance criterion: the default (``auto``) has
 ``polar_error`` <= optax's for every shape and input class, and a FLOP
 ratio <= 0.7 at 512x2048 and 1024x4096 and <= 1.0 at 512x512.
 
+``--symmetric`` runs the side-by-side comparison of the Hermitian
+products as one triangle of row blocks (``symmetric=True``, the default)
+against today's plain products (``symmetric=False``) at 1024x4096 and
+2048x2048 (Gaussian input): each engine in both forms and the optax row,
+with matmul GFLOP from the jaxpr and from XLA's ``cost_analysis()`` (which
+counts a scan body once), interleaved medians, ratios to the plain form and
+to optax, and the polar error. Its acceptance line checks the issue's
+targets: FLOPs <= 0.75x and time <= 0.8x the plain form's, polar error no
+worse (to 1%).
+
 Usage::
 
   python benchmarks/orthogonalize.py [--quick] [--dtype float32|bfloat16]
       [--repeats N] [--shapes 4096x4096,4096x16384]
       [--out benchmarks/results/orthogonalize_cpu_f32.md]
+  python benchmarks/orthogonalize.py --symmetric
+      [--out benchmarks/results/orthogonalize_symmetric_cpu_f32.md]
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import platform
 import statistics
@@ -322,6 +335,8 @@ def parse_args(argv=None):
                  " (default: 512x512,512x2048,1024x4096)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--out", default=None, help="also write the table here")
+  p.add_argument("--symmetric", action="store_true",
+                 help="only the symmetric-products side-by-side comparison")
   p.add_argument("--note", default="",
                  help="free text appended to the caption (e.g. machine load)")
   args = p.parse_args(argv)
@@ -330,8 +345,106 @@ def parse_args(argv=None):
   return args
 
 
+SYMMETRIC_SHAPES = ((1024, 4096), (2048, 2048))
+
+
+def symmetric_pairs(shape):
+  """``(engine, plain fn, triangle fn)``: the default and the raw engines."""
+  auto = ortho_optax.select_method(shape)
+  pairs = [(f"{AUTO} -> {auto}", ortho_optax.orthogonalize)]
+  pairs.append(("newton_schulz muon", functools.partial(
+      ortho_optax.newton_schulz, coeffs="muon")))
+  if auto != "gram_newton_schulz":
+    pairs.append(("gram_newton_schulz", ortho_optax.gram_newton_schulz))
+  return [
+      (name, functools.partial(fn, symmetric=False),
+       functools.partial(fn, symmetric=True))
+      for name, fn in pairs
+  ]
+
+
+def xla_flops(compiled) -> float:
+  cost = compiled.cost_analysis()
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0]
+  return float(cost.get("flops", float("nan")))
+
+
+def symmetric_report(args) -> str:
+  """Triangle of blocks vs plain products, same run, side by side."""
+  lines = [
+      "| shape | engine | products | GFLOP | XLA GFLOP | ms | ms min-max"
+      " | FLOP x plain | time x plain | FLOP x optax | time x optax"
+      " | polar_error |",
+      "|" + "---|" * 12,
+  ]
+  checks = []
+  for shape in SYMMETRIC_SHAPES:
+    x = jnp.asarray(make_input("gaussian", *shape, args.seed), jnp.float32)
+    ref = ortho_optax.polar_svd(x)
+    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+    rows = [("optax default (muon)", "plain", optax_default)]
+    for name, plain, tri in symmetric_pairs(shape):
+      rows += [(name, "plain", plain), (name, "triangle", tri)]
+    compiled = [jax.jit(fn).lower(spec).compile() for _, _, fn in rows]
+    flops = [ortho_optax.count_matmul_flops(fn, spec) for _, _, fn in rows]
+    xla = [xla_flops(c) for c in compiled]
+    errs = [float(_metrics(jax.block_until_ready(c(x)), ref)[2])
+            for c in compiled]
+    times = [[] for _ in rows]
+    for _ in range(args.repeats):
+      for i, c in enumerate(compiled):
+        t0 = time.perf_counter()
+        jax.block_until_ready(c(x))
+        times[i].append(time.perf_counter() - t0)
+    med = [statistics.median(t) for t in times]
+    for i, (name, kind, _) in enumerate(rows):
+      j = i - 1 if kind == "triangle" else i  # the plain row of the pair
+      lines.append(
+          f"| {shape[0]}x{shape[1]} | {name} | {kind} |"
+          f" {flops[i] / 1e9:.1f} | {xla[i] / 1e9:.1f} | {med[i] * 1e3:.0f} |"
+          f" {min(times[i]) * 1e3:.0f}-{max(times[i]) * 1e3:.0f} |"
+          f" {flops[i] / flops[j]:.3f} | {med[i] / med[j]:.2f} |"
+          f" {flops[i] / flops[0]:.3f} | {med[i] / med[0]:.2f} |"
+          f" {errs[i]:.4f} |"
+      )
+      if kind == "triangle" and name.startswith(AUTO):
+        checks.append((shape, flops[i] / flops[j], med[i] / med[j],
+                       errs[i] / errs[j]))
+    print(f"# {shape[0]}x{shape[1]} done", file=sys.stderr, flush=True)
+  failures = [
+      f"{m}x{n}: FLOP x {f:.3f}, time x {t:.2f}, error x {e:.3f}"
+      for (m, n), f, t, e in checks
+      if f > 0.75 or t > 0.8 or e > 1.01
+  ]
+  listed = "; ".join(
+      f"{m}x{n} FLOP x {f:.3f}, time x {t:.2f}, error x {e:.4f}"
+      for (m, n), f, t, e in checks
+  )
+  verdict = "PASS" if not failures else "FAIL: " + "; ".join(failures)
+  return (
+      "Hermitian products as one triangle of row blocks (`symmetric=True`,"
+      " the default) vs plain products (`symmetric=False`, the engines"
+      f" before), float32 Gaussian input, {jax.devices()[0].platform.upper()}"
+      f" {os.cpu_count()} cores, jax {jax.__version__}; median of"
+      f" {args.repeats} interleaved runs."
+      + (f" {args.note}" if args.note else "")
+      + "\n\n" + "\n".join(lines) + "\n\n"
+      + "Acceptance (default engine, triangle vs plain: FLOPs <= 0.75x,"
+      f" time <= 0.8x, polar error <= 1.01x; {listed}): {verdict}\n"
+  )
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
+  if args.symmetric:
+    report = symmetric_report(args)
+    print(report)
+    if args.out:
+      os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+      with open(args.out, "w") as f:
+        f.write(report)
+    return 0
   shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
   if args.shapes:
     try:

@@ -6,7 +6,11 @@ and ``proj`` ``(4d, d)``, two layer-norm scales ``(d,)``; a final norm; an
 untied ``lm_head`` ``(d, V)``. Full size: ``L = 12``, ``d = 768``,
 ``V = 8192``; ``--quick``: ``L = 4``, ``d = 256``.
 
-Rows: every named optimizer of ortho_optax with its defaults;
+Rows: every named optimizer of ortho_optax with its defaults; ``muon
+(plain products)``, the default ``muon`` compiled with the engines'
+Hermitian products as plain matmuls (the engines before the triangle of
+row blocks, :mod:`ortho_optax.engines.symmetric`), side by side in the same
+run;
 ``optax.contrib.muon`` as a user calls it (default routing: every 2-D leaf,
 embedding and head included, goes to Muon); ``optax.contrib.muon`` with the
 embedding and head sent to its Adam via ``muon_weight_dimension_numbers``
@@ -54,6 +58,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import inspect
 import math
@@ -69,9 +74,27 @@ import numpy as np
 import optax
 
 import ortho_optax
+from ortho_optax.engines import symmetric as _symmetric
 
 MDN = optax.contrib.MuonDimensionNumbers
 BASELINE = "optax.contrib.muon"
+PLAIN = " (plain products)"
+
+
+@contextlib.contextmanager
+def plain_products():
+  """Traces the engines with plain matmuls for every Hermitian product.
+
+  The named optimizers take no ``symmetric`` option; the block plan is
+  read at trace time, so a row traced and compiled inside this context
+  runs the engines as they were before the triangle of blocks.
+  """
+  saved = _symmetric.MIN_BLOCK
+  _symmetric.MIN_BLOCK = 2**62
+  try:
+    yield
+  finally:
+    _symmetric.MIN_BLOCK = saved
 
 
 def gpt_shapes(layers: int, width: int, vocab: int) -> dict:
@@ -135,6 +158,8 @@ def optimizers(lr: float = 0.02, states=("f32",)) -> dict:
     for state in states:
       if state == "f32":
         rows[name] = getattr(ortho_optax, name)(**kwargs)
+        if name == MUON:
+          rows[name + PLAIN] = ortho_optax.muon(lr)
       elif quantizable:  # the low-rank methods keep float factors
         rows[f"{name} [{state}]"] = getattr(ortho_optax, name)(
             **kwargs, mu_dtype=state, nu_dtype=state
@@ -213,8 +238,10 @@ def benchmark(args) -> str:
     state = tx.init(params)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         (grads, state, params))
-    flops = ortho_optax.count_matmul_flops(tx.update, *spec)
-    compiled = jax.jit(tx.update).lower(*spec).compile()
+    plain = name.endswith(PLAIN)
+    with plain_products() if plain else contextlib.nullcontext():
+      flops = ortho_optax.count_matmul_flops(tx.update, *spec)
+      compiled = jax.jit(tx.update).lower(*spec).compile()
     cost = compiled.cost_analysis()
     if isinstance(cost, (list, tuple)):
       cost = cost[0]

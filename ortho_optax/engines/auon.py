@@ -17,6 +17,7 @@ def auon(
     gamma: float = 1.0,
     hybrid_steps: int = 0,
     eps: float = 1e-7,
+    symmetric: bool = True,
 ) -> jax.Array:
   r"""AuON's cosh-RMS normalization, optionally after Newton-Schulz steps.
 
@@ -40,6 +41,7 @@ def auon(
     eps: added to the Frobenius norm, relative to ``max |G|`` (the input
       is first divided by a power of two near it); an all-zero ``G`` maps
       to zeros.
+    symmetric: as in :func:`newton_schulz`, for the hybrid steps.
 
   Returns:
     An array with the shape and dtype of ``x``.
@@ -54,6 +56,7 @@ def auon(
   if hybrid_steps < 0:
     raise ValueError(f"`hybrid_steps` must be >= 0, got {hybrid_steps}.")
   _checks.check_nonnegative(eps, "eps")
+  symmetric = _newton_schulz.check_symmetric(symmetric)
   if not isinstance(gamma, jax.core.Tracer):  # may be an injected hyperparam
     _checks.check_nonnegative(gamma, "gamma")
   out_dtype = x.dtype
@@ -69,7 +72,7 @@ def auon(
     if transpose:
       xn = jnp.swapaxes(xn, -1, -2)
     rows = _coefficients.MUON_ROWS * hybrid_steps
-    xn = _newton_schulz.iterate(xn, rows, wd)
+    xn = _newton_schulz.iterate(xn, rows, wd, symmetric=symmetric)
     if transpose:
       xn = jnp.swapaxes(xn, -1, -2)
   r = jnp.sqrt(

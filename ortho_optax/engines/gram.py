@@ -51,6 +51,7 @@ def gram_newton_schulz(
     normalization: str | None = None,
     eps: float = 1e-7,
     compute_dtype=None,
+    symmetric: bool = True,
 ) -> jax.Array:
   r"""The Newton-Schulz polynomial of :func:`newton_schulz`, via the Gram matrix.
 
@@ -80,6 +81,9 @@ def gram_newton_schulz(
     normalization: as in :func:`newton_schulz`.
     eps: as in :func:`newton_schulz`.
     compute_dtype: as in :func:`newton_schulz`.
+    symmetric: as in :func:`newton_schulz`: every product but the
+      ``Q X`` ones is Hermitian (polynomials in :math:`R_0` commute), and
+      is computed as one triangle of blocks.
 
   Returns:
     An array with the shape and dtype of ``x``.
@@ -92,6 +96,7 @@ def gram_newton_schulz(
       x, coeffs, steps, normalization, eps, compute_dtype
   )
   restarts = check_restarts(restarts, len(rows))
+  symmetric = _newton_schulz.check_symmetric(symmetric)
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
@@ -102,13 +107,14 @@ def gram_newton_schulz(
       eps=eps,
       input_scale=input_scale,
       compute_dtype=cdt,
+      symmetric=symmetric,
   )
   bounds = (0,) + restarts + (len(rows),)
   xs, r = x0, r0
   for start, stop in zip(bounds[:-1], bounds[1:]):
     if r is None:
-      r = _normalization.gram(xs, cdt)
-    q = _segment(r, rows[start:stop], cdt)
+      r = _normalization.gram(xs, cdt, symmetric=symmetric)
+    q = _segment(r, rows[start:stop], cdt, symmetric)
     xs = matmul(q, xs, cdt)
     r = None
   if transpose:
@@ -116,16 +122,21 @@ def gram_newton_schulz(
   return xs.astype(out_dtype)
 
 
-def _segment(r, rows, cdt):
+def _segment(r, rows, cdt, symmetric=True):
   """Returns ``Q`` with ``X_end = Q X_start`` for the steps in ``rows``.
 
   As in :func:`_newton_schulz.quintic_step`, products run in ``cdt`` and
   the elementwise epilogues in at least float32 (coefficients unrounded).
+  ``R``, ``Z``, ``Q`` are polynomials in ``R_0``: Hermitian, and they
+  commute, so each product below is Hermitian (``P Q = P Q^H``) and needs
+  one triangle of blocks only.
   """
   wd = _normalization.working_dtype(cdt)
 
   def mm(p, q):
-    return matmul(p, q, cdt, keep_accumulator=True)
+    return _normalization.hermitian(
+        p, q, cdt, keep_accumulator=True, symmetric=symmetric
+    )
 
   # Broadcast explicitly: batched R under jax_numpy_rank_promotion='raise'.
   eye = jnp.broadcast_to(jnp.eye(r.shape[-1], dtype=wd), r.shape)

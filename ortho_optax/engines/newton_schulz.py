@@ -20,6 +20,7 @@ def newton_schulz(
     normalization: str | None = None,
     eps: float = 1e-7,
     compute_dtype=None,
+    symmetric: bool = True,
 ) -> jax.Array:
   r"""Approximates the polar factor :math:`U V^H` of ``x`` by Newton-Schulz.
 
@@ -55,6 +56,11 @@ def newton_schulz(
       zero matrix maps to zeros, for any ``eps >= 0``.
     compute_dtype: dtype of the matmuls (e.g. ``jnp.bfloat16``); the
       normalization always runs in at least float32. ``None``: the input's.
+    symmetric: compute the Hermitian products :math:`A_t` and
+      :math:`A_t^2` as one triangle of row blocks for matrices of at least
+      512 rows (:mod:`ortho_optax.engines.symmetric`; 5/8 of their FLOPs
+      at 1024 rows); the result equals the plain products' to rounding.
+      ``False``: plain products.
 
   Returns:
     An array with the shape and dtype of ``x``.
@@ -86,6 +92,7 @@ def newton_schulz(
   x, rows, input_scale, normalization, cdt = prepare(
       x, coeffs, steps, normalization, eps, compute_dtype
   )
+  symmetric = check_symmetric(symmetric)
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)
@@ -96,8 +103,9 @@ def newton_schulz(
       eps=eps,
       input_scale=input_scale,
       compute_dtype=cdt,
+      symmetric=symmetric,
   )
-  y = iterate(x0, rows, cdt, a0=a0)
+  y = iterate(x0, rows, cdt, a0=a0, symmetric=symmetric)
   if transpose:
     y = jnp.swapaxes(y, -1, -2)
   return y.astype(out_dtype)
@@ -120,7 +128,15 @@ def prepare(x, coeffs, steps, normalization, eps, compute_dtype):
   return x, rows, input_scale, normalization, cdt
 
 
-def quintic_step(x, a, row, compute_dtype):
+def check_symmetric(symmetric) -> bool:
+  if not isinstance(symmetric, (bool, np.bool_)):
+    raise TypeError(
+        f"`symmetric` must be True or False, got {symmetric!r}."
+    )
+  return bool(symmetric)
+
+
+def quintic_step(x, a, row, compute_dtype, *, symmetric: bool = True):
   """``a_t X + (b_t A + c_t A^2) X`` given ``A = X X^H``.
 
   The matmuls run in ``compute_dtype``; the elementwise epilogues run in at
@@ -130,12 +146,15 @@ def quintic_step(x, a, row, compute_dtype):
   """
   ca, cb, cc = row
   wd = _normalization.working_dtype(compute_dtype)
-  aa = matmul(a, a, compute_dtype, keep_accumulator=True)
+  # A is Hermitian, so A A = A A^H: one triangle of blocks.
+  aa = _normalization.hermitian(
+      a, a, compute_dtype, keep_accumulator=True, symmetric=symmetric
+  )
   b = (cb * a.astype(wd) + cc * aa).astype(compute_dtype)
   return ca * x.astype(wd) + matmul(b, x, compute_dtype, keep_accumulator=True)
 
 
-def iterate(x0, rows, compute_dtype, *, a0=None):
+def iterate(x0, rows, compute_dtype, *, a0=None, symmetric: bool = True):
   """Runs the quintic steps on normalized wide ``x0``.
 
   The first step may reuse a Gram matrix ``a0`` formed by a fused
@@ -143,8 +162,10 @@ def iterate(x0, rows, compute_dtype, *, a0=None):
   which keeps the program small and the peak memory at one step's worth.
   """
   if a0 is None:
-    a0 = _normalization.gram(x0, compute_dtype)
-  x = quintic_step(x0, a0, rows[0], compute_dtype).astype(compute_dtype)
+    a0 = _normalization.gram(x0, compute_dtype, symmetric=symmetric)
+  x = quintic_step(
+      x0, a0, rows[0], compute_dtype, symmetric=symmetric
+  ).astype(compute_dtype)
   rest = rows[1:]
   if not rest:
     return x
@@ -154,8 +175,10 @@ def iterate(x0, rows, compute_dtype, *, a0=None):
   table = jnp.asarray(np.asarray(rest), dtype=real)
 
   def body(x, row):
-    a = _normalization.gram(x, compute_dtype)
-    x = quintic_step(x, a, (row[0], row[1], row[2]), compute_dtype)
+    a = _normalization.gram(x, compute_dtype, symmetric=symmetric)
+    x = quintic_step(
+        x, a, (row[0], row[1], row[2]), compute_dtype, symmetric=symmetric
+    )
     return x.astype(compute_dtype), None
 
   x, _ = jax.lax.scan(body, x, table)

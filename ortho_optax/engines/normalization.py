@@ -21,8 +21,12 @@ unchanged.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+
+from ortho_optax.engines import symmetric as _symmetric
 
 NORMALIZATIONS = ("frobenius", "spectral", "aol", "schatten4")
 
@@ -107,9 +111,36 @@ def _safe_rsqrt(v: jax.Array, eps: float) -> jax.Array:
   return jnp.where(v > 0, jax.lax.rsqrt(jnp.where(v > 0, v, 1)), 0)
 
 
-def gram(x: jax.Array, compute_dtype) -> jax.Array:
-  """``A = X X^H`` over the last two axes, in ``compute_dtype``."""
-  return matmul(x, jnp.swapaxes(x.conj(), -1, -2), compute_dtype)
+def gram(x: jax.Array, compute_dtype, *, symmetric: bool = True) -> jax.Array:
+  """``A = X X^H`` over the last two axes, in ``compute_dtype``.
+
+  One triangle of blocks when ``symmetric`` and ``x`` has enough rows
+  (:mod:`ortho_optax.engines.symmetric`).
+  """
+  return hermitian(x, x, compute_dtype, symmetric=symmetric)
+
+
+def hermitian(
+    p: jax.Array,
+    q: jax.Array,
+    compute_dtype,
+    *,
+    keep_accumulator: bool = False,
+    symmetric: bool = True,
+) -> jax.Array:
+  """``P Q^H`` for a Hermitian result, as :func:`matmul` computes products.
+
+  See :func:`ortho_optax.engines.symmetric.hermitian_product`: with
+  ``symmetric`` (and enough rows) only one triangle of blocks is computed.
+  """
+  return _symmetric.hermitian_product(
+      p,
+      q,
+      functools.partial(
+          matmul, compute_dtype=compute_dtype, keep_accumulator=keep_accumulator
+      ),
+      symmetric=symmetric,
+  )
 
 
 def matmul(
@@ -138,6 +169,7 @@ def normalize(
     eps: float,
     input_scale: float,
     compute_dtype,
+    symmetric: bool = True,
 ) -> tuple[jax.Array, jax.Array | None]:
   """Normalizes wide ``x`` (``m <= n``) so that ``sigma_max <= 1``.
 
@@ -155,6 +187,8 @@ def normalize(
       ``max |x|`` (see above).
     input_scale: extra safety factor the norm is multiplied by.
     compute_dtype: the dtype of the returned matrices.
+    symmetric: form the Gram matrix of the fused normalizations as one
+      triangle of blocks (:func:`hermitian`).
 
   Returns:
     ``(x0, a0)``: the normalized matrix in ``compute_dtype`` and, for the
@@ -171,11 +205,9 @@ def normalize(
 
   # The Gram matrix stays in the (at least float32) accumulator: entries up
   # to n max|x|^2 would overflow float16 for n > 2^14 even after prescale.
-  a = matmul(
-      xw.astype(compute_dtype),
-      jnp.swapaxes(xw.astype(compute_dtype).conj(), -1, -2),
-      compute_dtype,
-      keep_accumulator=True,
+  xc = xw.astype(compute_dtype)
+  a = hermitian(
+      xc, xc, compute_dtype, keep_accumulator=True, symmetric=symmetric
   ).astype(xw.dtype)
   if normalization == "aol":
     # AOL (Prach & Lampert 2022): s_i = 1 / sqrt(sum_j |A_ij|) guarantees
