@@ -66,7 +66,8 @@ def _run(tx, update, params, steps):
 # The default run checks the two optimizers whose training the LM
 # comparison measures (every buffer kind: momentum, AdamW's moments,
 # AdaMuon's elementwise one); every other optimizer runs with -m slow
-# (measured: all pass, 10.8 min for all nine on the loaded 2-core machine).
+# (measured: all nine pass with q8, 10.8 min on the loaded 2-core machine;
+# q4 of the other seven was not run).
 FAST = ("muon", "adamuon")
 CASES = [
     pytest.param(n, f, marks=() if n in FAST else pytest.mark.slow)
