@@ -135,7 +135,8 @@ def _segment(r, rows, cdt, symmetric=True):
 
   def mm(p, q):
     return _normalization.hermitian(
-        p, q, cdt, keep_accumulator=True, symmetric=symmetric
+        p, q, cdt, keep_accumulator=True, symmetric=symmetric,
+        q_hermitian=True,
     )
 
   # Broadcast explicitly: batched R under jax_numpy_rank_promotion='raise'.

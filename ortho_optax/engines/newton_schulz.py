@@ -148,7 +148,8 @@ def quintic_step(x, a, row, compute_dtype, *, symmetric: bool = True):
   wd = _normalization.working_dtype(compute_dtype)
   # A is Hermitian, so A A = A A^H: one triangle of blocks.
   aa = _normalization.hermitian(
-      a, a, compute_dtype, keep_accumulator=True, symmetric=symmetric
+      a, a, compute_dtype, keep_accumulator=True, symmetric=symmetric,
+      q_hermitian=True,
   )
   b = (cb * a.astype(wd) + cc * aa).astype(compute_dtype)
   return ca * x.astype(wd) + matmul(b, x, compute_dtype, keep_accumulator=True)

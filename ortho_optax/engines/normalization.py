@@ -127,6 +127,7 @@ def hermitian(
     *,
     keep_accumulator: bool = False,
     symmetric: bool = True,
+    q_hermitian: bool = False,
 ) -> jax.Array:
   """``P Q^H`` for a Hermitian result, as :func:`matmul` computes products.
 
@@ -140,6 +141,7 @@ def hermitian(
           matmul, compute_dtype=compute_dtype, keep_accumulator=keep_accumulator
       ),
       symmetric=symmetric,
+      q_hermitian=q_hermitian,
   )
 
 

@@ -83,6 +83,7 @@ def hermitian_product(
     matmul: Callable[[jax.Array, jax.Array], jax.Array],
     *,
     symmetric: bool = True,
+    q_hermitian: bool = False,
 ) -> jax.Array:
   r"""``P Q^H`` over the last two axes, for a result known to be Hermitian.
 
@@ -95,17 +96,22 @@ def hermitian_product(
       the compute and result dtypes).
     symmetric: compute one triangle of blocks (where :func:`block_sizes`
       gives more than one); ``False``: the plain product.
+    q_hermitian: ``q`` is itself Hermitian (square), so :math:`P Q^H = P Q`
+      is computed as ``p @ q`` (column blocks of ``q``), with no transpose:
+      the plain product then is exactly the engines' former ``p @ q``.
 
   Returns:
     The ``(..., m, m)`` product, in ``matmul``'s result dtype.
   """
   sizes = block_sizes(p.shape[-2], symmetric)
   if len(sizes) == 1:
-    return matmul(p, jnp.swapaxes(q.conj(), -1, -2))
+    return matmul(p, q if q_hermitian else jnp.swapaxes(q.conj(), -1, -2))
   bounds = np.cumsum((0,) + sizes)
   ps = [p[..., a:b, :] for a, b in zip(bounds[:-1], bounds[1:])]
   qhs = [
-      jnp.swapaxes(q[..., a:b, :].conj(), -1, -2)
+      q[..., :, a:b]
+      if q_hermitian
+      else jnp.swapaxes(q[..., a:b, :].conj(), -1, -2)
       for a, b in zip(bounds[:-1], bounds[1:])
   ]
   # Square blocks rather than row panels P_i [Q_i; ...; Q_k]^H (fewer,
