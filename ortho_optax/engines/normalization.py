@@ -65,27 +65,52 @@ def working_dtype(dtype) -> jnp.dtype:
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _power_of_two_floor(a: jax.Array) -> jax.Array:
-  """``2^floor(log2 a)`` for positive normal ``a``, by masking the mantissa.
+def _inverse_power_of_two(a: jax.Array) -> jax.Array:
+  """``2^-floor(log2 a)`` for positive ``a``, built from the exponent bits.
 
-  Exact, unlike ``exp2(floor(log2(a)))``; ``jnp.frexp`` mishandles
-  subnormals. Zero and subnormals give 0, ``inf`` and NaN give ``inf``.
+  Exact (unlike ``exp2(-floor(log2 a))``; ``jnp.frexp`` mishandles
+  subnormals) and always a normal number: the exponent is clipped to
+  ``[-126, 127]`` in float32, so for ``a >= 2^127`` it is ``2^-126``.
+  The result is a factor to multiply by, not a divisor: XLA may turn a
+  division into a product with the reciprocal, and ``1 / 2^127`` is
+  subnormal and flushed to zero. Zero and subnormal ``a`` give 1.
   """
   info = jnp.finfo(a.dtype)
   itype = {4: jnp.int32, 8: jnp.int64}[a.dtype.itemsize]
-  exponent_bits = ((1 << info.nexp) - 1) << info.nmant
+  bias = (1 << (info.nexp - 1)) - 1
   bits = jax.lax.bitcast_convert_type(a, itype)
-  return jax.lax.bitcast_convert_type(bits & exponent_bits, a.dtype)
+  biased = (bits >> info.nmant) & ((1 << info.nexp) - 1)
+  inverse = jnp.where(
+      biased == 0, bias, jnp.clip(2 * bias - biased, 1, 2 * bias)
+  )
+  return jax.lax.bitcast_convert_type(
+      inverse.astype(itype) << info.nmant, a.dtype
+  )
+
+
+def inverse_unit(x: jax.Array, axis=(-2, -1)) -> jax.Array:
+  """The power of two that brings ``max|x|`` over ``axis`` into ``[1, 4)``.
+
+  ``2^-floor(log2 max|x|)`` (keepdims, ``x``'s real dtype), except that it
+  is never subnormal (so ``max|x| >= 2^127`` lands in ``[2, 4)``), and 1
+  for an all-zero ``x``. ``1 / inverse_unit`` is the scale against which
+  the scale-free routines measure their epsilons.
+  """
+  # initial=0 keeps zero-size matrices legal (their factor is 1).
+  amax = jnp.max(jnp.abs(x), axis=axis, keepdims=True, initial=0.0)
+  return _inverse_power_of_two(amax)
 
 
 def prescale(x: jax.Array) -> jax.Array:
-  r"""``x`` in at least float32, divided per matrix by ``2^floor(log2 max|x|)``.
+  r"""``x`` in at least float32, times :func:`inverse_unit` per matrix.
 
   Afterwards the largest magnitude of each matrix (last two axes) lies in
-  ``[1, 2)``; an all-zero matrix stays zero. Non-finite entries give NaN
-  (never a silent zero). Entries more than ``2^126`` below the largest
-  become subnormal and, like subnormal inputs, are flushed to zero by XLA on
-  CPU and GPU: they are below float32's resolution of the result anyway.
+  ``[1, 4)`` (``[1, 2)`` below float32's top binade); an all-zero matrix
+  stays zero. Multiplying by a power of two is exact. Non-finite entries
+  give NaN (never a silent zero). Entries more than ``2^126`` below the
+  largest become subnormal and, like subnormal inputs, are flushed to zero
+  by XLA on CPU and GPU: they are below float32's resolution of the result
+  anyway.
 
   Args:
     x: array of shape ``(..., m, n)``.
@@ -94,11 +119,25 @@ def prescale(x: jax.Array) -> jax.Array:
     The rescaled array, dtype :func:`working_dtype` of ``x``'s.
   """
   xw = x.astype(working_dtype(x.dtype))
-  # initial=0 keeps zero-size matrices legal (their scale is 1).
-  amax = jnp.max(jnp.abs(xw), axis=(-2, -1), keepdims=True, initial=0.0)
-  scale = _power_of_two_floor(amax)
-  scale = jnp.where(scale > 0, scale, 1).astype(scale.dtype)
-  return xw / scale.astype(xw.dtype)
+  return xw * inverse_unit(xw).astype(xw.dtype)
+
+
+def scale_free_normalize(
+    x: jax.Array, axis, factor: float, eps: float
+) -> jax.Array:
+  """``x / (factor * ||x|| + eps * u)``, the l2 norm over ``axis`` (keepdims).
+
+  ``u`` is ``1 /`` :func:`inverse_unit` over ``axis``, and the sum of
+  squares is taken of ``x / u``: no overflow or underflow at any scale, the
+  same result for ``2^k x`` as for ``x``, and ``eps`` relative to
+  ``max|x|``. A zero slice gives zeros (also with ``eps = 0``). In at least
+  float32.
+  """
+  xs = x.astype(working_dtype(x.dtype))
+  xs = xs * inverse_unit(xs, axis).astype(xs.dtype)
+  nrm = jnp.sqrt(jnp.sum(jnp.abs(xs) ** 2, axis=axis, keepdims=True))
+  denom = nrm * factor + eps
+  return xs / jnp.where(denom > 0, denom, 1).astype(xs.dtype)
 
 
 def _safe_rsqrt(v: jax.Array, eps: float) -> jax.Array:

@@ -51,6 +51,13 @@ def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
   least 512 rows (``symmetric=True``, :mod:`ortho_optax.engines.symmetric`),
   which the FLOP model counts as well.
 
+  Every engine first multiplies each matrix by the power of two that brings
+  its largest magnitude near 1, in at least float32, so that
+  ``orthogonalize(c * x)`` is ``orthogonalize(x)`` for every ``c`` from the
+  smallest normal number to ``finfo.max / max|x|`` (exactly so for powers
+  of two), nothing overflows or underflows, and ``eps`` is relative to
+  ``max|x|``. An all-zero matrix maps to zeros.
+
   Args:
     x: array of shape ``(..., m, n)``; leading axes are batch axes.
     method: ``"auto"``, ``"newton_schulz"``, ``"gram_newton_schulz"``,

@@ -53,13 +53,15 @@ def root(
 
   .. math::
     M_t = \mu M_{t-1} + G_t, \quad U_t = G_t + \mu M_t, \quad
-    \tau_t = \mathrm{quantile}_{0.9}(|U_t|) + 10^{-9}, \\
+    \tau_t = \mathrm{quantile}_{0.9}(|U_t|) + 10^{-9} u_t, \\
     B_t = \mathrm{clip}(U_t, -\tau_t, \tau_t), \quad
     O_t = \mathrm{NS}_5(B_t), \\
     W_t = W_{t-1}(1 - \eta\lambda) - \eta\, 0.2 \sqrt{\max(A, B)}\, O_t .
 
   :math:`B_t = U_t - T_\tau[U_t]` is the momentum minus its soft-thresholded
-  outliers (see :func:`clip_by_quantile`); the Newton-Schulz step uses
+  outliers (see :func:`clip_by_quantile`; :math:`u_t` is the power of two
+  just below :math:`\max|U_t|`, so the reference's offset at unit scale
+  and the same step at every scale); the Newton-Schulz step uses
   ROOT's shape-keyed ("AdaNewton") coefficients, the ``"root"`` preset
   (Muon's for shapes outside its table), with Frobenius pre-normalization
   (eps 1e-7), through whichever of the standard and the Gram form costs

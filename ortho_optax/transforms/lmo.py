@@ -13,6 +13,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import normalization as _normalization
 from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import orthogonalization as _orthogonalization
@@ -139,35 +140,34 @@ def _dual(m, kind, norm: LMONorm, fan_in, fan_out, conv, eps):
     in_ch, spatial = conv
     s = 1.0 if norm.unit else math.sqrt(fan_out / in_ch) / spatial
     return m * s
+  # The divided norms are scale-free (eps relative to max|d|, no overflow
+  # of |d|^2): see normalization.scale_free_normalize.
   if kind == "frobenius":
-    nrm = jnp.sqrt(jnp.sum(m * m, axis=(-2, -1), keepdims=True))
-    return m / (nrm + eps)
+    return _normalization.scale_free_normalize(m, (-2, -1), 1.0, eps)
   if kind == "sign":
     return jnp.sign(m) / fan_in if normalized else jnp.sign(m)
   if kind == "col_norm":
     # Scion's ColNorm normalizes each PyTorch column (one input index over
     # all outputs): here each fan-in row, over the fan-out axis.
-    nrm = jnp.sqrt(jnp.sum(m * m, axis=-1, keepdims=True))
-    rms = nrm if norm.unit else nrm / math.sqrt(fan_out)
+    factor = 1.0 if norm.unit else 1.0 / math.sqrt(fan_out)
     if normalized:
-      rms = rms * fan_in
-    return m / (rms + eps)
+      factor = factor * fan_in
+    return _normalization.scale_free_normalize(m, -1, factor, eps)
   if kind == "row_norm":
     # Scion's RowNorm normalizes each output neuron over its inputs: here
     # each fan-out column, over the fan-in axis.
-    nrm = jnp.sqrt(jnp.sum(m * m, axis=-2, keepdims=True))
-    if normalized:
-      nrm = nrm * math.sqrt(fan_in)
-    return m / (nrm + eps)
+    factor = math.sqrt(fan_in) if normalized else 1.0
+    return _normalization.scale_free_normalize(m, -2, factor, eps)
   raise AssertionError(kind)
 
 
 def _bias_rms(x, eps):
   """Scion's BiasRMS on the raw leaf: RMS over axis 0."""
   if x.ndim == 0:
-    return x / (jnp.abs(x) + eps)
-  rms = jnp.sqrt(jnp.mean(x * x, axis=0, keepdims=True))
-  return x / (rms + eps)
+    return _normalization.scale_free_normalize(x, (), 1.0, eps)
+  return _normalization.scale_free_normalize(
+      x, 0, 1.0 / math.sqrt(x.shape[0]), eps
+  )
 
 
 def check_norms(norm, name: str = "norm") -> None:
@@ -247,7 +247,9 @@ def scale_by_lmo(
       leaves pass through unchanged) or a callable ``params -> tree``.
     radius: the radius :math:`\rho`: a number, a (prefix) tree of numbers
       or a callable ``params -> tree``.
-    eps: added to the norms that divide (Scion's 1e-8).
+    eps: added to the norms that divide (Scion's 1e-8), relative to the
+      largest magnitude of what each divides (so a leaf gets the same
+      direction at every scale; a zero leaf, row or column stays zero).
     method: orthogonalization engine of the spectral norms, see
       :func:`orthogonalize`.
     dimension_numbers: as in :func:`scale_by_orthogonalization`, except
@@ -350,8 +352,7 @@ def scale_by_lmo(
         # A 1 x size matrix: its polar factor is d / ||d||_2.
         m = x.astype(wd).reshape(1, 1, -1)
         if kind in ("spectral", "spectral_conv"):
-          nrm = jnp.sqrt(jnp.sum(m * m))
-          m = m / (nrm + eps)
+          m = _normalization.scale_free_normalize(m, None, 1.0, eps)
         y = _dual(m, kind, n, 1, m.shape[-1], (1, 1), eps).reshape(x.shape)
       else:
         src = o if kind in ("spectral", "spectral_conv") else x

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from ortho_optax import checks as _checks
+from ortho_optax.engines import normalization as _normalization
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import structure as _structure
 
@@ -20,6 +21,59 @@ class ScaleByMomentumState(NamedTuple):
 
   count: jax.Array  # shape (), dtype int32
   mu: optax.Updates
+
+
+def saturate(x: jax.Array | None, dtype=None) -> jax.Array | None:
+  """``x`` cast to ``dtype`` (default its own), clipped to its finite range.
+
+  A momentum is a sum of finite gradients, but not always a finite one: the
+  sum form grows to ``1 / (1 - beta)`` times the gradient (20x for 0.95),
+  and a float16 buffer holds only 65504. Saturating at
+  ``+-finfo(dtype).max`` keeps the sign of every entry, and so (after an
+  orthogonalization, which does not see the scale) a useful direction, where
+  ``inf`` would turn the step into NaN. NaN stays NaN. Non-float leaves are
+  only cast.
+  """
+  if x is None:
+    return None
+  dtype = jnp.dtype(x.dtype if dtype is None else dtype)
+  if not jnp.issubdtype(dtype, jnp.inexact):
+    return x.astype(dtype)
+  big = jnp.finfo(dtype).max
+  if jnp.iscomplexobj(x):
+    return jax.lax.complex(
+        jnp.clip(x.real, -big, big), jnp.clip(x.imag, -big, big)
+    ).astype(dtype)
+  return jnp.clip(x, -big, big).astype(dtype)
+
+
+def lincomb(a, x: jax.Array, b, y: jax.Array) -> jax.Array:
+  """``a x + b y`` elementwise, in at least float32, without overflowing
+  where the result itself is in range.
+
+  Each entry is computed as ``(a (x s) + b (y s)) / s`` with ``s`` the power
+  of two that brings ``max(|x|, |y|)`` to ``[1, 2)``: exact scalings, so the
+  result is the plain one's wherever that did not overflow (float32 sums of
+  terms ~3e38 did, and ``inf - inf`` is NaN); out of range, it is ``+-inf``,
+  for :func:`saturate`.
+  """
+  wd = _normalization.working_dtype(jnp.result_type(x, y))
+  xw, yw = x.astype(wd), y.astype(wd)
+  inv = _normalization.inverse_unit(
+      jnp.maximum(jnp.abs(xw), jnp.abs(yw)), axis=()
+  ).astype(wd)
+  return (a * (xw * inv) + b * (yw * inv)) / inv
+
+
+def _tree_saturate(tree, dtypes=None):
+  if dtypes is None:
+    return jax.tree.map(saturate, tree, is_leaf=lambda x: x is None)
+  return jax.tree.map(
+      lambda x, d: saturate(x, None if d is None else d.dtype),
+      tree,
+      dtypes,
+      is_leaf=lambda x: x is None,
+  )
 
 
 def check_beta(beta, name: str = "beta") -> None:
@@ -53,7 +107,10 @@ def scale_by_momentum(
     u_t = g_t + \beta m_t \text{ (Nesterov) or } m_t .
 
   The two differ by the factor :math:`1 / (1 - \beta)` once started from
-  zero, which an orthogonalization or LMO removes. ``bias_correction=True``
+  zero, which an orthogonalization or LMO removes. Entries beyond the
+  dtype's finite range saturate at :math:`\pm` ``finfo.max`` rather than
+  becoming ``inf`` (see :func:`saturate`), so a finite gradient near the
+  dtype's limit never makes a non-finite step. ``bias_correction=True``
   (EMA only) reproduces ``optax.contrib.scale_by_muon``:
   :math:`u_t = \beta m_t / (1 - \beta^{t+1}) + (1 - \beta) g_t / (1 -
   \beta^t)`, or :math:`m_t / (1 - \beta^t)` without Nesterov.
@@ -106,45 +163,43 @@ def scale_by_momentum(
     count = optax.safe_increment(state.count)
     # A quantized buffer is read back in float32 for the step only.
     prev = _storage.load(state.mu, updates)
-    if form == "ema":
-      mu = optax.tree.update_moment(updates, prev, beta, 1)
-    else:
-      mu = jax.tree.map(
-          lambda g, m: None if g is None else beta * m + g,
-          updates,
-          prev,
+
+    def combine(a, xs, b, ys):
+      return jax.tree.map(
+          lambda x, y: None if y is None else lincomb(a, x, b, y),
+          xs,
+          ys,
           is_leaf=lambda x: x is None,
       )
+
+    mu = combine(beta, prev, (1 - beta) if form == "ema" else 1.0, updates)
     if bias_correction:
+      # optax's m_hat = m / (1 - beta^t), as one coefficient per term.
+      c_t = 1 - beta**count
       if nesterov:
-        m_hat = optax.tree.bias_correction(
-            mu, beta, optax.safe_increment(count)
-        )
-        g_hat = optax.tree.bias_correction(updates, beta, count)
+        c_next = 1 - beta ** optax.safe_increment(count)
+        out = combine(beta / c_next, mu, (1 - beta) / c_t, updates)
+      else:
         out = jax.tree.map(
-            lambda m, g: None if g is None else beta * m + (1 - beta) * g,
-            m_hat,
-            g_hat,
+            lambda m: None if m is None else m / c_t.astype(m.dtype),
+            mu,
             is_leaf=lambda x: x is None,
         )
-      else:
-        out = optax.tree.bias_correction(mu, beta, count)
     elif nesterov:
-      w = (1 - beta) if form == "ema" else 1.0
-      out = jax.tree.map(
-          lambda m, g: None if g is None else beta * m + w * g,
-          mu,
-          updates,
-          is_leaf=lambda x: x is None,
-      )
+      out = combine(beta, mu, (1 - beta) if form == "ema" else 1.0, updates)
     else:
       out = mu
-    out = jax.tree.map(
-        lambda o, g: None if g is None else o.astype(g.dtype),
-        out,
-        updates,
-        is_leaf=lambda x: x is None,
-    )
+    out = _tree_saturate(out, updates)
+    # Saturated at the stored dtype's range (a quantized buffer keeps its
+    # own scale, so float32's).
+    if _storage.is_quantized(storage):
+      mu = _tree_saturate(mu)
+    elif storage is None:
+      mu = _tree_saturate(mu, state.mu)
+    else:
+      mu = jax.tree.map(
+          lambda x: saturate(x, storage), mu, is_leaf=lambda x: x is None
+      )
     mu = _storage.store(mu, storage, state.mu, count)
     return out, ScaleByMomentumState(count=count, mu=mu)
 

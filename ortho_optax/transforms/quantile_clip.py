@@ -10,8 +10,13 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import normalization as _normalization
 
-# ROOT adds this to the quantile (example_train.py).
+# ROOT adds this to the quantile (example_train.py), so that a matrix whose
+# q-quantile is 0 (mostly zeros) is not clipped to zero. Here it counts in
+# units of max|U| (its power of two, see normalization.inverse_unit): the
+# reference's 1e-9 at unit scale, but an absolute 1e-9 would exceed every
+# entry of a momentum of ~1e-10 and turn off the clipping.
 QUANTILE_OFFSET = 1e-9
 
 
@@ -88,8 +93,10 @@ def clip_by_quantile(
   r"""Clips each matrix elementwise at its ``q``-quantile of :math:`|U|`.
 
   ROOT's robust component: with :math:`\tau = \mathrm{quantile}_q(|U|) +
-  10^{-9}` per matrix (linear interpolation, as ``numpy.quantile`` and the
-  reference's ``simple_quantile``), the update becomes
+  10^{-9} u` per matrix (linear interpolation, as ``numpy.quantile`` and the
+  reference's ``simple_quantile``; :math:`u` the power of two with
+  :math:`u \le \max|U| < 2u`, so the reference's :math:`10^{-9}` at unit
+  scale and the same clipping at any scale), the update becomes
 
   .. math::
     B = U - \mathrm{sign}(U) \max(|U| - \tau, 0) = \mathrm{clip}(U, -\tau,
@@ -123,7 +130,11 @@ def clip_by_quantile(
     wd = jnp.promote_types(m.dtype, jnp.float32)
     mw = m.astype(wd)
     flat = mw.reshape(mw.shape[:-2] + (-1,))
-    tau = quantile_of_magnitudes(flat, q)[..., None, None] + QUANTILE_OFFSET
+    # Floored at the smallest normal: a subnormal offset is flushed to 0.
+    offset = jnp.maximum(
+        QUANTILE_OFFSET / _normalization.inverse_unit(mw), jnp.finfo(wd).tiny
+    )
+    tau = quantile_of_magnitudes(flat, q)[..., None, None] + offset
     return jnp.clip(mw, -tau, tau).astype(m.dtype)
 
   def update_fn(updates, state, params=None):
