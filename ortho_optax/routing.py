@@ -353,25 +353,42 @@ def dimension_numbers_tree(
     if leaf is None:
       out.append(None)
       continue
-    default = (
-        user[i]
-        if user is not None
-        else default_dimension_numbers(path, leaf, use_names=use_names)
-    )
+    if not _is_trainable(leaf):
+      # Counters and masks are never matrices by default (nor through a
+      # broadcast prefix); an explicit rule for one is an error below.
+      default = None
+    elif user is not None:
+      default = user[i]
+    else:
+      default = default_dimension_numbers(path, leaf, use_names=use_names)
     value = _apply_rules(rules, path, leaf, default)
     out.append(_resolve_value(value, path, leaf))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def _is_dn_entry(x) -> bool:
+  """A leaf of a dimension-numbers tree: ``None``, ``optax.MaskedNode``
+  (both: not a matrix, as in optax's ``scale_by_shape``) or dimension
+  numbers."""
+  return _is_masked(x) or _is_dimnums(x)
+
+
 def _broadcast_prefix(prefix, params) -> list:
-  """Flattens a prefix tree of dimension numbers to one entry per leaf."""
+  """Flattens a prefix tree of dimension numbers to one entry per leaf.
+
+  ``None`` leaves of ``params`` get an entry (as in
+  :func:`dimension_numbers_tree`); its masked leaves, which have no
+  children, get none.
+  """
   full = jax.tree_util.tree_map(
       lambda p, x: jax.tree_util.tree_map(
-          lambda _: p, x, is_leaf=lambda y: y is None
+          lambda _: None if _is_masked(p) else p,
+          x,
+          is_leaf=lambda y: y is None,
       ),
       prefix,
       params,
-      is_leaf=lambda x: x is None or _is_dimnums(x),
+      is_leaf=_is_dn_entry,
   )
   return jax.tree_util.tree_leaves(
       full, is_leaf=lambda x: x is None or _is_dimnums(x)
@@ -381,7 +398,7 @@ def _broadcast_prefix(prefix, params) -> list:
 def _resolve_value(value, path, leaf):
   key = jax.tree_util.keystr(path)
   shape = tuple(getattr(leaf, "shape", ()))
-  if value is None or value == OTHER:
+  if _is_masked(value) or (isinstance(value, str) and value == OTHER):
     return None
   if value == MATRIX:
     dn = default_dimension_numbers((), leaf)
@@ -404,13 +421,24 @@ def _resolve_value(value, path, leaf):
         f" {value} but rank {len(shape)}; a matrix needs rank >= 2."
     )
   dtype = getattr(leaf, "dtype", None)
-  if dtype is not None and not jnp.issubdtype(dtype, jnp.inexact):
+  if not _is_trainable(leaf):
     raise ValueError(
         f"The leaf at {key} with shape {shape} has dtype {dtype}; only"
         " floating or complex leaves can be orthogonalized."
     )
   normalize_dimension_numbers(value, len(shape), key, shape)
+  if math.prod(shape) == 0:
+    # An empty matrix has nothing to orthogonalize: it passes through as
+    # the empty update it is.
+    return None
   return DimensionNumbers(value.reduction_axis, value.output_axis)
+
+
+def _is_trainable(leaf) -> bool:
+  """Floating or complex: integer, bool and float0 leaves (counters,
+  masks) are never matrices."""
+  dtype = getattr(leaf, "dtype", None)
+  return dtype is None or jnp.issubdtype(dtype, jnp.inexact)
 
 
 def label_params(
@@ -472,12 +500,21 @@ def resolve_dimension_numbers(updates, dimension_numbers, rules=None):
     return dimension_numbers_tree(updates, rules=rules)
   if _is_dimnums(dimension_numbers):
     return jax.tree_util.tree_map(
-        lambda x: None if _is_masked(x) else dimension_numbers,
+        lambda x: dimension_numbers if _is_matrix_leaf(x) else None,
         updates,
         is_leaf=_is_masked,
     )
   return dimension_numbers_tree(
       updates, rules=rules, dimension_numbers=dimension_numbers
+  )
+
+
+def _is_matrix_leaf(x) -> bool:
+  """Not masked, floating or complex, and not empty."""
+  return (
+      not _is_masked(x)
+      and _is_trainable(x)
+      and math.prod(getattr(x, "shape", ())) > 0
   )
 
 
@@ -494,7 +531,8 @@ def map_matrices(fn, updates, dns, *others):
 
   Leaves whose dimension numbers are ``None`` (and masked leaves) are
   returned unchanged. ``others`` are trees with the same structure, reshaped
-  the same way.
+  the same way. Each result has its leaf's sharding (see
+  :func:`keep_sharding`).
   """
   leaves, dn_leaves, treedef = _flatten_pairs(updates, dns)
   other_leaves = [treedef.flatten_up_to(o) for o in others]
@@ -503,10 +541,56 @@ def map_matrices(fn, updates, dns, *others):
     if dn is None or _is_masked(x):
       out.append(x)
       continue
-    ms = [to_matrix(o[i], dn) for o in other_leaves]
-    y = fn(to_matrix(x, dn), *ms)
-    out.append(from_matrix(y, dn, x.shape))
+
+    def leaf_fn(x, *os, dn=dn):
+      ms = [to_matrix(o, dn) for o in os]
+      return from_matrix(fn(to_matrix(x, dn), *ms), dn, x.shape)
+
+    out.append(keep_sharding(leaf_fn, x, *[o[i] for o in other_leaves],
+                             like=x))
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _explicit_axes(x) -> tuple[str, ...]:
+  """The Explicit axes of the mesh in ``x``'s type (sharding in types)."""
+  try:
+    s = jax.typeof(x).sharding
+  except (AttributeError, TypeError):
+    return ()
+  mesh = getattr(s, "mesh", None)
+  if mesh is None or not mesh.axis_names:
+    return ()
+  return tuple(
+      a
+      for a, t in zip(mesh.axis_names, mesh.axis_types)
+      if t == jax.sharding.AxisType.Explicit
+  )
+
+
+def keep_sharding(fn, *args, like):
+  """``fn(*args)`` whose results have the types' shardings of ``like``.
+
+  Per-matrix work reshapes a leaf to ``(B, fan_in, fan_out)`` and back,
+  and reduces over whole matrices: under Explicit mesh axes (sharding in
+  types) a reshape that merges a sharded axis, or a result whose sharding
+  differs from the state it replaces, is a type error. Here ``fn`` runs
+  with the Explicit axes made Auto (``jax.sharding.auto_axes``: XLA places
+  the work) and its results come back with the shardings of ``like`` (an
+  array, or a tuple of arrays for a tuple of results). Without Explicit
+  axes this is ``fn(*args)``.
+  """
+  likes = like if isinstance(like, tuple) else (like,)
+  axes = ()
+  for a in args + likes:
+    axes = axes or _explicit_axes(a)
+  if not axes:
+    return fn(*args)
+  shardings = tuple(jax.typeof(a).sharding for a in likes)
+  return jax.sharding.auto_axes(
+      fn,
+      axes=axes,
+      out_sharding=shardings if isinstance(like, tuple) else shardings[0],
+  )(*args)
 
 
 class MatrixGroup(NamedTuple):

@@ -517,5 +517,262 @@ class InitUpdateMismatchTest(parameterized.TestCase):
           self.assertIn(part, str(cm.exception))
 
 
+# ------------------------------------- leaf kinds and optax idioms (issue 11)
+
+
+def _optax_inject_case():
+  """optax's common inject_hyperparams case: rank-1 gradients, which the
+  Newton-Schulz iteration amplifies rounding differences on."""
+  params = [-jnp.ones((2, 3)), jnp.ones((2, 5, 2))]
+  grads = [jnp.ones((2, 3)), -jnp.ones((2, 5, 2))]
+  return params, grads
+
+
+def _complex_targets():
+  """The targets of ``test_converges``, complex, as optax's alias tests make
+  them: the goal times ``1 + 1j``."""
+  def to_c(x):
+    return jnp.asarray(x, jnp.complex64)
+
+  return {
+      key: (
+          jax.tree.map(to_c, init),
+          jax.tree.map(lambda g: to_c(g) * (1 + 1j), goal),
+      )
+      for key, (init, goal) in _targets().items()
+  }
+
+
+def _abs_sq_loss(params, target):
+  return sum(
+      jnp.sum(jnp.real(jnp.conj(p - t) * (p - t)))
+      for p, t in zip(jax.tree.leaves(params), jax.tree.leaves(target))
+  )
+
+
+def _explicit_mesh():
+  return jax.make_mesh(
+      (jax.device_count(),), ("x",),
+      axis_types=(jax.sharding.AxisType.Explicit,),
+  )
+
+
+STRATEGIES = [dict(sharding=s) for s in ("none", "gather", "distribute")]
+
+
+class LeafKindsAndIdiomsTest(chex.TestCase):
+  """Every leaf a parameter tree can hold, every optax idiom at the defaults."""
+
+  def setUp(self):
+    super().setUp()
+    chex.clear_trace_counter()
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_integer_and_bool_leaves_pass_through(self, name):
+    """Counters, masks and index tables get a zero update of their dtype
+    (under the default ``skip_nonfinite=True``), change nothing else, and
+    a skipped (NaN) step keeps them too."""
+    floats = _mixed_params()
+    ints = {
+        "step": jnp.array(3, jnp.int32),
+        "mask": jnp.array([True, False, True]),
+        "table": jnp.arange(24, dtype=jnp.int32).reshape(4, 6),
+    }
+    params = {**floats, "ints": ints}
+    tx = _make(name)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    grads = {**_grads_like(floats, 0), "ints": ints}
+    updates, state = update(grads, state, params)
+    chex.assert_trees_all_equal(
+        updates["ints"], jax.tree.map(jnp.zeros_like, ints)
+    )
+    chex.assert_trees_all_equal_dtypes(updates["ints"], ints)
+    new = optax.apply_updates(params, updates)
+    chex.assert_trees_all_equal(new["ints"], ints)
+    chex.assert_trees_all_equal_dtypes(new["ints"], ints)
+    want, _ = _updates(tx, floats, steps=1)
+    _assert_trees_close({k: updates[k] for k in floats}, want[0])
+    # A skipped step (NaN gradients) with the integer leaves in the tree.
+    nan_grads = {
+        **_tree_map(lambda p: jnp.full_like(p, jnp.nan), floats),
+        "ints": ints,
+    }
+    skipped, state = update(nan_grads, state, params)
+    chex.assert_trees_all_equal(
+        skipped, _tree_map(jnp.zeros_like, params)
+    )
+    # float0 gradients (jax.grad with allow_int=True) are applied too.
+    def loss(p):
+      return _loss({k: p[k] for k in floats}, floats) + jnp.sum(
+          p["ints"]["table"]
+      ).astype(jnp.float32)
+
+    grads = jax.grad(loss, allow_int=True)(
+        jax.tree.map(
+            lambda x: x + 0.5 if jnp.issubdtype(x.dtype, jnp.inexact) else x,
+            params,
+        )
+    )
+    updates, _ = update(grads, state, params)
+    chex.assert_trees_all_equal(
+        optax.apply_updates(params, updates)["ints"], ints
+    )
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_zero_size_leaves(self, name):
+    """Empty leaves get empty updates of their shape and dtype, and change
+    neither the other updates nor the state's finiteness."""
+    floats = _mixed_params()
+    empty = {
+        "rows": jnp.zeros((0, 5)),
+        "cols": jnp.zeros((5, 0)),
+        "vector": jnp.zeros((0,)),
+        "stack": jnp.zeros((2, 0, 3)),
+    }
+    params = {**floats, "empty": empty}
+    tx = _make(name)
+    update = jax.jit(tx.update)
+    state = tx.init(params)
+    for t in range(2):
+      grads = {**_grads_like(floats, t), "empty": empty}
+      updates, state = update(grads, state, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(updates["empty"], empty)
+    chex.assert_tree_all_finite(state)
+    want, _ = _updates(tx, floats, steps=2)
+    _assert_trees_close({k: updates[k] for k in floats}, want[1])
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_complex_parameters_converge(self, name):
+    """Complex parameters (optax's complex targets: the goal times 1 + 1j,
+    conjugated gradients) reach the goal as the real ones do.
+
+    The complex goals are further from the (real) starting points, so the
+    run is twice as long as ``test_converges``' (ROOT's steps of RMS 0.2 x
+    learning rate need 2400 of them).
+    """
+    targets = _complex_targets()
+    init = {k: v[0] for k, v in targets.items()}
+    goal = {k: v[1] for k, v in targets.items()}
+    tx = _make(name)
+
+    def step(carry, _):
+      params, state = carry
+      grads = jax.tree.map(jnp.conj, jax.grad(_abs_sq_loss)(params, goal))
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    @jax.jit
+    def run(params):
+      (params, _), _ = jax.lax.scan(
+          step, (params, tx.init(params)), length=4000
+      )
+      return params
+
+    final = run(init)
+    for target in targets:
+      with self.subTest(target):
+        chex.assert_trees_all_equal_dtypes(final[target], init[target])
+        chex.assert_trees_all_close(
+            final[target], goal[target], rtol=3e-2, atol=3e-2
+        )
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_inject_hyperparams_without_static_args(self, name):
+    """``inject_hyperparams(factory)`` with every numeric argument injected
+    (no ``static_args``) gives the plain optimizer's updates."""
+    entry = REGISTRY[name]
+    injected_tx = optax.inject_hyperparams(entry.factory)(**entry.kwargs)
+    tx = _make(name)
+    for case in ("optax", "mixed"):
+      with self.subTest(case):
+        if case == "optax":
+          params, grads = _optax_inject_case()
+          grads = [grads, grads]
+        else:
+          params = _mixed_params()
+          grads = [_grads_like(params, t) for t in range(2)]
+        plain_update = jax.jit(tx.update)
+        injected_update = jax.jit(injected_tx.update)
+        state, injected_state = tx.init(params), injected_tx.init(params)
+        for g in grads:
+          want, state = plain_update(g, state, params)
+          got, injected_state = injected_update(g, injected_state, params)
+          chex.assert_trees_all_close(got, want, rtol=1e-6, atol=1e-12)
+
+  @parameterized.named_parameters(_named(NAMES, STRATEGIES))
+  def test_explicit_mesh_parameters(self, name, sharding):
+    """optax's sharding-in-types test at the defaults: parameters on an
+    Explicit mesh keep every array's type through ``init`` and ``update``
+    (eager and jitted), a skipped step included."""
+    sharding = None if sharding == "none" else sharding
+    mesh = _explicit_mesh()
+    tx = _make(name, sharding=sharding)
+    with jax.set_mesh(mesh):
+      params = {
+          "w": jnp.zeros(
+              (2, 8, 4), jnp.float16,
+              out_sharding=jax.NamedSharding(mesh, jax.P(None, "x")),
+          ),
+          "b": jnp.zeros(
+              (8,), jnp.float32,
+              out_sharding=jax.NamedSharding(mesh, jax.P("x")),
+          ),
+          # A matrix sharded along its output axis: the per-neuron and
+          # per-matrix reductions (NorMuon, ROOT's quantile) cross devices.
+          "k": jnp.zeros(
+              (8, 16), jnp.float32,
+              out_sharding=jax.NamedSharding(mesh, jax.P(None, "x")),
+          ),
+      }
+      grads = jax.tree.map(lambda p: p + 1, params)
+      types = jax.tree.map(jax.typeof, params)
+      state0 = tx.init(params)
+      state_types = jax.tree.map(jax.typeof, state0)
+      self.assertEqual(
+          jax.tree.map(jax.typeof, jax.jit(tx.init)(params)), state_types
+      )
+      # optax's own test: eager, the params as gradients.
+      _, state1 = tx.update(params, state0, params)
+      self.assertEqual(jax.tree.map(jax.typeof, state1), state_types)
+      update = jax.jit(tx.update)
+      updates, state1 = update(grads, state0, params)
+      self.assertEqual(jax.tree.map(jax.typeof, updates), types)
+      self.assertEqual(jax.tree.map(jax.typeof, state1), state_types)
+      nan = jax.tree.map(lambda g: g * jnp.nan, grads)
+      updates, state2 = update(nan, state1, params)
+      self.assertEqual(jax.tree.map(jax.typeof, updates), types)
+      self.assertEqual(jax.tree.map(jax.typeof, state2), state_types)
+      chex.assert_trees_all_equal(updates, _tree_map(jnp.zeros_like, params))
+      # Skipped: the optimizer's own state is unchanged.
+      chex.assert_trees_all_equal(state2.inner_state, state1.inner_state)
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_mu_dtype_applies_to_adam_branch(self, name):
+    """``mu_dtype`` sets AdamW's first moment as well as the momentum, as in
+    ``optax.contrib.muon``."""
+    params = _mixed_params()
+    # Scion gives every leaf an LMO by default; route the usual leaves to
+    # AdamW so that its branch has a state.
+    tx = _make(name, mu_dtype=jnp.bfloat16, labels=ortho_optax.label_params)
+    state = tx.init(params)
+    for t in range(2):
+      updates, state = jax.jit(tx.update)(
+          _grads_like(params, t), state, params
+      )
+    chex.assert_trees_all_equal_dtypes(updates, params)
+    adam = [
+        s for s in jax.tree.leaves(
+            state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+        )
+        if isinstance(s, optax.ScaleByAdamState)
+    ]
+    self.assertLen(adam, 1)
+    mu = jax.tree.leaves(adam[0].mu)
+    self.assertNotEmpty(mu)
+    for m in mu:
+      self.assertEqual(m.dtype, jnp.bfloat16)
+
+
 if __name__ == "__main__":
   absltest.main()

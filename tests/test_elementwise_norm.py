@@ -35,3 +35,21 @@ def test_bad_arguments_raise():
     ortho_optax.scale_by_elementwise_norm(-0.1)
   with pytest.raises(ValueError, match="`rms`"):
     ortho_optax.scale_by_elementwise_norm(rms=-1.0)
+
+
+def test_complex_matches_numpy_with_magnitudes():
+  """Complex updates: the second moment is |O|^2, real, so each entry is
+  divided by its own magnitude's RMS and keeps its phase."""
+  rng = np.random.default_rng(0)
+  tx = ortho_optax.scale_by_elementwise_norm(0.9, 1e-8, rms=0.2)
+  state = tx.init({"w": jnp.zeros((6, 4), jnp.complex64)})
+  assert state.nu["w"].dtype == jnp.float32
+  v = np.zeros((6, 4))
+  for _ in range(3):
+    o = (rng.standard_normal((6, 4)) + 1j * rng.standard_normal((6, 4)))
+    out, state = tx.update({"w": jnp.asarray(o, jnp.complex64)}, state)
+    v = 0.9 * v + 0.1 * np.abs(o) ** 2
+    o_hat = o / (np.sqrt(v) + 1e-8)
+    want = o_hat * 0.2 * np.sqrt(24) / (np.linalg.norm(o_hat) + 1e-8)
+    np.testing.assert_allclose(out["w"], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.angle(out["w"]), np.angle(o), atol=1e-5)

@@ -174,6 +174,48 @@ def test_inner_product_is_dual_norm(norm, dual_norm):
   )
 
 
+def _complex(seed, shape):
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(
+      np.complex64
+  )
+
+
+@pytest.mark.parametrize(
+    "norm, dual_norm",
+    [
+        (LMONorm("spectral", unit=True), lambda x: float(np.sum(
+            np.linalg.svd(x.astype(np.complex128), compute_uv=False)))),
+        ("frobenius", lambda x: float(np.linalg.norm(x))),
+        (LMONorm("sign", unit=True), lambda x: float(np.sum(np.abs(x)))),
+        (LMONorm("col_norm", unit=True),
+         lambda x: float(np.sum(np.linalg.norm(x, axis=1)))),
+        (LMONorm("row_norm", unit=True),
+         lambda x: float(np.sum(np.linalg.norm(x, axis=0)))),
+        ("bias_rms", lambda x: float(
+            np.sum(np.abs(x) ** 2 / np.sqrt(np.mean(np.abs(x) ** 2, axis=0))))
+        ),
+    ],
+)
+def test_complex_inner_product_is_dual_norm(norm, dual_norm):
+  """Complex leaves: Re <d, dual(d)> is the dual norm (the norms are over
+  |d|; sign(d) = d / |d|), and the imaginary part vanishes. With x * x for
+  |x|^2 the Frobenius, row, column and bias-RMS duals missed this."""
+  d = _complex(7, (6, 4))
+  out = _dual(norm, {"w": jnp.asarray(d)})["w"]
+  assert out.dtype == jnp.complex64
+  ip = np.vdot(d.astype(np.complex128), np.asarray(out, np.complex128))
+  np.testing.assert_allclose(ip.real, dual_norm(d), rtol=1e-5)
+  np.testing.assert_allclose(ip.imag, 0.0, atol=1e-4 * abs(ip.real))
+
+
+def test_complex_vector_bias_rms_matches_numpy():
+  b = _complex(3, (7,))
+  out = _dual("bias_rms", {"b": jnp.asarray(b)})["b"]
+  want = b / (np.sqrt(np.mean(np.abs(b) ** 2)) + 1e-8)
+  np.testing.assert_allclose(out, want, rtol=1e-5)
+
+
 def test_scion_spectral_inner_product_is_scaled_nuclear_norm():
   d = _normal(8, (6, 4))  # fan_in 6, fan_out 4
   out = _dual("spectral", {"w": jnp.asarray(d)})["w"]

@@ -118,3 +118,33 @@ def test_bad_arguments_raise():
     ortho_optax.scale_by_neuron_norm(rescale="l2")
   with pytest.raises(ValueError, match="`eps`"):
     ortho_optax.scale_by_neuron_norm(eps=-1.0)
+
+
+def _complex_normal(seed, shape):
+  rng = np.random.default_rng(seed)
+  return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(
+      np.complex64
+  )
+
+
+@pytest.mark.parametrize("rescale", ["frobenius", "rms"])
+def test_complex_matches_numpy_with_magnitudes(rescale):
+  """Complex updates: the second moment is of |O|^2 (real), as in NumPy's
+  re-derivation with o * conj(o); x * x would rotate the phases."""
+  tx = ortho_optax.scale_by_neuron_norm(0.9, 1e-8, rescale=rescale)
+  os_ = [_complex_normal(s, (6, 4)) for s in range(4)]
+  state = tx.init({"w": jnp.zeros((6, 4), jnp.complex64)})
+  assert state.nu["w"].dtype == jnp.float32
+  v = np.zeros((1, 4))
+  for o in os_:
+    out, state = tx.update({"w": jnp.asarray(o)}, state)
+    o64 = o.astype(np.complex128)
+    v = 0.9 * v + 0.1 * np.mean(np.abs(o64) ** 2, axis=0, keepdims=True)
+    o_hat = o64 / (np.sqrt(v) + 1e-8)
+    target = np.linalg.norm(o64) if rescale == "frobenius" else 0.2 * np.sqrt(
+        o.size
+    )
+    want = o_hat * target / (np.linalg.norm(o_hat) + 1e-8)
+    assert out["w"].dtype == jnp.complex64
+    np.testing.assert_allclose(out["w"], want, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(state.nu["w"], v, rtol=1e-5)

@@ -264,6 +264,21 @@ def test_zero_matrix_maps_to_zero(method):
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (0, 0), (3, 0, 4)])
+def test_zero_size_input_is_returned(method, shape):
+  """An empty matrix is its own (empty) polar factor, for every engine and
+  normalization (the norms' reductions have no identity on it)."""
+  x = jnp.zeros(shape, jnp.float32)
+  options = [{}]
+  if method in ("newton_schulz", "gram_newton_schulz"):
+    options = [dict(normalization=n) for n in
+               ("frobenius", "spectral", "aol", "schatten4")]
+  for opts in options:
+    y = ORTH(x, method, **opts)
+    assert y.shape == shape and y.dtype == x.dtype
+
+
+@pytest.mark.parametrize("method", METHODS)
 def test_jit_shape_and_dtype(method):
   x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 16, 40)),
                   jnp.float32)

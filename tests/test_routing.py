@@ -200,6 +200,14 @@ def test_unhandled_leaf_error_names_path_and_shape(leaf, rule, match):
     ortho_optax.label_params(params, rules=[("weird", rule)])
   assert path in str(err.value)
   assert str(tuple(leaf.shape)) in str(err.value)
+  if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+    # The named optimizers never update integer leaves, whatever the
+    # routing: they pass through with a zero update.
+    tx = ortho_optax.muon(0.1, rules=[("weird", rule)])
+    updates, _ = tx.update(params, tx.init(params), params)
+    assert updates["block"]["weird"].dtype == leaf.dtype
+    assert not jnp.any(updates["block"]["weird"])
+    return
   # The named optimizers fail the same way, at init.
   with pytest.raises(ValueError) as err:
     ortho_optax.muon(0.1, rules=[("weird", rule)]).init(params)
@@ -316,3 +324,51 @@ def test_map_matrix_groups_keeps_dtypes_apart():
   out = _routing.map_matrix_groups(fn, params, dns)
   assert len(calls) == 2
   assert out["bf16"].dtype == jnp.bfloat16 and out["f32"].dtype == jnp.float32
+
+
+def test_masked_node_in_dimension_numbers_is_not_a_matrix():
+  """optax's test_scale_by_shape_handles_masked_node: a MaskedNode in the
+  user's dimension numbers (tree or callable) means "not a matrix"."""
+  params = {"w1": jnp.ones((5, 20)), "w2": jnp.ones((5, 5))}
+
+  def dims(_):
+    return {"w1": MDN(0, 1), "w2": optax.MaskedNode()}
+
+  tx = ortho_optax.scale_by_shape(dimension_numbers=dims)
+  updates, _ = tx.update(params, tx.init(params), params)
+  np.testing.assert_array_equal(updates["w1"], 2.0 * params["w1"])
+  np.testing.assert_array_equal(updates["w2"], params["w2"])
+  assert ortho_optax.label_params(params, dimension_numbers=dims) == {
+      "w1": ORTHO, "w2": ADAM
+  }
+  # Through a named optimizer, as a tree and as a callable: w2 is AdamW's.
+  for dn in (dims, dims(params)):
+    tx = ortho_optax.muon(0.1, dimension_numbers=dn)
+    updates, _ = tx.update(params, tx.init(params), params)
+    np.testing.assert_allclose(updates["w2"], -0.1 * np.ones((5, 5)),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(0, 5), (5, 0), (2, 0, 3), (0, 3, 3)])
+def test_zero_size_leaves_are_not_matrices(shape):
+  """An empty leaf has nothing to orthogonalize, whatever the routing."""
+  params = {"w": jnp.ones((3, 4)), "empty": jnp.zeros(shape)}
+  dns = _routing.dimension_numbers_tree(params)
+  assert dns["empty"] is None
+  dns = _routing.resolve_dimension_numbers(params, MDN(len(shape) - 2,
+                                                       len(shape) - 1))
+  assert dns["empty"] is None and dns["w"] is not None
+  tx = ortho_optax.scale_by_orthogonalization(dimension_numbers=MDN(-2, -1))
+  updates, _ = tx.update(params, tx.init(params), params)
+  assert updates["empty"].shape == shape
+
+
+def test_integer_leaves_are_not_matrices_by_default():
+  params = {"w": jnp.ones((3, 4)), "table": jnp.ones((3, 4), jnp.int32),
+            "mask": jnp.ones((3, 4), bool)}
+  assert ortho_optax.label_params(params) == {
+      "w": ORTHO, "table": ADAM, "mask": ADAM
+  }
+  # A prefix broadcast does not make them matrices either.
+  dns = _routing.dimension_numbers_tree(params, dimension_numbers=MDN())
+  assert dns["table"] is None and dns["mask"] is None

@@ -59,6 +59,8 @@ def auon(
   symmetric = _newton_schulz.check_symmetric(symmetric)
   if not isinstance(gamma, jax.core.Tracer):  # may be an injected hyperparam
     _checks.check_nonnegative(gamma, "gamma")
+  if x.size == 0:  # Nothing to normalize (the mean below would be NaN).
+    return x
   out_dtype = x.dtype
   # Scale-free, as the formula is: eps is relative to max |G|, and |G|^2
   # neither overflows nor underflows (see _normalization.prescale).

@@ -97,6 +97,8 @@ def gram_newton_schulz(
   )
   restarts = check_restarts(restarts, len(rows))
   symmetric = _newton_schulz.check_symmetric(symmetric)
+  if x.size == 0:  # An empty matrix is its own (empty) polar factor.
+    return x
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)

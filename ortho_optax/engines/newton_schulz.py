@@ -93,6 +93,8 @@ def newton_schulz(
       x, coeffs, steps, normalization, eps, compute_dtype
   )
   symmetric = check_symmetric(symmetric)
+  if x.size == 0:  # An empty matrix is its own (empty) polar factor.
+    return x
   transpose = x.shape[-2] > x.shape[-1]
   if transpose:
     x = jnp.swapaxes(x, -1, -2)

@@ -27,6 +27,8 @@ def polar_svd(x: jax.Array) -> jax.Array:
     An array with the shape and dtype of ``x``.
   """
   x = _checks.check_matrix(x)
+  if x.size == 0:  # An empty matrix is its own (empty) polar factor.
+    return x
   xw = _normalization.prescale(x)
   wd = xw.dtype
   u, s, vh = jnp.linalg.svd(xw, full_matrices=False)

@@ -134,6 +134,7 @@ def adamuon(
     <https://arxiv.org/abs/2507.11005>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _checks.check_bool(sign, "sign")

@@ -22,7 +22,7 @@ def auon(
     beta: jax.typing.ArrayLike = 0.95,
     nesterov: bool = True,
     gamma: jax.typing.ArrayLike = 1.0,
-    hybrid_steps: int = 0,
+    hybrid_steps: int | None = None,
     eps: float | None = None,
     shape_rule: str = "muon",
     shape_rms: float | None = None,
@@ -71,7 +71,8 @@ def auon(
     nesterov: Nesterov look-ahead.
     gamma: gain inside ``cosh`` (the paper's 1; the 2026 code's 1.5).
     hybrid_steps: Newton-Schulz steps (Muon's coefficients) on :math:`X`
-      before the cosh scaling; 0 is AuON, see :func:`hybrid_auon`.
+      before the cosh scaling; 0 (or ``None``) is AuON, see
+      :func:`hybrid_auon`.
     eps: added to the Frobenius norm (``None``: the paper's 1e-7).
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
@@ -102,6 +103,7 @@ def auon(
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(hybrid_steps, "hybrid_steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _base.check_nonnegative(gamma, "gamma")
@@ -123,7 +125,7 @@ def auon(
           dimension_numbers=branch_dn,
           sharding=sharding,
           gamma=gamma,
-          hybrid_steps=hybrid_steps,
+          hybrid_steps=0 if hybrid_steps is None else hybrid_steps,
           eps=1e-7 if eps is None else eps,
       ),
       _shape.scale_by_shape(
@@ -152,16 +154,35 @@ def auon(
   )
 
 
-hybrid_auon = functools.partial(auon, hybrid_steps=1)
-hybrid_auon.__doc__ = r"""Hybrid-AuON: Newton-Schulz steps before AuON's cosh-RMS scaling.
+@_base.variant_of(auon, hybrid_steps=None)
+def hybrid_auon(
+    learning_rate: optax.ScalarOrSchedule,
+    *,
+    hybrid_steps: int | None = None,
+    **kwargs,
+) -> optax.GradientTransformation:
+  r"""Hybrid-AuON: Newton-Schulz steps before AuON's cosh-RMS scaling.
 
   :func:`auon` with ``hybrid_steps=1``: one quintic Newton-Schulz step
   (Muon's coefficients) is applied to :math:`X_t = U_t / \|U_t\|_F` before
   :math:`r_t` is computed, as in the paper; the 2026 code's ``HybridAuON``
-  uses five (``hybrid_auon(lr, hybrid_steps=5)``). Takes every argument of
-  :func:`auon`.
+  uses five (``hybrid_auon(lr, hybrid_steps=5)``).
+
+  Args:
+    learning_rate: as in :func:`auon`.
+    hybrid_steps: Newton-Schulz steps; ``None``: the paper's 1 (a default
+      that ``optax.inject_hyperparams`` leaves static).
+    **kwargs: any other argument of :func:`auon`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
 
   References:
     Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025
   """
+  return auon(
+      learning_rate,
+      hybrid_steps=1 if hybrid_steps is None else hybrid_steps,
+      **kwargs,
+  )

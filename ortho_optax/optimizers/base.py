@@ -101,6 +101,23 @@ def check_learning_rate(learning_rate, name: str = "learning_rate") -> None:
     ) from e
 
 
+def check_static_steps(value, name: str) -> None:
+  """Raises a clear error for a step count given as an array.
+
+  A number of Newton-Schulz steps shapes the program, so it cannot be a
+  traced value. ``optax.inject_hyperparams`` turns every numeric argument
+  into an array unless it is listed in ``static_args``; the defaults
+  (``None``) stay static. Other bad values are left to the engines' checks.
+  """
+  if isinstance(value, (jax.Array, np.ndarray)):
+    raise TypeError(
+        f"`{name}` must be a Python int or None, got an array {value!r}: the"
+        " number of Newton-Schulz steps shapes the program and cannot be"
+        " traced. Under optax.inject_hyperparams, list it in `static_args`"
+        f" (static_args=({name!r},))."
+    )
+
+
 def check_nonnegative(value, name: str) -> None:
   """Raises unless a concrete ``value`` is >= 0 (traced values pass)."""
   _checks.check_number(value, name, low=0.0)
@@ -175,6 +192,10 @@ def matrix_and_adam(
 ) -> optax.GradientTransformation:
   """Sends matrices to ``matrix_tx`` and every other leaf to AdamW.
 
+  Leaves that are not floating or complex (integer and bool leaves such as
+  step counters and masks, ``float0`` gradients) reach neither: their
+  update is zero, see :func:`pass_non_float`.
+
   Args:
     matrix_tx: the transformation of the ``"orthogonalize"`` leaves,
       including its learning rate.
@@ -191,9 +212,9 @@ def matrix_and_adam(
     dimension_numbers: optax-style routing, see :func:`label_params`.
     rules: routing overrides, see :func:`label_params`.
     other_tx: replaces AdamW for the other leaves (e.g. Scion's LMOs).
-    skip_nonfinite: wrap the result in ``optax.apply_if_finite`` so that a
-      step with a NaN or infinite gradient is skipped (parameters and state
-      unchanged) instead of writing NaNs into the parameters.
+    skip_nonfinite: skip a step with a NaN or infinite gradient
+      (parameters and state unchanged, see :func:`skip_nonfinite_steps`)
+      instead of writing NaNs into the parameters.
     mu_dtype: storage of AdamW's first moment (as the momentum's).
     nu_dtype: storage of AdamW's second moment; a quantized format stores
       it in the unsigned code of its width (see :func:`scale_by_adam
@@ -242,8 +263,170 @@ def matrix_and_adam(
       {_routing.MATRIX: matrix_tx, _routing.OTHER: other_tx}, labels
   )
   if skip_nonfinite:
-    tx = optax.apply_if_finite(tx, max_consecutive_errors=_NEVER_GIVE_UP)
-  return _structure.check_like_init(tx, name)
+    tx = skip_nonfinite_steps(tx)
+  return _structure.check_like_init(pass_non_float(tx), name)
+
+
+def _is_empty(x) -> bool:
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def is_float(x) -> bool:
+  """Whether a leaf (array, ``ShapeDtypeStruct`` or scalar) is trainable:
+  floating or complex. Integer, bool and ``float0`` leaves are not."""
+  dtype = getattr(x, "dtype", None)
+  if dtype is None:
+    dtype = jnp.result_type(x)
+  return jnp.issubdtype(dtype, jnp.inexact)
+
+
+def pass_non_float(
+    inner: optax.GradientTransformation,
+) -> optax.GradientTransformationExtraArgs:
+  """Gives integer and bool leaves a zero update without showing them to
+  ``inner``.
+
+  A real parameter tree holds step counters, masks and index tables next to
+  the weights (``optax.adamw`` turns them into float updates and float
+  moments; ``jax.grad(..., allow_int=True)`` gives them ``float0``
+  gradients). ``inner`` sees ``None`` in their place, a leaf every
+  transform of the library already skips, so its state and its updates of
+  the other leaves are those of the tree without them. A leaf is frozen
+  when its parameter (or, without ``params``, its update) is not floating
+  or complex. Its update is zero in the update's dtype, or in the
+  parameter's for a ``float0`` gradient, which ``optax.apply_updates``
+  cannot add.
+
+  Args:
+    inner: the transformation of the floating and complex leaves.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` with ``inner``'s state.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def frozen(tree) -> list[bool]:
+    leaves = jax.tree.leaves(tree, is_leaf=_is_empty)
+    return [not _is_empty(x) and not is_float(x) for x in leaves]
+
+  def drop(tree, mask):
+    if tree is None:
+      return None
+    leaves, treedef = jax.tree.flatten(tree, is_leaf=_is_empty)
+    return treedef.unflatten(
+        [None if f else x for x, f in zip(leaves, mask)]
+    )
+
+  def init_fn(params):
+    return inner.init(drop(params, frozen(params)))
+
+  def update_fn(updates, state, params=None, **extra_args):
+    mask = frozen(updates if params is None else params)
+    if not any(mask):
+      return inner.update(updates, state, params, **extra_args)
+    new, state = inner.update(
+        drop(updates, mask), state, drop(params, mask), **extra_args
+    )
+    leaves, treedef = jax.tree.flatten(updates, is_leaf=_is_empty)
+    new_leaves = treedef.flatten_up_to(new)
+    p_leaves = (
+        [None] * len(leaves)
+        if params is None
+        else treedef.flatten_up_to(params)
+    )
+    out = [
+        _zero_update(u, p) if f else n
+        for u, n, p, f in zip(leaves, new_leaves, p_leaves, mask)
+    ]
+    return treedef.unflatten(out), state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _zero_update(u, p):
+  if u.dtype == jax.dtypes.float0:
+    # float0 supports no arithmetic; a zero of the parameter's dtype does.
+    return u if p is None else jnp.zeros_like(p)
+  return jnp.zeros_like(u)
+
+
+def skip_nonfinite_steps(
+    inner: optax.GradientTransformation,
+    max_consecutive_errors: int = _NEVER_GIVE_UP,
+) -> optax.GradientTransformationExtraArgs:
+  """``optax.apply_if_finite`` whose skipped step keeps every array's type.
+
+  The same state (``optax.ApplyIfFiniteState``) and semantics: a step whose
+  floating updates hold a NaN or an infinity returns zero updates and
+  leaves ``inner``'s state unchanged, until more than
+  ``max_consecutive_errors`` such steps in a row. optax builds the zeros of
+  a skipped step from the incoming updates, outside their sharding: under
+  Explicit mesh axes (sharding in types) the two ``lax.cond`` branches then
+  differ in type (``float16[2,8@x,4]`` against ``float16[2,8,4]``), and so
+  they do whenever ``inner`` changes an update's dtype. Here the zeros take
+  the exact types (shape, dtype, sharding) of ``inner``'s updates, read from
+  a trace of ``inner.update`` (``jax.eval_shape``; no computation), and the
+  branch operands are passed explicitly rather than closed over.
+
+  Args:
+    inner: the transformation to guard.
+    max_consecutive_errors: non-finite steps in a row that are skipped
+      before one is applied (the library's default: never applied).
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs``.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params):
+    return optax.ApplyIfFiniteState(
+        notfinite_count=jnp.zeros([], jnp.int32),
+        last_finite=jnp.array(True, jnp.bool_),
+        total_notfinite=jnp.zeros([], jnp.int32),
+        inner_state=inner.init(params),
+    )
+
+  def update_fn(updates, state, params=None, **extra_args):
+    checks = [
+        jnp.all(jnp.isfinite(x))
+        for x in jax.tree.leaves(updates)
+        if is_float(x)
+    ]
+    isfinite = jnp.all(jnp.stack(checks)) if checks else jnp.array(True)
+    notfinite_count = jnp.where(
+        isfinite,
+        jnp.zeros([], jnp.int32),
+        optax.safe_increment(state.notfinite_count),
+    )
+
+    def apply(operands):
+      u, s, p = operands
+      return inner.update(u, s, p, **extra_args)
+
+    operands = (updates, state.inner_state, params)
+    new_types = jax.eval_shape(apply, operands)
+
+    def skip(operands):
+      return jax.tree.map(jnp.zeros_like, new_types[0]), operands[1]
+
+    new_updates, inner_state = jax.lax.cond(
+        isfinite | (notfinite_count > max_consecutive_errors),
+        apply,
+        skip,
+        operands,
+    )
+    return new_updates, optax.ApplyIfFiniteState(
+        notfinite_count=notfinite_count,
+        last_finite=isfinite,
+        total_notfinite=jnp.where(
+            isfinite,
+            state.total_notfinite,
+            optax.safe_increment(state.total_notfinite),
+        ),
+        inner_state=inner_state,
+    )
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def variant_of(base, **defaults):

@@ -144,6 +144,7 @@ def muon(
     <https://arxiv.org/abs/2502.16982>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _checks.check_choice(momentum_form, "momentum_form", _momentum.FORMS)
@@ -209,7 +210,7 @@ def muon(
 
 @_base.variant_of(
     muon,
-    steps=4,
+    steps=None,
     coeffs="turbo",
     normalization="aol",
     method="newton_schulz",
@@ -217,7 +218,7 @@ def muon(
 def turbo_muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    steps: int = 4,
+    steps: int | None = None,
     **kwargs,
 ) -> optax.GradientTransformation:
   r"""Turbo-Muon: Muon with AOL preconditioning and one step fewer.
@@ -239,7 +240,9 @@ def turbo_muon(
 
   Args:
     learning_rate: as in :func:`muon`.
-    steps: Newton-Schulz steps (the paper's 4).
+    steps: Newton-Schulz steps; ``None``: the paper's 4 (a default that
+      ``optax.inject_hyperparams`` leaves static: an int would become an
+      array, and the number of steps cannot be traced).
     **kwargs: any other argument of :func:`muon`.
 
   Returns:
@@ -253,4 +256,4 @@ def turbo_muon(
   kwargs.setdefault("coeffs", "turbo")
   kwargs.setdefault("normalization", "aol")
   kwargs.setdefault("method", "newton_schulz")
-  return muon(learning_rate, steps=steps, **kwargs)
+  return muon(learning_rate, steps=4 if steps is None else steps, **kwargs)

@@ -127,6 +127,7 @@ def normuon(
     <https://arxiv.org/abs/2510.05491>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _checks.check_choice(rescale, "rescale", _neuron_norm.RESCALES)

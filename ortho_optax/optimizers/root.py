@@ -25,7 +25,7 @@ def root(
     q: jax.typing.ArrayLike = 0.9,
     method: str = "auto",
     coeffs="root",
-    steps: int | None = 5,
+    steps: int | None = None,
     normalization: str | None = "frobenius",
     eps: float | None = None,
     compute_dtype=None,
@@ -85,7 +85,7 @@ def root(
     method: orthogonalization engine, see :func:`orthogonalize`
       (``"auto"``: the cheaper of the standard and the Gram form).
     coeffs: Newton-Schulz coefficients (ROOT's shape-keyed table).
-    steps: Newton-Schulz steps.
+    steps: Newton-Schulz steps; ``None``: ROOT's 5.
     normalization: the engine's input normalization.
     eps: the engine's normalization epsilon (``None``: ROOT's 1e-7).
     compute_dtype: dtype of the orthogonalization matmuls.
@@ -118,6 +118,7 @@ def root(
     Training <https://arxiv.org/abs/2511.20626>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
@@ -147,7 +148,7 @@ def root(
           **_base.engine_options(
               method,
               coeffs=coeffs,
-              steps=steps,
+              steps=5 if steps is None else steps,
               normalization=normalization,
               eps=1e-7 if eps is None else eps,
               compute_dtype=compute_dtype,

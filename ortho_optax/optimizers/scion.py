@@ -295,6 +295,7 @@ def scion(
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _trust_region.check_alpha(alpha)
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
   _checks.check_bool(constrained, "constrained")
@@ -324,9 +325,7 @@ def scion(
       preset, norms, radii, dimension_numbers, rules
   )
   lmo_tx = optax.chain(
-      _momentum.scale_by_momentum(
-          1 - alpha, nesterov=False, form="ema", mu_dtype=mu_dtype
-      ),
+      _momentum.scale_by_average(alpha, mu_dtype=mu_dtype),
       _lmo.scale_by_lmo(
           norms,
           radius=radii,

@@ -138,6 +138,7 @@ def trust_region(
     <https://arxiv.org/abs/2503.12645>`_, 2025
   """
   _base.check_learning_rate(learning_rate)
+  _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   check_alpha(alpha)
@@ -158,9 +159,7 @@ def trust_region(
       rules=rules,
   )
   matrix_tx = optax.chain(
-      _momentum.scale_by_momentum(
-          1 - alpha, nesterov=False, form="ema", mu_dtype=mu_dtype
-      ),
+      _momentum.scale_by_average(alpha, mu_dtype=mu_dtype),
       _lmo.scale_by_lmo(
           _unit_norms(norm),
           eps=eps,

@@ -85,15 +85,19 @@ def scale_by_elementwise_norm(
 
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    # |O|^2 is real: a complex leaf's moment is real too.
     nu = _neuron_norm.matrix_state(
-        params, dns, lambda x, dn: jnp.zeros_like(x)
+        params,
+        dns,
+        lambda x, dn: jnp.zeros_like(x, dtype=_neuron_norm.real_dtype(x.dtype)),
     )
     return ScaleByElementwiseNormState(
         nu=_storage.zeros(nu, storage, "nu_dtype")
     )
 
   def normalize(o, v):
-    v = beta * v + (1 - beta) * o * o
+    b = _momentum.hyperparameter(beta, o)
+    v = b * v + (1 - b) * _neuron_norm.abs_sq(o)
     o_hat = o / (jnp.sqrt(v) + eps)
     target = rms * jnp.sqrt(float(o.shape[-2] * o.shape[-1]))
     return o_hat * (target / (_neuron_norm.frobenius(o_hat) + eps)), v

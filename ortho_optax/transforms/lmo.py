@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -125,6 +126,12 @@ def _conv_geometry(shape, dn) -> tuple[int, int]:
   return in_ch, math.prod(shape[a] for a in red[:-1])
 
 
+def _abs_sq(x):
+  """``|x|^2``: the norms below are those of complex leaves too (``x * x``
+  would leave the imaginary part's scale out)."""
+  return jnp.real(x * jnp.conj(x))
+
+
 def _dual(m, kind, norm: LMONorm, fan_in, fan_out, conv, eps):
   """The dual direction of a ``(B, fan_in, fan_out)`` view (polar done)."""
   normalized = norm.is_normalized(kind) and not norm.unit
@@ -168,6 +175,30 @@ def _bias_rms(x, eps):
   return _normalization.scale_free_normalize(
       x, 0, 1.0 / math.sqrt(x.shape[0]), eps
   )
+
+
+def _leaf_dual(x, o, *, dn, norm, kind, eps, radius):
+  """``radius`` times the dual direction of one leaf ``x`` (``o``: its
+  polar factor, used by the spectral norms)."""
+  wd = jnp.promote_types(x.dtype, jnp.float32)
+  if kind == "bias_rms":
+    y = _bias_rms(x.astype(wd), eps)
+  elif dn is None:
+    # A 1 x size matrix: its polar factor is d / ||d||_2.
+    m = x.astype(wd).reshape(1, 1, -1)
+    if kind in ("spectral", "spectral_conv"):
+      m = _normalization.scale_free_normalize(m, None, 1.0, eps)
+    y = _dual(m, kind, norm, 1, m.shape[-1], (1, 1), eps).reshape(x.shape)
+  else:
+    src = o if kind in ("spectral", "spectral_conv") else x
+    m = _routing.to_matrix(src.astype(wd), dn)
+    conv = _conv_geometry(x.shape, dn)
+    y = _routing.from_matrix(
+        _dual(m, kind, norm, m.shape[-2], m.shape[-1], conv, eps),
+        dn,
+        x.shape,
+    )
+  return (y * radius).astype(x.dtype)
 
 
 def check_norms(norm, name: str = "norm") -> None:
@@ -344,26 +375,15 @@ def scale_by_lmo(
       if kind is None:
         out.append(x)
         continue
-      r = 1.0 if r is None else r
-      wd = jnp.promote_types(x.dtype, jnp.float32)
-      if kind == "bias_rms":
-        y = _bias_rms(x.astype(wd), eps)
-      elif dn is None:
-        # A 1 x size matrix: its polar factor is d / ||d||_2.
-        m = x.astype(wd).reshape(1, 1, -1)
-        if kind in ("spectral", "spectral_conv"):
-          m = _normalization.scale_free_normalize(m, None, 1.0, eps)
-        y = _dual(m, kind, n, 1, m.shape[-1], (1, 1), eps).reshape(x.shape)
-      else:
-        src = o if kind in ("spectral", "spectral_conv") else x
-        m = _routing.to_matrix(src.astype(wd), dn)
-        conv = _conv_geometry(x.shape, dn)
-        y = _routing.from_matrix(
-            _dual(m, kind, n, m.shape[-2], m.shape[-1], conv, eps),
-            dn,
-            x.shape,
-        )
-      out.append((y * r).astype(x.dtype))
+      out.append(_routing.keep_sharding(
+          functools.partial(
+              _leaf_dual, dn=dn, norm=n, kind=kind, eps=eps,
+              radius=1.0 if r is None else r,
+          ),
+          x,
+          o,
+          like=x,
+      ))
     return jax.tree.unflatten(treedef, out), state
 
   return optax.GradientTransformation(init_fn, update_fn)

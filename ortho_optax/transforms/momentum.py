@@ -206,3 +206,92 @@ def scale_by_momentum(
   return _structure.check_like_init(
       optax.GradientTransformation(init_fn, update_fn), "scale_by_momentum"
   )
+
+
+def hyperparameter(value, like) -> jax.Array:
+  """A hyperparameter as an array of ``like``'s working dtype (real, at
+  least float32), before any arithmetic on it.
+
+  ``optax.inject_hyperparams`` passes every float hyperparameter as a
+  float32 array: computing ``1 - beta`` from that array and from the Python
+  float ``0.95`` gives different float32 numbers (0.050000012 against
+  0.05). Converting first makes the two paths compute the same bits, and
+  the two weights of an average sum to exactly 1.
+  """
+  dtype = jnp.promote_types(like.dtype, jnp.float32)
+  return jnp.asarray(value, jnp.finfo(dtype).dtype)
+
+
+def _ema(g, m, decay):
+  """``(1 - decay) * g + decay * m``, as ``optax.tree.update_moment``."""
+  return (1 - decay) * g + decay * m
+
+
+def _map(fn, updates, *trees):
+  """``fn`` over the leaves of ``updates`` (``None`` leaves are kept)."""
+  return jax.tree.map(
+      lambda g, *r: None if g is None else fn(g, *r),
+      updates,
+      *trees,
+      is_leaf=lambda x: x is None,
+  )
+
+
+def _finish(out, mu, updates, state, count, storage):
+  """Casts the output to the updates' dtypes and stores ``mu``."""
+  out = _map(lambda g, o: o.astype(g.dtype), updates, out)
+  mu = _storage.store(mu, storage, state.mu, count)
+  return out, ScaleByMomentumState(count=count, mu=mu)
+
+
+def scale_by_average(
+    alpha: jax.typing.ArrayLike = 0.1,
+    *,
+    mu_dtype: jax.typing.DTypeLike | None = None,
+) -> optax.GradientTransformation:
+  r"""The running average of Scion and Kovalev's trust-region method.
+
+  .. math::
+    d_t = (1 - \alpha) d_{t-1} + \alpha g_t ,
+
+  :func:`scale_by_momentum` with ``beta = 1 - alpha``, no Nesterov, written
+  in terms of :math:`\alpha` so that an injected ``alpha``
+  (``optax.inject_hyperparams``, a float32 array) gives the same update as
+  the float: :math:`1 - (1 - \alpha)` is not :math:`\alpha` in float32,
+  and Newton-Schulz amplifies such a rounding difference on rank-deficient
+  momenta (3e-5 relative on all-ones gradients). Same state as
+  :func:`scale_by_momentum`.
+
+  Args:
+    alpha: weight of the new gradient, in ``(0, 1]``.
+    mu_dtype: storage of the average, as in :func:`scale_by_momentum`.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+
+  References:
+    Pethick et al., `Training Deep Learning Models with Norm-Constrained
+    LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
+  """
+  storage = _storage.as_storage(mu_dtype, "mu_dtype")
+
+  def init_fn(params):
+    return ScaleByMomentumState(
+        count=jnp.zeros([], jnp.int32),
+        mu=_storage.zeros(params, storage, "mu_dtype"),
+    )
+
+  def update_fn(updates, state, params=None):
+    del params
+    count = optax.safe_increment(state.count)
+
+    def average(g, m):
+      a = hyperparameter(alpha, g)
+      return a * g + (1 - a) * m
+
+    mu = _map(average, updates, _storage.load(state.mu, updates))
+    return _finish(mu, mu, updates, state, count, storage)
+
+  return _structure.check_like_init(
+      optax.GradientTransformation(init_fn, update_fn), "scale_by_average"
+  )

@@ -64,19 +64,38 @@ def map_with_state(fn, updates, nu, dns):
       out.append(x)
       new_nu.append(v)
       continue
-    wd = jnp.promote_types(x.dtype, jnp.float32)
-    y, v_new = fn(
-        _routing.to_matrix(x.astype(wd), dn),
-        _routing.to_matrix(v.astype(wd), dn),
-    )
-    out.append(_routing.from_matrix(y, dn, x.shape).astype(x.dtype))
-    new_nu.append(_routing.from_matrix(v_new, dn, v.shape).astype(v.dtype))
+
+    def leaf_fn(x, v, dn=dn):
+      wd = jnp.promote_types(x.dtype, jnp.float32)
+      y, v_new = fn(
+          _routing.to_matrix(x.astype(wd), dn),
+          _routing.to_matrix(v.astype(real_dtype(wd)), dn),
+      )
+      return (
+          _routing.from_matrix(y, dn, x.shape).astype(x.dtype),
+          _routing.from_matrix(v_new, dn, v.shape).astype(v.dtype),
+      )
+
+    # The state keeps its own sharding (replicated: one value per neuron).
+    y, v_new = _routing.keep_sharding(leaf_fn, x, v, like=(x, v))
+    out.append(y)
+    new_nu.append(v_new)
   return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, new_nu)
+
+
+def abs_sq(x):
+  """``|x|^2`` elementwise, real (``x * x`` for real ``x``)."""
+  return jnp.real(x * jnp.conj(x))
+
+
+def real_dtype(dtype) -> jnp.dtype:
+  """The dtype of ``|x|`` for ``x`` of ``dtype`` (float32 for complex64)."""
+  return jnp.finfo(dtype).dtype
 
 
 def frobenius(m):
   """Per-matrix Frobenius norm of a ``(B, m, n)`` stack, kept ``(B, 1, 1)``."""
-  return jnp.sqrt(jnp.sum(m * m, axis=(-2, -1), keepdims=True))
+  return jnp.sqrt(jnp.sum(abs_sq(m), axis=(-2, -1), keepdims=True))
 
 
 def scale_by_neuron_norm(
@@ -138,12 +157,15 @@ def scale_by_neuron_norm(
         nu=matrix_state(
             params,
             dns,
-            lambda x, dn: jnp.zeros(reduced_shape(x.shape, dn), x.dtype),
+            lambda x, dn: jnp.zeros(
+                reduced_shape(x.shape, dn), real_dtype(x.dtype)
+            ),
         )
     )
 
   def normalize(o, v):
-    v = beta2 * v + (1 - beta2) * jnp.mean(o * o, axis=-2, keepdims=True)
+    b2 = _momentum.hyperparameter(beta2, o)
+    v = b2 * v + (1 - b2) * jnp.mean(abs_sq(o), axis=-2, keepdims=True)
     o_hat = o / (jnp.sqrt(v) + eps)
     if rescale == "frobenius":
       target = frobenius(o)

@@ -14,6 +14,8 @@ SHAPE_RULES = ("muon", "moonlight", "spectral", "none")
 
 def shape_factor(fan_in: int, fan_out: int, rule: str, rms=0.2):
   """The scale factor of one matrix for ``rule`` (see :func:`scale_by_shape`)."""
+  if fan_in == 0 or fan_out == 0:  # An empty matrix: any factor will do.
+    return 1.0
   if rule == "muon":
     return math.sqrt(max(1.0, fan_out / fan_in))
   if rule == "moonlight":
