@@ -580,10 +580,9 @@ def keep_sharding(fn, *args, like):
   axes this is ``fn(*args)``.
   """
   likes = like if isinstance(like, tuple) else (like,)
-  axes = ()
-  for a in args + likes:
-    axes = axes or _explicit_axes(a)
-  if not axes:
+  axes = _explicit_axes(likes[0])
+  if not axes or any(_explicit_axes(a) != axes for a in likes):
+    # No Explicit axes, or a state made off the mesh (no type to keep).
     return fn(*args)
   shardings = tuple(jax.typeof(a).sharding for a in likes)
   return jax.sharding.auto_axes(
