@@ -107,7 +107,8 @@ def auon(
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
   _base.check_nonnegative(gamma, "gamma")
-  _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
+  if hybrid_steps is not None:
+    _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
   _checks.check_number(eps, "eps", low=0.0, optional=True)
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
   _checks.check_positive(shape_rms, "shape_rms", optional=True)

@@ -172,7 +172,21 @@ def scale_by_momentum(
           is_leaf=lambda x: x is None,
       )
 
-    mu = combine(beta, prev, (1 - beta) if form == "ema" else 1.0, updates)
+    def step(xs, ys):
+      # beta enters as an array of the update's working dtype first, so
+      # that a float and its injected array give the same bits.
+      def one(x, y):
+        b = hyperparameter(beta, y)
+        return lincomb(b, x, (1 - b) if form == "ema" else 1.0, y)
+
+      return jax.tree.map(
+          lambda x, y: None if y is None else one(x, y),
+          xs,
+          ys,
+          is_leaf=lambda x: x is None,
+      )
+
+    mu = step(prev, updates)
     if bias_correction:
       # optax's m_hat = m / (1 - beta^t), as one coefficient per term.
       c_t = 1 - beta**count
@@ -186,7 +200,7 @@ def scale_by_momentum(
             is_leaf=lambda x: x is None,
         )
     elif nesterov:
-      out = combine(beta, mu, (1 - beta) if form == "ema" else 1.0, updates)
+      out = step(mu, updates)
     else:
       out = mu
     out = _tree_saturate(out, updates)
