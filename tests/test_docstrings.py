@@ -66,7 +66,7 @@ def test_docstrings_are_collected():
   for name in (
       "ortho_optax.optimizers.muon.muon",
       "ortho_optax.optimizers.scion.scion",
-      "ortho_optax.hybrid_auon",
+      "ortho_optax.optimizers.auon.hybrid_auon",
       "ortho_optax.routing",
   ):
     assert name in DOCSTRINGS, name

@@ -311,6 +311,7 @@ BAD = {
         ("normalization", "l7", V),
         ("eps", -1.0, V),
         ("compute_dtype", jnp.int32, T),
+        ("symmetric", "yes", T),
     ],
     "gram_newton_schulz": [
         ("x", jnp.ones((4, 8), jnp.int32), T),
@@ -320,6 +321,7 @@ BAD = {
         ("normalization", "l7", V),
         ("eps", -1.0, V),
         ("compute_dtype", "floaty", T),
+        ("symmetric", 1, T),
     ],
     "polar_svd": [("x", jnp.ones(3), V)],
     "auon_orthogonalize": [
@@ -327,6 +329,7 @@ BAD = {
         ("gamma", -1.0, V),
         ("hybrid_steps", -1, V),
         ("eps", -1.0, V),
+        ("symmetric", None, T),
     ],
     "orthogonalize": [("x", jnp.ones(3), V), ("method", "qr", V)],
     "orthogonalize_flops": [

@@ -104,6 +104,10 @@ def _is_leaf(x) -> bool:
   return isinstance(x, _quantized.QuantizedArray)
 
 
+def _is_leaf_or_empty(x) -> bool:
+  return _is_leaf(x) or not jax.tree.leaves(x, is_leaf=_is_leaf)
+
+
 def zeros(tree, storage: Storage, name: str = "mu_dtype"):
   """A zero buffer for every array of ``tree`` (other nodes kept).
 
@@ -149,7 +153,9 @@ def load(tree, like=None):
 
   if like is None:
     return jax.tree.map(one, tree, is_leaf=_is_leaf)
-  return jax.tree.map(one, tree, like, is_leaf=_is_leaf)
+  # An empty node (optax.MaskedNode, None) stands for a leaf that has no
+  # buffer; it meets an array in ``like``, so it must not be recursed into.
+  return jax.tree.map(one, tree, like, is_leaf=_is_leaf_or_empty)
 
 
 def store(tree, storage: Storage, like, count=None, salt: int = 0):

@@ -172,8 +172,9 @@ def _bias_rms(x, eps):
   """Scion's BiasRMS on the raw leaf: RMS over axis 0."""
   if x.ndim == 0:
     return _normalization.scale_free_normalize(x, (), 1.0, eps)
+  # max(.., 1): a zero-size leaf has nothing to normalize (no 1/0).
   return _normalization.scale_free_normalize(
-      x, 0, 1.0 / math.sqrt(x.shape[0]), eps
+      x, 0, 1.0 / math.sqrt(max(x.shape[0], 1)), eps
   )
 
 
