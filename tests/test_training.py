@@ -60,6 +60,10 @@ TRAIN_KWARGS = {
     # Scion applies its LMOs (preset "gpt") to every leaf, head included.
     "scion": dict(learning_rate=2**-6),
     "trust_region": dict(learning_rate=0.02, **ADAM_LR),
+    # Low rank at their default rank 1/4 (32 of 128 directions).
+    "dion": dict(learning_rate=0.02, **ADAM_LR),
+    "dion2": dict(learning_rate=0.02, **ADAM_LR),
+    "trion": dict(learning_rate=0.02, **ADAM_LR),
 }
 
 
