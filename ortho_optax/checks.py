@@ -206,26 +206,6 @@ def _as_dtype(value, name: str, accepted: str):
     raise TypeError(f"`{name}` must be {accepted}, got {value!r}.") from e
 
 
-def check_state_dtype(value, name: str = "mu_dtype"):
-  """The dtype of an optimizer-state buffer (``mu_dtype``), or None.
-
-  The one place that says what a state buffer may be stored as: a floating
-  or complex dtype (an integer or boolean buffer would silently stay zero).
-
-  Returns:
-    ``None`` (the params' dtype) or the ``jnp.dtype``.
-  """
-  if value is None:
-    return None
-  accepted = (
-      "None or a floating or complex dtype (e.g. jnp.float32, jnp.bfloat16)"
-  )
-  dtype = _as_dtype(value, name, accepted)
-  if not jnp.issubdtype(dtype, jnp.inexact):
-    raise TypeError(f"`{name}` must be {accepted}, got {dtype}.")
-  return dtype
-
-
 def check_state_dtype_for(dtype, leaf_dtype, name: str, where: str) -> None:
   """Raises if a state buffer of ``dtype`` cannot hold a ``leaf_dtype`` leaf.
 

@@ -222,7 +222,7 @@ BAD = {
         ("eps", -1.0, V),
         ("ns_eps", -1.0, V),
     ],
-    "dion": _OPTIMIZER_COMMON + _WEIGHT_DECAY + [
+    "dion": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + [
         ("rank", 0, V),
         ("beta", 1.5, V),
         ("eps", -1.0, V),
@@ -230,14 +230,14 @@ BAD = {
         ("shape_rule", "x", V),
         ("shape_rms", -1, V),
     ],
-    "dion2": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
+    "dion2": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
         ("rank", 1.5, V),
         ("beta", 1.5, V),
         ("ns_eps", -1.0, V),
         ("shape_rule", "x", V),
         ("shape_rms", -1, V),
     ],
-    "trion": _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
+    "trion": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + [
         ("rank", 0, V),
         ("beta", 1.5, V),
         ("dct", "x", V),
@@ -251,6 +251,8 @@ BAD = {
         ("eps", -1.0, V),
         ("seed", "x", T),
         ("mu_dtype", jnp.int32, T),
+        ("mu_dtype", "u8", V),
+        ("mu_dtype", "q16", T),
         ("sharding", "everywhere", V),
     ],
     "scale_by_dion2": _ROUTING + [
@@ -258,6 +260,8 @@ BAD = {
         ("beta", 1.5, V),
         ("method", "qr", V),
         ("mu_dtype", jnp.int32, T),
+        ("mu_dtype", "u8", V),
+        ("mu_dtype", "q16", T),
         ("sharding", "everywhere", V),
     ],
     "scale_by_trion": _ROUTING + [
@@ -266,6 +270,8 @@ BAD = {
         ("dct", "x", V),
         ("method", "qr", V),
         ("mu_dtype", jnp.int32, T),
+        ("mu_dtype", "u8", V),
+        ("mu_dtype", "q16", T),
         ("sharding", "everywhere", V),
     ],
     "scale_by_momentum": [

@@ -29,6 +29,16 @@ def test_as_storage_accepts(value, want):
   assert S.as_storage(value, "mu_dtype") == want
 
 
+def test_complex_storage_where_the_transform_keeps_it():
+  assert S.as_storage(jnp.complex64, "mu_dtype", complex_ok=True) == (
+      np.dtype("complex64"))
+  assert S.as_storage("q8", "mu_dtype", complex_ok=True) == Q.QuantFormat(
+      "q8")
+  with pytest.raises(TypeError, match="`mu_dtype` must be None, a floating"
+                     " or complex dtype.*integer dtype int8"):
+    S.as_storage(jnp.int8, "mu_dtype", complex_ok=True)
+
+
 def test_second_moment_takes_the_unsigned_code():
   assert S.as_storage("q8", "nu_dtype", second_moment=True) == Q.QuantFormat(
       "u8"

@@ -35,6 +35,7 @@ def dion(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
+    nu_dtype=None,
     sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
@@ -84,7 +85,14 @@ def dion(
     labels: as in :func:`muon`.
     rules: routing overrides, see :func:`label_params`.
     dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: dtype of the momentum and right factors.
+    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
+      ``None`` (the parameters' dtype), a floating dtype, or a quantized
+      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`). The right
+      factors :math:`Q` take a float ``mu_dtype`` too, and are float32
+      beside a quantized one.
+    nu_dtype: storage of AdamW's second moment: ``None``, a
+      floating dtype, or a quantized format (kept in the unsigned code of
+      its width, ``"q8"`` -> ``"u8"``).
     sharding: see :func:`scale_by_dion`.
     skip_nonfinite: skip steps with non-finite gradients.
 
@@ -143,5 +151,7 @@ def dion(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
       name="dion",
   )

@@ -40,6 +40,7 @@ def trion(
     rules: _routing.Rules = None,
     dimension_numbers=None,
     mu_dtype=None,
+    nu_dtype=None,
     sharding: str | _sharding.ShardingOptions | None = None,
     skip_nonfinite: bool = True,
 ) -> optax.GradientTransformation:
@@ -93,7 +94,12 @@ def trion(
     labels: as in :func:`muon`.
     rules: routing overrides, see :func:`label_params`.
     dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: dtype of the momentum buffer.
+    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
+      ``None`` (the parameters' dtype), a floating dtype, or a quantized
+      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`).
+    nu_dtype: storage of AdamW's second moment: ``None``, a
+      floating dtype, or a quantized format (kept in the unsigned code of
+      its width, ``"q8"`` -> ``"u8"``).
     sharding: see :func:`scale_by_trion`.
     skip_nonfinite: skip steps with non-finite gradients.
 
@@ -168,5 +174,7 @@ def trion(
       dimension_numbers=dimension_numbers,
       rules=rules,
       skip_nonfinite=skip_nonfinite,
+      mu_dtype=mu_dtype,
+      nu_dtype=nu_dtype,
       name="trion",
   )

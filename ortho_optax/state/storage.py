@@ -39,7 +39,9 @@ _INTEGER_HINT = (
 )
 
 
-def as_storage(value, name: str, *, second_moment: bool = False) -> Storage:
+def as_storage(
+    value, name: str, *, second_moment: bool = False, complex_ok: bool = False
+) -> Storage:
   """Checks a ``mu_dtype``-like argument and returns its storage.
 
   Args:
@@ -49,15 +51,20 @@ def as_storage(value, name: str, *, second_moment: bool = False) -> Storage:
     second_moment: the buffer is non-negative (Adam's ``v``): a signed
       quantized format is replaced by its unsigned counterpart of the same
       width, block size and rounding (``"q8"`` -> ``"u8"``).
+    complex_ok: a complex dtype is accepted too (a buffer the transform
+      keeps in that dtype, e.g. the low-rank transforms' momentum).
 
   Returns:
-    ``None``, a ``numpy`` floating dtype, or a :class:`QuantFormat`.
+    ``None``, a ``numpy`` floating (or complex) dtype, or a
+    :class:`QuantFormat`.
 
   Raises:
     ValueError / TypeError naming ``name`` and the accepted values.
   """
   accepted = (
-      "None, a floating dtype (e.g. jnp.float32, jnp.bfloat16), 'q8', 'q4'"
+      "None, a floating"
+      + (" or complex" if complex_ok else "")
+      + " dtype (e.g. jnp.float32, jnp.bfloat16), 'q8', 'q4'"
       + (", 'u8', 'u4'" if second_moment else "")
       + " or a QuantFormat"
   )
@@ -86,7 +93,8 @@ def as_storage(value, name: str, *, second_moment: bool = False) -> Storage:
         f"`{name}` must be {accepted}; got the integer dtype {dtype}:"
         f" {_INTEGER_HINT}."
     )
-  if not jnp.issubdtype(dtype, jnp.floating):
+  kinds = jnp.inexact if complex_ok else jnp.floating
+  if not jnp.issubdtype(dtype, kinds):
     raise TypeError(f"`{name}` must be {accepted}; got {value!r}.")
   return np.dtype(dtype)
 

@@ -12,6 +12,7 @@ from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
+from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
 from ortho_optax.transforms import momentum as _momentum
 
@@ -20,12 +21,16 @@ class ScaleByDionState(NamedTuple):
   """State of :func:`scale_by_dion`.
 
   Attributes:
-    mu: the momentum (error-feedback) buffer, a tree like the params.
+    count: the number of steps taken (the stochastic-rounding draw of a
+      quantized momentum).
+    mu: the momentum (error-feedback) buffer, a tree like the params
+      (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
     q: for each matrix leaf, the right factors :math:`Q` of its matrices,
       shaped ``(batch, short side, rank)``: one ``short x rank`` factor per
       matrix once reshaped to ``(batch, fan_in, fan_out)``.
   """
 
+  count: jax.Array  # shape (), dtype int32
   mu: optax.Updates
   q: optax.Updates
 
@@ -119,8 +124,13 @@ def scale_by_dion(
       ``[0, 1)``.
     eps: the column normalization's epsilon (relative, see above).
     seed: seed of :math:`Q_0`.
-    mu_dtype: dtype of the momentum and of :math:`Q`; ``None``: the
-      params'.
+    mu_dtype: storage of the momentum: ``None`` (the params' dtype), a
+      floating or complex dtype, or a quantized format (``"q8"``,
+      ``"q4"``, a :class:`QuantFormat`: the momentum is kept as codes and
+      block scales, read back in float32 for each step and written again,
+      see :mod:`ortho_optax.state.storage`). :math:`Q` (``n x r``, small)
+      takes a float ``mu_dtype`` too, and float32 beside a quantized
+      momentum.
     dimension_numbers: as in :func:`scale_by_orthogonalization`.
     rules: routing overrides, see :func:`label_params`.
     sharding: ``None``, ``"gather"``, ``"distribute"`` or a
@@ -149,7 +159,8 @@ def scale_by_dion(
   if not isinstance(eps, jax.core.Tracer):
     _checks.check_nonnegative(eps, "eps")
   sharding = _sharding.canonicalize(sharding)
-  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  storage = _low_rank.momentum_storage(mu_dtype)
+  q_dtype = _low_rank.float_dtype(storage)
   _routing.check_dimension_numbers(dimension_numbers)
   _routing.check_rules(rules)
   _checks.check_int(seed, "seed")
@@ -163,14 +174,10 @@ def scale_by_dion(
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
     layouts.record(params)
 
-    def momentum(i, x, dn):
-      del i, dn
-      return jnp.zeros_like(x, dtype=mu_dtype or x.dtype)
-
     def right_factor(i, x, dn):
       batch, m, n = _stateful.oriented_shape(x.shape, dn)
       r = _low_rank.resolve_rank(rank, m, n)
-      dtype = mu_dtype or x.dtype
+      dtype = q_dtype or x.dtype
       # Drawn in float32 whatever the dtype, so that Q_0 is the same
       # draw (rounded) for every dtype.
       q = jax.random.normal(
@@ -179,7 +186,8 @@ def scale_by_dion(
       return _stateful.like_params_mesh(q.astype(dtype), x)
 
     return ScaleByDionState(
-        mu=_low_rank.matrix_state(params, dns, momentum),
+        count=_low_rank.zero_count(params),
+        mu=_low_rank.momentum_state(params, dns, storage),
         q=_low_rank.matrix_state(params, dns, right_factor),
     )
 
@@ -213,10 +221,16 @@ def scale_by_dion(
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    # A quantized momentum is read back in float32 for the step only.
+    mu = _storage.load(state.mu, updates)
     updates, mu, (q,) = _stateful.map_matrix_groups(
-        step, updates, state.mu, (state.q,), dns, sharding, layouts
+        step, updates, mu, (state.q,), dns, sharding, layouts
     )
-    return updates, ScaleByDionState(mu=mu, q=q)
+    mu = _storage.store(
+        mu, storage, state.mu, count, salt=_low_rank.DION_SALT
+    )
+    return updates, ScaleByDionState(count=count, mu=mu, q=q)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -8,17 +8,25 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
+from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
 from ortho_optax.transforms import momentum as _momentum
 
 
 class ScaleByDion2State(NamedTuple):
-  """State of :func:`scale_by_dion2`: the error-feedback momentum."""
+  """State of :func:`scale_by_dion2`.
 
+  Attributes:
+    count: the number of steps taken (the stochastic-rounding draw of a
+      quantized momentum).
+    mu: the error-feedback momentum, a tree like the params
+      (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
+  """
+
+  count: jax.Array  # shape (), dtype int32
   mu: optax.Updates
 
 
@@ -76,7 +84,10 @@ def scale_by_dion2(
     method: the orthogonalization engine, see :func:`orthogonalize`.
     dimension_numbers: as in :func:`scale_by_orthogonalization`.
     rules: routing overrides, see :func:`label_params`.
-    mu_dtype: dtype of the momentum; ``None``: the params'.
+    mu_dtype: storage of the momentum: ``None`` (the params' dtype), a
+      floating or complex dtype, or a quantized format (``"q8"``,
+      ``"q4"``, a :class:`QuantFormat`: codes and block scales, read back
+      in float32 for each step, see :mod:`ortho_optax.state.storage`).
     sharding: ``None``, ``"gather"``, ``"distribute"`` or a
       :class:`ShardingOptions`.
     **engine_options: options of the engine (``coeffs``, ``steps``,
@@ -104,7 +115,7 @@ def scale_by_dion2(
   _momentum.check_beta(beta)
   sharding = _sharding.canonicalize(sharding)
   orthogonalize = _low_rank.orthogonalizer(method, engine_options)
-  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  storage = _low_rank.momentum_storage(mu_dtype)
   _routing.check_dimension_numbers(dimension_numbers)
   _routing.check_rules(rules)
 
@@ -116,11 +127,8 @@ def scale_by_dion2(
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
     layouts.record(params)
     return ScaleByDion2State(
-        mu=_low_rank.matrix_state(
-            params,
-            dns,
-            lambda i, x, dn: jnp.zeros_like(x, dtype=mu_dtype or x.dtype),
-        )
+        count=_low_rank.zero_count(params),
+        mu=_low_rank.momentum_state(params, dns, storage),
     )
 
   def step(g, m, extras, placement, transposed):
@@ -147,10 +155,16 @@ def scale_by_dion2(
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    # A quantized momentum is read back in float32 for the step only.
+    mu = _storage.load(state.mu, updates)
     updates, mu, _ = _stateful.map_matrix_groups(
-        step, updates, state.mu, (), dns, sharding, layouts
+        step, updates, mu, (), dns, sharding, layouts
     )
-    return updates, ScaleByDion2State(mu=mu)
+    mu = _storage.store(
+        mu, storage, state.mu, count, salt=_low_rank.DION2_SALT
+    )
+    return updates, ScaleByDion2State(count=count, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -17,6 +17,12 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax.engines import orthogonalize as _orthogonalize
+from ortho_optax.parallel import stateful as _stateful
+from ortho_optax.state import storage as _storage
+
+# Stochastic-rounding salts of the momentum buffers, apart from
+# scale_by_momentum's (0) and scale_by_adam's (1, 2).
+DION_SALT, DION2_SALT, TRION_SALT = 3, 4, 5
 
 
 def check_rank(rank, name: str = "rank") -> None:
@@ -57,6 +63,60 @@ def max_abs(x: jax.Array) -> jax.Array:
   """
   s = jnp.max(jnp.abs(x), axis=(-2, -1), keepdims=True)
   return jnp.where(s > 0, s, 1).astype(s.dtype)
+
+
+def momentum_storage(mu_dtype) -> _storage.Storage:
+  """The storage of a low-rank transform's momentum (``mu_dtype``).
+
+  ``None``, a floating or complex dtype (the buffer's, as given), or a
+  quantized format (:mod:`ortho_optax.state.storage`).
+  """
+  return _storage.as_storage(mu_dtype, "mu_dtype", complex_ok=True)
+
+
+def momentum_state(params, dns, storage: _storage.Storage, check=None):
+  """The zero momentum in ``storage``: a tree like :func:`matrix_state`'s.
+
+  Args:
+    params: the parameters.
+    dns: their dimension numbers.
+    storage: from :func:`momentum_storage`.
+    check: called as ``check(leaf, dn)`` on every matrix leaf (raises).
+  """
+
+  quantized = _storage.is_quantized(storage)
+
+  def make(i, x, dn):
+    del i
+    if check is not None:
+      check(x, dn)
+    # A quantized buffer is made below, from the leaf itself.
+    return x if quantized else jnp.zeros_like(x, dtype=storage or x.dtype)
+
+  tree = matrix_state(params, dns, make)
+  if not quantized:
+    return tree
+  # Quantized buffers replace whole leaves, wrappers (Flax NNX Variables)
+  # included, as in every transform (see storage.zeros).
+  return _storage.zeros(tree, storage, "mu_dtype")
+
+
+def zero_count(params) -> jax.Array:
+  """The step count at init, on the parameters' mesh if they have one.
+
+  Replicated there from the start, so that the state ``update`` returns
+  has ``init``'s types and a jitted update does not compile twice.
+  """
+  count = jnp.zeros([], jnp.int32)
+  leaves = jax.tree.leaves(params)
+  return _stateful.like_params_mesh(count, leaves[0]) if leaves else count
+
+
+def float_dtype(storage: _storage.Storage):
+  """The dtype of a float companion of the momentum (Dion's :math:`Q`):
+  ``storage``'s, float32 beside a quantized momentum, ``None`` (the
+  params') for ``None``."""
+  return jnp.float32 if _storage.is_quantized(storage) else storage
 
 
 def _is_masked(x) -> bool:

@@ -15,6 +15,7 @@ from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
+from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
 from ortho_optax.transforms import momentum as _momentum
 
@@ -26,8 +27,16 @@ MAX_DCT_SIZE = 46340
 
 
 class ScaleByTrionState(NamedTuple):
-  """State of :func:`scale_by_trion`: the error-feedback momentum."""
+  """State of :func:`scale_by_trion`.
 
+  Attributes:
+    count: the number of steps taken (the stochastic-rounding draw of a
+      quantized momentum).
+    mu: the error-feedback momentum, a tree like the params
+      (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
+  """
+
+  count: jax.Array  # shape (), dtype int32
   mu: optax.Updates
 
 
@@ -164,7 +173,10 @@ def scale_by_trion(
     method: the orthogonalization engine, see :func:`orthogonalize`.
     dimension_numbers: as in :func:`scale_by_orthogonalization`.
     rules: routing overrides, see :func:`label_params`.
-    mu_dtype: dtype of the momentum; ``None``: the params'.
+    mu_dtype: storage of the momentum: ``None`` (the params' dtype), a
+      floating or complex dtype, or a quantized format (``"q8"``,
+      ``"q4"``, a :class:`QuantFormat`: codes and block scales, read back
+      in float32 for each step, see :mod:`ortho_optax.state.storage`).
     sharding: ``None``, ``"gather"``, ``"distribute"`` or a
       :class:`ShardingOptions`.
     **engine_options: options of the engine (``coeffs``, ``steps``,
@@ -193,7 +205,7 @@ def scale_by_trion(
   _checks.check_choice(dct, "dct", DCT_METHODS)
   sharding = _sharding.canonicalize(sharding)
   orthogonalize = _low_rank.orthogonalizer(method, engine_options)
-  mu_dtype = _checks.check_state_dtype(mu_dtype, "mu_dtype")
+  storage = _low_rank.momentum_storage(mu_dtype)
   _routing.check_dimension_numbers(dimension_numbers)
   _routing.check_rules(rules)
 
@@ -205,8 +217,7 @@ def scale_by_trion(
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
     layouts.record(params)
 
-    def momentum(i, x, dn):
-      del i
+    def check_size(x, dn):
       _, m, _ = _stateful.oriented_shape(x.shape, dn)
       if m > MAX_DCT_SIZE:
         raise ValueError(
@@ -214,10 +225,10 @@ def scale_by_trion(
             f" {MAX_DCT_SIZE}; got a leaf of shape {tuple(x.shape)} (shorter"
             f" side {m})."
         )
-      return jnp.zeros_like(x, dtype=mu_dtype or x.dtype)
 
     return ScaleByTrionState(
-        mu=_low_rank.matrix_state(params, dns, momentum)
+        count=_low_rank.zero_count(params),
+        mu=_low_rank.momentum_state(params, dns, storage, check_size),
     )
 
   def step(g, m, extras, placement, transposed):
@@ -238,10 +249,16 @@ def scale_by_trion(
 
   def update_fn(updates, state, params=None):
     del params
+    count = optax.safe_increment(state.count)
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    # A quantized momentum is read back in float32 for the step only.
+    mu = _storage.load(state.mu, updates)
     updates, mu, _ = _stateful.map_matrix_groups(
-        step, updates, state.mu, (), dns, sharding, layouts
+        step, updates, mu, (), dns, sharding, layouts
     )
-    return updates, ScaleByTrionState(mu=mu)
+    mu = _storage.store(
+        mu, storage, state.mu, count, salt=_low_rank.TRION_SALT
+    )
+    return updates, ScaleByTrionState(count=count, mu=mu)
 
   return optax.GradientTransformation(init_fn, update_fn)
