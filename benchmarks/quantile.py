@@ -3,8 +3,13 @@
 Usage: ``python benchmarks/quantile.py`` (prints one Markdown table).
 """
 
+import os
 import statistics
 import time
+
+# One OpenBLAS thread: its LAPACK calls (the QR of Dion and Dion2) otherwise
+# spin against XLA's own threads, 10-100x slower or stalled, on a few cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import jax
 import jax.numpy as jnp

@@ -26,6 +26,10 @@ import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+# One OpenBLAS thread: its LAPACK calls (the QR of Dion and Dion2) otherwise
+# spin against XLA's own threads, 10-100x slower or stalled, on a few cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import numpy as np  # noqa: E402
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
@@ -37,7 +41,11 @@ from examples import optimizers  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "/tmp/compare_state", "where runs are kept")
 flags.DEFINE_list("optimizers", ["muon", "adamuon"], "optimizer names")
-flags.DEFINE_list("states", ["f32", "q8", "q4"], "f32 or quantized formats")
+flags.DEFINE_list(
+    "states", ["f32", "q8", "q4"],
+    "f32 or quantized formats: q8, q4; q4s stochastic rounding, q4/64 blocks"
+    " of 64 (examples/optimizers.py: state_format)",
+)
 flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "seeds")
 flags.DEFINE_string("out", None, "also write the table here")
 
@@ -61,7 +69,10 @@ def main(argv):
   for seed in seeds:
     for name in FLAGS.optimizers:
       for state in FLAGS.states:
-        wd = pathlib.Path(FLAGS.workdir) / name / state / f"seed{seed}"
+        wd = (
+            pathlib.Path(FLAGS.workdir) / name / state.replace("/", "_b")
+            / f"seed{seed}"
+        )
         summary = compare.train_once(config_for(name, state, seed), str(wd))
         loss[name, state, seed] = summary["best_eval_loss"]
         print(f"{name} {state} seed {seed}: {loss[name, state, seed]:.4f}"

@@ -11,8 +11,13 @@ changed setting in a workdir that holds a checkpoint) is one line on stderr
 and exit status 2 (``examples/cli.py``).
 """
 
+import os
 import pathlib
 import sys
+
+# One OpenBLAS thread: its LAPACK calls (the QR of Dion and Dion2) otherwise
+# spin against XLA's own threads, 10-100x slower or stalled, on a few cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 if __package__ in (None, ""):  # Run as a script: make `examples` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))

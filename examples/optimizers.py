@@ -14,6 +14,7 @@ by the same warmup/decay shape.
 
 import inspect
 import math
+import re
 
 import jax
 import ml_collections
@@ -128,9 +129,35 @@ def resolved_learning_rate(config: ml_collections.ConfigDict) -> float:
   return config.learning_rate
 
 
+_STATE_SPEC = re.compile(r"^(q8|q4)(s?)(?:/([0-9]+))?$")
+
+
+def state_format(spec):
+  """A ``mu_dtype`` / ``nu_dtype`` from a configuration string.
+
+  ``"q8"``, ``"q4"`` and dtype names pass through; ``"q4s"`` is the 4-bit
+  format with stochastic rounding, ``"q4/64"`` with blocks of 64, and
+  ``"q4s/64"`` both (a configuration file holds strings, not
+  ``QuantFormat`` objects).
+  """
+  match = _STATE_SPEC.match(spec) if isinstance(spec, str) else None
+  if match is None or not (match.group(2) or match.group(3)):
+    return spec
+  code, stochastic, block = match.groups()
+  return ortho_optax.QuantFormat(
+      code, int(block) if block else None, stochastic=bool(stochastic)
+  )
+
+
 def resolve_kwargs(name: str, kwargs) -> dict:
-  """``kwargs`` plus ``adam_learning_rate`` when the factory takes it."""
+  """``kwargs`` plus ``adam_learning_rate`` when the factory takes it.
+
+  State formats given as strings (``state_format``) become ``QuantFormat``.
+  """
   kwargs = dict(kwargs or {})
+  for key in ("mu_dtype", "nu_dtype"):
+    if key in kwargs:
+      kwargs[key] = state_format(kwargs[key])
   if name != "adamw" and accepts(name, "adam_learning_rate"):
     kwargs.setdefault("adam_learning_rate", DEFAULT_ADAM_LEARNING_RATE)
   return kwargs

@@ -15,8 +15,13 @@ root::
 
 import copy
 import json
+import os
 import pathlib
 import sys
+
+# One OpenBLAS thread: its LAPACK calls (the QR of Dion and Dion2) otherwise
+# spin against XLA's own threads, 10-100x slower or stalled, on a few cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 if __package__ in (None, ""):  # Run as a script: make `examples` importable.
   sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))

@@ -8,6 +8,10 @@ os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
+# One OpenBLAS thread: its LAPACK calls (the QR of Dion and Dion2) otherwise
+# spin against XLA's own threads, 10-100x slower or stalled, on a few cores.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -10,6 +10,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import lapack as _lapack
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
 from ortho_optax.state import storage as _storage
@@ -44,10 +45,11 @@ def orthonormalize(p: jax.Array) -> jax.Array:
   Cholesky QR, Householder QR returns orthonormal columns for a
   rank-deficient ``P`` too. The input is scaled to entries of order one
   first, which the basis does not depend on, so that no norm inside the
-  factorization overflows or underflows.
+  factorization overflows or underflows. On the CPU the matrices are
+  factored one at a time (:mod:`~ortho_optax.engines.lapack`: a batched
+  LAPACK QR can stall XLA's thread pool).
   """
-  q, _ = jnp.linalg.qr(p / _low_rank.max_abs(p))
-  return q
+  return _lapack.qr_q(p / _low_rank.max_abs(p))
 
 
 def column_normalize(r: jax.Array, eps) -> jax.Array:
