@@ -88,8 +88,8 @@ def dion(
     mu_dtype: storage of the momentum buffer and of AdamW's first moment:
       ``None`` (the parameters' dtype), a floating dtype, or a quantized
       format (``"q8"``, ``"q4"``, a :class:`QuantFormat`). The right
-      factors :math:`Q` take a float ``mu_dtype`` too, and are float32
-      beside a quantized one.
+      factors :math:`Q` take ``mu_dtype`` too (computed in float32
+      beside a quantized one).
     nu_dtype: storage of AdamW's second moment: ``None``, a
       floating dtype, or a quantized format (kept in the unsigned code of
       its width, ``"q8"`` -> ``"u8"``).

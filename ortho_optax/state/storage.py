@@ -144,6 +144,16 @@ def zeros(tree, storage: Storage, name: str = "mu_dtype"):
   return jax.tree.map(one, tree, is_leaf=_is_array_like)
 
 
+def as_arrays(tree):
+  """Each array of ``tree`` as a plain ``jax.Array``, wrappers removed.
+
+  A buffer built from the parameters' tree (a Flax NNX ``Variable`` around
+  each array) must lose the wrapper before it is quantized, as in
+  :func:`zeros`: ``nnx.split`` would not keep a wrapped ``QuantizedArray``.
+  """
+  return jax.tree.map(jnp.asarray, tree, is_leaf=_is_array_like)
+
+
 def load(tree, like=None):
   """The buffers as arrays: quantized ones dequantized to float32.
 

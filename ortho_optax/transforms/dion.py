@@ -28,7 +28,8 @@ class ScaleByDionState(NamedTuple):
       (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
     q: for each matrix leaf, the right factors :math:`Q` of its matrices,
       shaped ``(batch, short side, rank)``: one ``short x rank`` factor per
-      matrix once reshaped to ``(batch, fan_in, fan_out)``.
+      matrix once reshaped to ``(batch, fan_in, fan_out)``
+      (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
   """
 
   count: jax.Array  # shape (), dtype int32
@@ -131,8 +132,9 @@ def scale_by_dion(
       ``"q4"``, a :class:`QuantFormat`: the momentum is kept as codes and
       block scales, read back in float32 for each step and written again,
       see :mod:`ortho_optax.state.storage`). :math:`Q` (``n x r``, small)
-      takes a float ``mu_dtype`` too, and float32 beside a quantized
-      momentum.
+      is stored in ``mu_dtype`` too (a quantized :math:`Q` is read back in
+      float32 for the step: its columns are renormalized every step, so
+      its rounding does not accumulate).
     dimension_numbers: as in :func:`scale_by_orthogonalization`.
     rules: routing overrides, see :func:`label_params`.
     sharding: ``None``, ``"gather"``, ``"distribute"`` or a
@@ -187,10 +189,19 @@ def scale_by_dion(
       )
       return _stateful.like_params_mesh(q.astype(dtype), x)
 
+    count = _low_rank.zero_count(params)
+    q = _low_rank.matrix_state(params, dns, right_factor)
+    if _storage.is_quantized(storage):
+      # Q (n x r per matrix) is stored like the momentum: with a float32
+      # Q, 8-bit state would be 0.32x Dion's float32 state, not 0.25x.
+      q = _storage.store(
+          _storage.as_arrays(q), storage, None, count,
+          salt=_low_rank.DION_Q_SALT,
+      )
     return ScaleByDionState(
-        count=_low_rank.zero_count(params),
+        count=count,
         mu=_low_rank.momentum_state(params, dns, storage),
-        q=_low_rank.matrix_state(params, dns, right_factor),
+        q=q,
     )
 
   def step(g, m, extras, placement, transposed):
@@ -227,12 +238,15 @@ def scale_by_dion(
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
     # A quantized momentum is read back in float32 for the step only.
     mu = _storage.load(state.mu, updates)
+    q = _storage.load(state.q)
     updates, mu, (q,) = _stateful.map_matrix_groups(
-        step, updates, mu, (state.q,), dns, sharding, layouts
+        step, updates, mu, (q,), dns, sharding, layouts
     )
     mu = _storage.store(
         mu, storage, state.mu, count, salt=_low_rank.DION_SALT
     )
+    if _storage.is_quantized(storage):
+      q = _storage.store(q, storage, state.q, count, salt=_low_rank.DION_Q_SALT)
     return updates, ScaleByDionState(count=count, mu=mu, q=q)
 
   return optax.GradientTransformation(init_fn, update_fn)

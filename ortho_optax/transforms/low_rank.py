@@ -22,7 +22,7 @@ from ortho_optax.state import storage as _storage
 
 # Stochastic-rounding salts of the momentum buffers, apart from
 # scale_by_momentum's (0) and scale_by_adam's (1, 2).
-DION_SALT, DION2_SALT, TRION_SALT = 3, 4, 5
+DION_SALT, DION2_SALT, TRION_SALT, DION_Q_SALT = 3, 4, 5, 6
 
 
 def check_rank(rank, name: str = "rank") -> None:
@@ -113,9 +113,9 @@ def zero_count(params) -> jax.Array:
 
 
 def float_dtype(storage: _storage.Storage):
-  """The dtype of a float companion of the momentum (Dion's :math:`Q`):
-  ``storage``'s, float32 beside a quantized momentum, ``None`` (the
-  params') for ``None``."""
+  """The dtype a float companion of the momentum (Dion's :math:`Q`) is
+  computed in: ``storage``'s, float32 beside a quantized momentum (which
+  then also stores the companion), ``None`` (the params') for ``None``."""
   return jnp.float32 if _storage.is_quantized(storage) else storage
 
 
