@@ -10,7 +10,7 @@ import pytest
 from ortho_optax.state import codes as codes_lib
 from ortho_optax.state import quantized as Q
 
-FORMATS = ("q8", "q4", "u8", "u4")
+FORMATS = ("q8", "q4", "n4", "u8", "u4")
 QUANTIZE = jax.jit(Q.quantize, static_argnames=("format", "block_size"))
 DEQUANTIZE = jax.jit(Q.dequantize, static_argnames=("dtype",))
 
@@ -53,7 +53,30 @@ U4_TABLE = [
 ]
 
 
+# QLoRA's NF4 table as published (bitsandbytes' create_normal_map, float32).
+NF4_TABLE = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634,
+    0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+    0.7229568362236023, 1.0,
+)
+
+
+def _nf4_from_scipy():
+  """QLoRA's construction with SciPy's normal quantiles (float64)."""
+  from scipy import stats
+
+  offset = 0.9677083
+  pos = stats.norm.ppf(np.linspace(offset, 0.5, 9)[:-1])
+  neg = -stats.norm.ppf(np.linspace(offset, 0.5, 8)[:-1])
+  v = np.sort(np.concatenate([pos, [0.0], neg]))
+  return (v / np.max(np.abs(v))).astype(np.float32)
+
+
 def _ref_table(name):
+  if name == "n4":
+    return _nf4_from_scipy()
   if name == "q4":
     return np.array(Q4_TABLE, np.float32)
   if name == "u4":
@@ -177,6 +200,12 @@ def test_code_book_facts():
     v = codes_lib.CODES[name].values
     assert v[0] > 0 and v[0] == v[1]  # no zero point
   assert codes_lib.CODES["q4"].max_error == pytest.approx(0.1125, rel=1e-6)
+  # NF4: both ends, an exact zero, QLoRA's published values to float32.
+  n4 = codes_lib.CODES["n4"].values
+  np.testing.assert_allclose(n4, NF4_TABLE, rtol=2e-6, atol=1e-7)
+  assert n4[0] == -1 and n4[-1] == 1 and 0.0 in n4
+  assert codes_lib.CODES["n4"].max_error == pytest.approx(
+      (1 + NF4_TABLE[1]) / 2, rel=1e-6)  # the gap below -0.696
   assert codes_lib.CODES["q8"].max_error == pytest.approx(0.45 / 64, rel=1e-5)
 
 

@@ -87,7 +87,7 @@ def dion(
     dimension_numbers: optax-style routing, see :func:`label_params`.
     mu_dtype: storage of the momentum buffer and of AdamW's first moment:
       ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`). The right
+      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`). The right
       factors :math:`Q` take ``mu_dtype`` too (computed in float32
       beside a quantized one).
     nu_dtype: storage of AdamW's second moment: ``None``, a

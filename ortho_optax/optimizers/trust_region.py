@@ -122,7 +122,7 @@ def trust_region(
     dimension_numbers: optax-style routing, see :func:`label_params`.
     mu_dtype: storage of the momentum buffer and of AdamW's first moment:
       ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, a :class:`QuantFormat`).
+      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
     nu_dtype: storage of AdamW's second moment: ``None``, a
       floating dtype, or a quantized format (kept in the unsigned code of
       its width, ``"q8"`` -> ``"u8"``).

@@ -4,6 +4,11 @@ r"""Quantization code books, as data: the value each code stands for.
   and Adam's first moment; blocks of 2048.
 * ``"q4"``: its 4-bit version, Li et al.'s "DE" code for the first moment;
   blocks of 128.
+* ``"n4"``: the 4-bit NormalFloat code of QLoRA (Dettmers et al. 2023),
+  quantiles of a normal distribution: for a momentum whose blocks look
+  Gaussian it errs less than ``"q4"`` (relative RMS error 0.096 against
+  0.148 on Gaussian blocks of 128; 0.129 against 0.175 for Student-t(4)),
+  because its values are densest where most entries are; blocks of 128.
 * ``"u8"`` / ``"u4"``: the unsigned dynamic code without its zero (Li et
   al.'s "DE-0"), for Adam's second moment.
 
@@ -27,6 +32,7 @@ far from the best, and rank-1 normalization did not help it (0.066 and
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -40,7 +46,7 @@ class Code:
   ``|x|``; it is read back as ``values[index] * s``.
 
   Attributes:
-    name: the format name (``"q8"``, ``"q4"``, ``"u8"``, ``"u4"``).
+    name: the format name (``"q8"``, ``"q4"``, ``"n4"``, ``"u8"``, ``"u4"``).
     bits: bits per code (8 or 4).
     signed: whether the values cover ``[-1, 1]`` (momenta) or ``(0, 1]``
       (a second moment).
@@ -124,6 +130,41 @@ def without_zero(values: np.ndarray) -> np.ndarray:
   return out
 
 
+def normal_float(bits: int = 4, offset: float = 0.9677083) -> np.ndarray:
+  r"""QLoRA's NormalFloat code: normal quantiles, with an exact zero.
+
+  :math:`2^{b-1}` positive values :math:`\Phi^{-1}(p_i)`, :math:`p_i`
+  equally spaced from ``offset`` down to 1/2 (the last, 1/2, dropped),
+  :math:`2^{b-1} - 1` negative ones from :math:`2^{b-1}` points the same
+  way, and 0; divided by the largest, so that both 1 and -1 are values.
+  ``offset`` is QLoRA's (the midpoint of the two outermost quantiles
+  :math:`1 - 1/(2 \cdot 15)` and :math:`1 - 1/(2 \cdot 16)`).
+
+  Computed with :func:`math.erf`'s inverse by bisection (no SciPy at run
+  time); ``tests/test_quantize.py`` checks it against
+  ``scipy.stats.norm.ppf`` and QLoRA's published table.
+  """
+  half = 2 ** (bits - 1)
+  pos = [_normal_ppf(p) for p in np.linspace(offset, 0.5, half + 1)[:-1]]
+  neg = [-_normal_ppf(p) for p in np.linspace(offset, 0.5, half)[:-1]]
+  values = np.sort(np.asarray(pos + [0.0] + neg, np.float64))
+  values /= np.max(np.abs(values))
+  assert values.size == 2**bits, values.size
+  return values.astype(np.float32)
+
+
+def _normal_ppf(p: float) -> float:
+  """The standard normal quantile of ``p`` in (0, 1), to float64 accuracy."""
+  lo, hi = -40.0, 40.0
+  for _ in range(200):
+    mid = (lo + hi) / 2
+    if 0.5 * (1 + math.erf(mid / math.sqrt(2))) < p:
+      lo = mid
+    else:
+      hi = mid
+  return (lo + hi) / 2
+
+
 _BNB = (
     "Dettmers et al., 8-bit Optimizers via Block-wise Quantization, ICLR"
     " 2022 (arXiv 2110.02861): dynamic code, blocks of 2048"
@@ -133,6 +174,11 @@ _LI = (
     " (arXiv 2309.01507): blocks of 128"
 )
 
+_QLORA = (
+    "Dettmers et al., QLoRA: Efficient Finetuning of Quantized LLMs, NeurIPS"
+    " 2023 (arXiv 2305.14314): NormalFloat (NF4); blocks of 128 as Li et al."
+)
+
 CODES = {
     "q8": Code(
         "q8", 8, True, dynamic_exponent(8, True), 2048, _BNB + ", signed"
@@ -140,6 +186,7 @@ CODES = {
     "q4": Code(
         "q4", 4, True, dynamic_exponent(4, True), 128, _LI + ", DE (m)"
     ),
+    "n4": Code("n4", 4, True, normal_float(4), 128, _QLORA),
     "u8": Code(
         "u8",
         8,

@@ -48,7 +48,7 @@ finite scale. Round to nearest: the code of ``y`` is the number of
 midpoints :math:`t_j = (c_j + c_{j+1}) / 2` (float32) with :math:`t_j \le
 y` (ties go to the larger value). It errs by at most
 ``Code.max_error`` times the block's scale: 0.0070 (``"q8"``), 0.1125
-(``"q4"``), 0.0035 (``"u8"``), 0.056 (``"u4"``). Or, given a ``key``,
+(``"q4"``), 0.1519 (``"n4"``), 0.0035 (``"u8"``), 0.056 (``"u4"``). Or, given a ``key``,
 stochastic rounding: an entry between neighbouring values
 :math:`c_j \le y < c_{j+1}` is rounded up when
 :math:`u\,(c_{j+1} - c_j) < y - c_j`, :math:`u \sim U[0, 1)`: with
@@ -100,7 +100,8 @@ class QuantFormat:
   """A quantized storage format for optimizer state.
 
   Attributes:
-    code: ``"q8"`` / ``"q4"`` (signed dynamic-exponent codes, for momenta
+    code: ``"q8"`` / ``"q4"`` (signed dynamic-exponent codes) or ``"n4"``
+      (4-bit NormalFloat; all three for momenta
       and first moments) or ``"u8"`` / ``"u4"`` (unsigned codes without a
       zero, for second moments); see :mod:`ortho_optax.state.codes`.
     block_size: largest block length along the block axis; ``None`` for
@@ -189,7 +190,7 @@ class QuantizedArray:
       ``(..., k_m L_m / 2, k_n L_n)`` (4-bit, two a byte).
     scales: float32 block scales (each block's largest magnitude),
       ``(..., k_m, k_n)``.
-    code: the format name (``"q8"``, ``"q4"``, ``"u8"``, ``"u4"``).
+    code: the format name (``"q8"``, ``"q4"``, ``"n4"``, ``"u8"``, ``"u4"``).
     block: the block's extent ``(L_m, L_n)``.
     shape: the original shape.
     dtype: the original dtype.
@@ -284,7 +285,7 @@ def quantize(x, format="q8", *, block_size=None, key=None) -> QuantizedArray:
 
   Args:
     x: a real floating-point array, any shape (zero-size too).
-    format: a format name (``"q8"``, ``"q4"``, ``"u8"``, ``"u4"``) or a
+    format: a format name (``"q8"``, ``"q4"``, ``"n4"``, ``"u8"``, ``"u4"``) or a
       :class:`QuantFormat`.
     block_size: the largest number of entries a block; ``None`` for the
       format's.

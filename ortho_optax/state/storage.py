@@ -4,13 +4,13 @@ A transform's ``mu_dtype`` / ``nu_dtype`` is one of
 
 * ``None``: the buffer takes the parameter's dtype;
 * a floating dtype (``jnp.float32``, ``jnp.bfloat16``, ``"float32"``, ...);
-* a quantized format: ``"q8"`` or ``"q4"`` or a
+* a quantized format: ``"q8"``, ``"q4"`` or ``"n4"`` or a
   :class:`~ortho_optax.QuantFormat` (:mod:`ortho_optax.state.quantized`).
 
 A quantized format is never a plain integer dtype: ``jnp.int8``,
 ``"int8"``, ``"uint8"`` are refused (an integer buffer would hold the
 rounded moment, 0 for any gradient below 1). Momenta and first moments are
-signed (``"q8"``, ``"q4"``); a second moment is stored in the unsigned code
+signed (``"q8"``, ``"q4"``, ``"n4"``); a second moment is stored in the unsigned code
 of the same width (``"q8"`` means ``"u8"`` there, see
 :func:`as_storage`).
 
@@ -34,7 +34,8 @@ from ortho_optax.state import quantized as _quantized
 Storage = None | np.dtype | _quantized.QuantFormat
 
 _INTEGER_HINT = (
-    "a quantized format is 'q8' or 'q4' (or a QuantFormat), not an integer"
+    "a quantized format is 'q8', 'q4' or 'n4' (or a QuantFormat), not an"
+    " integer"
     " dtype"
 )
 
@@ -45,7 +46,7 @@ def as_storage(
   """Checks a ``mu_dtype``-like argument and returns its storage.
 
   Args:
-    value: ``None``, a floating dtype (or its name), ``"q8"``, ``"q4"`` or
+    value: ``None``, a floating dtype (or its name), ``"q8"``, ``"q4"``, ``"n4"`` or
       a :class:`QuantFormat`; for a second moment also ``"u8"``, ``"u4"``.
     name: the argument's name, for errors.
     second_moment: the buffer is non-negative (Adam's ``v``): a signed
@@ -64,7 +65,7 @@ def as_storage(
   accepted = (
       "None, a floating"
       + (" or complex" if complex_ok else "")
-      + " dtype (e.g. jnp.float32, jnp.bfloat16), 'q8', 'q4'"
+      + " dtype (e.g. jnp.float32, jnp.bfloat16), 'q8', 'q4', 'n4'"
       + (", 'u8', 'u4'" if second_moment else "")
       + " or a QuantFormat"
   )
@@ -81,7 +82,7 @@ def as_storage(
     if not second_moment and not signed:
       raise ValueError(
           f"`{name}` stores a signed moment; {value.code!r} is an unsigned"
-          " (second-moment) format. Use 'q8' or 'q4'."
+          " (second-moment) format. Use 'q8', 'q4' or 'n4'."
       )
     return value
   try:

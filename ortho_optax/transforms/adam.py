@@ -28,7 +28,7 @@ def scale_by_adam(
 
   exactly ``optax.scale_by_adam`` (same state, ``optax.ScaleByAdamState``)
   when both moments are floats. A quantized ``mu_dtype`` / ``nu_dtype``
-  (``"q8"``, ``"q4"``, a :class:`~ortho_optax.QuantFormat`) keeps that
+  (``"q8"``, ``"q4"``, ``"n4"``, a :class:`~ortho_optax.QuantFormat`) keeps that
   moment as block-wise codes between steps: it is read back in float32,
   updated and written again (8-bit: Dettmers et al., 2022; 4-bit: Li et
   al., 2023). The second moment uses the unsigned code of the same width

@@ -121,7 +121,7 @@ def scale_by_momentum(
     form: ``"ema"`` or ``"sum"``.
     bias_correction: divide by :math:`1 - \beta^t` (optax's form; EMA only).
     mu_dtype: storage of the momentum buffer: ``None`` (the params'
-      dtype), a floating dtype, or a quantized format (``"q8"``, ``"q4"``,
+      dtype), a floating dtype, or a quantized format (``"q8"``, ``"q4"``, ``"n4"``,
       a :class:`QuantFormat`: 8 or 4 bits an entry plus a float32 scale a
       block, read back in float32 for each step). Integer dtypes are
       refused, see :mod:`ortho_optax.state.storage`.
