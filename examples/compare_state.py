@@ -43,8 +43,9 @@ flags.DEFINE_string("workdir", "/tmp/compare_state", "where runs are kept")
 flags.DEFINE_list("optimizers", ["muon", "adamuon"], "optimizer names")
 flags.DEFINE_list(
     "states", ["f32", "q8", "q4"],
-    "f32 or quantized formats: q8, q4; q4s stochastic rounding, q4/64 blocks"
-    " of 64 (examples/optimizers.py: state_format)",
+    "f32 or quantized formats: q8, q4, n4; q4s stochastic rounding, q4/64"
+    " blocks of 64 (examples/optimizers.py: state_format); q4@mu the momenta"
+    " only",
 )
 flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "seeds")
 flags.DEFINE_string("out", None, "also write the table here")
@@ -56,8 +57,11 @@ def config_for(name: str, state: str, seed: int):
   c.optimizer.learning_rate = optimizers.default_learning_rate(name)
   c.seed = seed
   if state != "f32":
-    c.optimizer.kwargs.mu_dtype = state
-    c.optimizer.kwargs.nu_dtype = state
+    # "<format>@mu": the momenta only (AdamW's second moment in float32).
+    fmt, _, only = state.partition("@")
+    c.optimizer.kwargs.mu_dtype = fmt
+    if only != "mu":
+      c.optimizer.kwargs.nu_dtype = fmt
   return c
 
 

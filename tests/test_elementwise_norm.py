@@ -1,5 +1,6 @@
 """Tests of scale_by_elementwise_norm (AdaMuon's second moment)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -53,3 +54,31 @@ def test_complex_matches_numpy_with_magnitudes():
     want = o_hat * 0.2 * np.sqrt(24) / (np.linalg.norm(o_hat) + 1e-8)
     np.testing.assert_allclose(out["w"], want, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.angle(out["w"]), np.angle(o), atol=1e-5)
+
+
+def test_stochastic_second_moment_is_unbiased():
+  """A stochastic u8 ``nu`` drawn from the step count: its mean over many
+  draws is the float second moment (round to nearest keeps a bias)."""
+  from ortho_optax.state import quantized
+
+  fmt = quantized.QuantFormat("q8", stochastic=True)
+  tx = ortho_optax.scale_by_elementwise_norm(0.9, nu_dtype=fmt)
+  o = {"w": jnp.asarray(
+      np.random.default_rng(0).standard_normal((16, 8)), jnp.float32)}
+  state = tx.init(o)
+  assert state.nu["w"].code == "u8"
+  update = jax.jit(tx.update)
+  nus = []
+  for t in range(64):
+    # The same state, step counts t: independent draws of one rounding.
+    s = state._replace(count=jnp.asarray(t, jnp.int32))
+    _, s = update(o, s)
+    assert int(s.count) == t + 1
+    nus.append(np.asarray(quantized.dequantize(s.nu["w"])))
+  want = 0.1 * np.asarray(o["w"]) ** 2
+  mean = np.mean(nus, axis=0)
+  # One draw errs by up to 2 * 0.0035 of the block max; 64 draws average
+  # it down by 8x (and a draw never equals round-to-nearest everywhere).
+  top = np.max(want)
+  assert np.max(np.abs(mean - want)) <= 2 * 0.0035 * top / 8 * 3
+  assert not all(np.array_equal(nus[0], n) for n in nus[1:])

@@ -105,7 +105,7 @@ class QuantFormat:
       and first moments) or ``"u8"`` / ``"u4"`` (unsigned codes without a
       zero, for second moments); see :mod:`ortho_optax.state.codes`.
     block_size: largest block length along the block axis; ``None`` for
-      the paper's (2048 for 8-bit, 128 for 4-bit).
+      the paper's (2048 for 8-bit, 128 for "q4" and "u4", 64 for "n4").
     stochastic: stochastic rounding (an optimizer then keeps a PRNG key in
       its state); round to nearest otherwise.
   """

@@ -11,6 +11,7 @@ import optax
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.state import storage as _storage
+from ortho_optax.transforms import low_rank as _low_rank
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import neuron_norm as _neuron_norm
 from ortho_optax.transforms import structure as _structure
@@ -19,10 +20,12 @@ from ortho_optax.transforms import structure as _structure
 class ScaleByElementwiseNormState(NamedTuple):
   """State of :func:`scale_by_elementwise_norm`.
 
-  ``nu`` is the elementwise second moment of each matrix leaf (its shape and
+  ``count`` is the number of updates (it draws stochastic rounding); ``nu``
+  is the elementwise second moment of each matrix leaf (its shape and
   dtype); leaves that are not matrices hold ``optax.MaskedNode()``.
   """
 
+  count: jax.Array
   nu: optax.Updates
 
 
@@ -59,8 +62,7 @@ def scale_by_elementwise_norm(
     rules: routing overrides, see :func:`label_params`.
     nu_dtype: storage of :math:`v`: ``None`` (the parameters' dtype), a
       floating dtype, or a quantized format, kept in the unsigned code of
-      its width (``"q8"`` -> ``"u8"``) and rounded to nearest (this state
-      has no step count to draw stochastic rounding from).
+      its width (``"q8"`` -> ``"u8"``), stochastic rounding included.
 
   Returns:
     An ``optax.GradientTransformation`` whose state is a
@@ -77,11 +79,6 @@ def scale_by_elementwise_norm(
   _routing.check_rules(rules)
 
   storage = _storage.as_storage(nu_dtype, "nu_dtype", second_moment=True)
-  if _storage.is_quantized(storage) and storage.stochastic:
-    raise ValueError(
-        "`nu_dtype` of scale_by_elementwise_norm rounds to nearest; got a"
-        " stochastic QuantFormat (its state has no step count)."
-    )
 
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
@@ -92,7 +89,8 @@ def scale_by_elementwise_norm(
         lambda x, dn: jnp.zeros_like(x, dtype=_neuron_norm.real_dtype(x.dtype)),
     )
     return ScaleByElementwiseNormState(
-        nu=_storage.zeros(nu, storage, "nu_dtype")
+        count=_low_rank.zero_count(params),
+        nu=_storage.zeros(nu, storage, "nu_dtype"),
     )
 
   def normalize(o, v):
@@ -105,10 +103,14 @@ def scale_by_elementwise_norm(
   def update_fn(updates, state, params=None):
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+    count = optax.safe_increment(state.count)
     prev = _storage.load(state.nu, updates)
     updates, nu = _neuron_norm.map_with_state(normalize, updates, prev, dns)
     return updates, ScaleByElementwiseNormState(
-        nu=_storage.store(nu, storage, state.nu)
+        count=count,
+        nu=_storage.store(
+            nu, storage, state.nu, count, salt=_low_rank.ELEMENTWISE_NU_SALT
+        ),
     )
 
   return _structure.check_like_init(
