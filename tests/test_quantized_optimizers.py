@@ -177,8 +177,18 @@ def test_stochastic_rounding_in_an_optimizer():
   a, sa = _run(tx, update, params, 3)
   b, sb = _run(tx, update, params, 3)
   chex.assert_trees_all_equal(sa, sb)  # deterministic: keyed by the count
-  with pytest.raises(ValueError, match="nu_dtype.*stochastic"):
-    ortho_optax.adamuon(1e-2, nu_dtype=fmt)
+
+
+def test_stochastic_second_moment_in_adamuon():
+  """AdaMuon's elementwise second moment draws from its own step count."""
+  fmt = Q.QuantFormat("q8", stochastic=True)
+  params = _params()
+  tx = ortho_optax.adamuon(1e-2, mu_dtype=fmt, nu_dtype=fmt)
+  update = jax.jit(tx.update)
+  a, sa = _run(tx, update, params, 2)
+  b, sb = _run(tx, update, params, 2)
+  chex.assert_trees_all_equal(sa, sb)
+  chex.assert_tree_all_finite(a)
 
 
 @pytest.mark.parametrize("value", [jnp.int8, "int8", jnp.int32, "u8"])
