@@ -97,6 +97,9 @@ _SLOW_MEASURED = (
     "tests/common_test.py::LeafKindsAndIdiomsTest::"
     "test_integer_and_bool_leaves_pass_through_adamuon",
     "tests/test_numerics_range.py::test_scale_invariance[ns-frobenius]",
+    "tests/test_numerics_range.py::test_issue_examples_engines",
+    "tests/test_cli.py::test_resume_takes_safe_settings_and_says_so",
+    "tests/test_cli.py::test_missing_data_file_is_one_line",
     "tests/test_auon.py::test_batched_equals_looped_and_jit",
     "tests/test_examples_sharded.py::test_mesh_helpers",
     "tests/test_gram.py::test_properties",
