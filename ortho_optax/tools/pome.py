@@ -10,6 +10,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ortho_optax.engines import lapack as _lapack
+
 _SCALES = ("mean", "rms")
 
 
@@ -49,7 +51,8 @@ def _edit_matrix(w_pre, w_ft, rank_ratio, scale, alpha):
   k = kept_rank(rank_ratio, m, n)
   wd = jnp.promote_types(w_ft.dtype, jnp.float32)
   delta = w_ft.astype(wd) - w_pre.astype(wd)
-  u, s, vh = jnp.linalg.svd(delta, full_matrices=False)
+  # Per matrix on the CPU: a batched LAPACK SVD can stall XLA's pool.
+  u, s, vh = _lapack.svd(delta)
   u_k, s_k, vh_k = u[..., :, :k], s[..., :k], vh[..., :k, :]
   if scale == "mean":
     common = alpha * jnp.mean(s_k, axis=-1)
