@@ -106,8 +106,9 @@ class QuantFormat:
       zero, for second moments); see :mod:`ortho_optax.state.codes`.
     block_size: largest block length along the block axis; ``None`` for
       the paper's (2048 for 8-bit, 128 for "q4" and "u4", 64 for "n4").
-    stochastic: stochastic rounding (an optimizer then keeps a PRNG key in
-      its state); round to nearest otherwise.
+    stochastic: stochastic rounding (an optimizer draws it from a key
+      derived from its step count, :func:`~.storage.rounding_key`); round
+      to nearest otherwise.
   """
 
   code: str = "q8"
