@@ -489,10 +489,13 @@ def summarize(config, results, seeds, lr_factors, skipped, wall=None, *,
   adamw_best = adamw_steps = None
   if base is not None:
     best_runs = [r for r in _seed_runs(base, base["best_lr"], seeds) if r]
-    adamw_best = statistics.mean(r["value"] for r in best_runs)
+    # The best point of AdamW's mean curve, which that curve reaches at
+    # adamw_steps by construction. The mean of each seed's best would be a
+    # target no mean curve reaches when the seeds peak at different steps
+    # (the digits' accuracy does).
     steps, curve = _mean_curve(best_runs, metric)
-    adamw_steps = float(steps[int(np.argmax(curve) if higher
-                                  else np.argmin(curve))])
+    i = int(np.argmax(curve) if higher else np.argmin(curve))
+    adamw_best, adamw_steps = float(curve[i]), float(steps[i])
   ref = results.get(REFERENCE_MUON)
   ref_default = (_seed_runs(ref, ref["default_lr"], seeds)
                  if ref is not None else None)

@@ -45,7 +45,7 @@ flags.DEFINE_list(
     "states", ["f32", "q8", "q4"],
     "f32 or quantized formats: q8, q4, n4; q4s stochastic rounding, q4/64"
     " blocks of 64 (examples/optimizers.py: state_format); q4@mu the momenta"
-    " only",
+    " only; n4+u4s/64 the momenta in n4, the second moments in u4s/64",
 )
 flags.DEFINE_list("seeds", ["0", "1", "2", "3"], "seeds")
 flags.DEFINE_string("out", None, "also write the table here")
@@ -57,11 +57,13 @@ def config_for(name: str, state: str, seed: int):
   c.optimizer.learning_rate = optimizers.default_learning_rate(name)
   c.seed = seed
   if state != "f32":
-    # "<format>@mu": the momenta only (AdamW's second moment in float32).
+    # "<format>@mu": the momenta only (AdamW's second moment in float32);
+    # "<mu format>+<nu format>": each its own.
     fmt, _, only = state.partition("@")
-    c.optimizer.kwargs.mu_dtype = fmt
+    mu_fmt, _, nu_fmt = fmt.partition("+")
+    c.optimizer.kwargs.mu_dtype = mu_fmt
     if only != "mu":
-      c.optimizer.kwargs.nu_dtype = fmt
+      c.optimizer.kwargs.nu_dtype = nu_fmt or mu_fmt
   return c
 
 

@@ -129,7 +129,7 @@ def resolved_learning_rate(config: ml_collections.ConfigDict) -> float:
   return config.learning_rate
 
 
-_STATE_SPEC = re.compile(r"^(q8|q4|n4)(s?)(?:/([0-9]+))?$")
+_STATE_SPEC = re.compile(r"^(q8|q4|n4|u8|u4)(s?)(?:/([0-9]+))?$")
 
 
 def state_format(spec):

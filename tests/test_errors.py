@@ -561,3 +561,19 @@ def test_mu_dtype_must_hold_complex_leaves():
   tx = oo.scale_by_momentum(mu_dtype=jnp.float32)
   with pytest.raises(TypeError, match=r"`mu_dtype`.*\['w'\]"):
     tx.init({"w": jnp.ones((2, 2), jnp.complex64)})
+
+
+@pytest.mark.parametrize(
+    "factory, name, base",
+    [(oo.turbo_muon, "turbo_muon", "muon"),
+     (oo.hybrid_auon, "hybrid_auon", "auon")],
+)
+def test_variant_names_itself_for_an_unknown_argument(factory, name, base):
+  # The variants forward to muon/auon; a misspelt argument is reported
+  # against the function the user called, with its parameters listed.
+  with pytest.raises(TypeError, match=rf"^{name}\(\): .*'ns_steps'.*"
+                     r"its parameters are learning_rate, ") as info:
+    factory(0.02, ns_steps=3)
+  assert not str(info.value).startswith(f"{base}()")
+  with pytest.raises(TypeError, match=rf"^{name}\(\): "):
+    factory(0.02, 0.9)  # every argument but the rate is keyword-only

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import jax
@@ -455,8 +456,23 @@ def variant_of(base, **defaults):
       for p in sig.parameters.values()
   ]
 
+  signature = sig.replace(parameters=params)
+
   def decorate(fn):
-    fn.__signature__ = sig.replace(parameters=params)
-    return fn
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+      # Bound here so that a misspelt argument is reported against the
+      # wrapper the user called, not against ``base``.
+      try:
+        signature.bind(*args, **kwargs)
+      except TypeError as e:
+        raise TypeError(
+            f"{fn.__name__}(): {e}; its parameters are"
+            f" {', '.join(signature.parameters)}."
+        ) from None
+      return fn(*args, **kwargs)
+
+    wrapper.__signature__ = signature
+    return wrapper
 
   return decorate
