@@ -95,21 +95,9 @@ ORTHO_OPTAX_NAMES = (
 DEFAULT_LEARNING_RATES = {
     "adamw": 3e-3,
     "optax_muon": 0.02,
-    "muon": 0.02,
-    "turbo_muon": 0.02,
-    "normuon": 0.02,
-    "adamuon": 0.01,
-    "root": 0.01,
-    "auon": 0.05,
-    "hybrid_auon": 0.02,
-    "scion": 0.01,
-    "trust_region": 0.04,
-    # Low-rank methods (rank 1/4): Muon's rate as the centre of the sweep
-    # (the references' defaults are 0.01 for Dion and Dion2, 0.02 for
-    # Trion).
-    "dion": 0.02,
-    "dion2": 0.02,
-    "trion": 0.02,
+    # The library's recommendations (ortho_optax/optimizers/learning_rates.py),
+    # chosen on the tasks of examples/compare.py.
+    **ortho_optax.RECOMMENDED_LEARNING_RATES,
 }
 # The learning rate of the AdamW branch (embeddings, heads, 1-D leaves) of the
 # orthogonalizing optimizers, when they take `adam_learning_rate` and the

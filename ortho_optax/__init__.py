@@ -25,6 +25,12 @@ from ortho_optax.optimizers.auon import auon as auon
 from ortho_optax.optimizers.auon import hybrid_auon as hybrid_auon
 from ortho_optax.optimizers.dion import dion as dion
 from ortho_optax.optimizers.dion2 import dion2 as dion2
+from ortho_optax.optimizers.learning_rates import (
+    RECOMMENDED_LEARNING_RATES as RECOMMENDED_LEARNING_RATES,
+)
+from ortho_optax.optimizers.learning_rates import (
+    recommended_learning_rate as recommended_learning_rate,
+)
 from ortho_optax.optimizers.muon import muon as muon
 from ortho_optax.optimizers.muon import turbo_muon as turbo_muon
 from ortho_optax.optimizers.normuon import normuon as normuon
@@ -88,6 +94,7 @@ __all__ = (
     "LMONorm",
     "QuantFormat",
     "QuantizedArray",
+    "RECOMMENDED_LEARNING_RATES",
     "ScaleByDion2State",
     "ScaleByDionState",
     "ScaleByElementwiseNormState",
@@ -120,6 +127,7 @@ __all__ = (
     "pome",
     "qk_clip",
     "quantize",
+    "recommended_learning_rate",
     "root",
     "scale_by_dion",
     "scale_by_dion2",

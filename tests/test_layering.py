@@ -293,6 +293,9 @@ PUBLIC_NAMES = (
     "scale_by_dion2",
     "scale_by_trion",
     "trion",
+    # Recommended learning rates, chosen over three tasks (issue 16).
+    "RECOMMENDED_LEARNING_RATES",
+    "recommended_learning_rate",
 )
 
 

@@ -89,6 +89,8 @@ def adamuon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
+      Recommended: ``0.01``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient, also the second moment's decay.
     eps: added to :math:`\sqrt{v}` and to the Frobenius norm.
     nesterov: Nesterov look-ahead.

@@ -67,6 +67,8 @@ def auon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
+      Recommended: ``0.05``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     nesterov: Nesterov look-ahead.
     gamma: gain inside ``cosh`` (the paper's 1; the 2026 code's 1.5).
@@ -171,6 +173,8 @@ def hybrid_auon(
 
   Args:
     learning_rate: as in :func:`auon`.
+      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     hybrid_steps: Newton-Schulz steps; ``None``: the paper's 1 (a default
       that ``optax.inject_hyperparams`` leaves static).
     **kwargs: any other argument of :func:`auon`.

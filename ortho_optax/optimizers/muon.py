@@ -84,6 +84,8 @@ def muon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
+      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     nesterov: Nesterov look-ahead.
     momentum_form: ``"ema"`` or ``"sum"``, see :func:`scale_by_momentum`.
@@ -240,6 +242,8 @@ def turbo_muon(
 
   Args:
     learning_rate: as in :func:`muon`.
+      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     steps: Newton-Schulz steps; ``None``: the paper's 4 (a default that
       ``optax.inject_hyperparams`` leaves static: an int would become an
       array, and the number of steps cannot be traced).

@@ -84,6 +84,8 @@ def normuon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
+      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     beta2: decay of the per-neuron second moment.
     eps: added to :math:`\sqrt{v}` and in the rescale (the reference

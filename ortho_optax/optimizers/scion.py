@@ -253,6 +253,8 @@ def scion(
   Args:
     learning_rate: :math:`\gamma` (or a schedule); at most 1 when
       ``constrained``.
+      Recommended: ``0.01``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     preset: ``"gpt"``, ``"mlp"`` or ``"cnn"``, see :func:`scion_norms`.
     norms: ``None`` (the preset's), a norm name, :class:`LMONorm`, a tree of
       them or a callable ``params -> tree``, see :func:`scale_by_lmo`.

@@ -96,6 +96,8 @@ def trust_region(
 
   Args:
     learning_rate: the trust-region radius :math:`\eta` (or a schedule).
+      Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
+      (:func:`~ortho_optax.recommended_learning_rate`).
     norm: ``"spectral"``, ``"frobenius"``, ``"sign"`` (or another norm of
       :func:`scale_by_lmo`, as its unit ball), an :class:`LMONorm`, a
       (prefix) tree of them or a callable ``params -> tree``.
