@@ -17,6 +17,7 @@ import functools
 import json
 import math
 import pathlib
+import re
 import shutil
 import time
 from typing import Any
@@ -587,6 +588,13 @@ def train_and_evaluate(
       other settings (the changed ones named, old -> new).
   """
   t_call = time.perf_counter()
+  if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", str(workdir)):
+    # pathlib would make "gs://b/run" the local directory "gs:/b/run".
+    raise cli.ConfigError(
+        f"`workdir`={str(workdir)!r} is a URL; this example writes through"
+        " local file-system paths: give a directory (on a pod, one that every"
+        " host sees, e.g. a shared file system)."
+    )
   workdir = pathlib.Path(workdir).resolve()
   created = not workdir.exists()
   first_step_done = False

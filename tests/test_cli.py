@@ -142,6 +142,16 @@ def test_bad_setting_is_named_and_leaves_no_workdir(tmp_path, setting, value,
   assert not workdir.exists()
 
 
+def test_url_workdir_is_refused_by_name(tmp_path, monkeypatch):
+  # pathlib would turn gs://bucket/run into the local gs:/bucket/run.
+  monkeypatch.chdir(tmp_path)
+  config = importlib.import_module("configs.lm").get_config()
+  with pytest.raises(cli.ConfigError, match=r"^`workdir`='gs://bucket/run' is"
+                     r" a URL; .* shared file system\)\.$"):
+    train.train_and_evaluate(config, "gs://bucket/run")
+  assert not (tmp_path / "gs:").exists()
+
+
 def _main(*args, workdir, config="configs/lm.py"):
   """``examples/main.py`` with ``args``: (return code, stderr lines)."""
   env = dict(os.environ, JAX_PLATFORMS="cpu")
