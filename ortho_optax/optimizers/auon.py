@@ -67,7 +67,7 @@ def auon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.05``, chosen on the tasks lm, lm_deep and digits_cnn
+      Recommended: ``0.025``, chosen on the tasks lm, lm_deep and digits_cnn
       (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     nesterov: Nesterov look-ahead.

@@ -77,7 +77,7 @@ def dion2(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
+      Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
       (:func:`~ortho_optax.recommended_learning_rate`).
     rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
       (static).

@@ -38,15 +38,14 @@ RECOMMENDED_LEARNING_RATES: dict[str, float] = {
     "normuon": 0.02,
     "adamuon": 0.01,
     "root": 0.01,
-    "auon": 0.05,
+    "auon": 0.025,
     "hybrid_auon": 0.02,
     "scion": 0.01,
     "trust_region": 0.04,
-    # The references' own defaults are 0.01 (Dion, Dion2) and 0.02 (Trion);
-    # Muon's rate was the better one at rank 1/4 on lm (issue 14's sweep).
+    # The references' own defaults are 0.01 (Dion, Dion2) and 0.02 (Trion).
     "dion": 0.02,
-    "dion2": 0.02,
-    "trion": 0.02,
+    "dion2": 0.04,
+    "trion": 0.04,
 }
 
 
