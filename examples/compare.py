@@ -6,7 +6,10 @@ optimizer:
 1. its default learning rate (``examples/optimizers.py``) on every seed;
 2. a learning-rate sweep (``--lr_factors`` times the default) on the first
    seed;
-3. the best swept learning rate on the other seeds.
+3. the best swept learning rate on the other seeds;
+4. any other run of that grid already finished in the workdir (a rate
+   that was once the default or the best), so that no rate is scored on
+   fewer seeds than the workdir holds.
 
 The runs are in that order, so an interrupted comparison has the defaults
 first. Reported per task, as means over the seeds: the metric at the
