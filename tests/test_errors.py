@@ -106,6 +106,9 @@ CALLS = {
             **kw,
         )
     ),
+    "recommended_learning_rate": (
+        lambda name="muon": oo.recommended_learning_rate(name)
+    ),
     "dion": _lr(oo.dion),
     "dion2": _lr(oo.dion2),
     "trion": _lr(oo.trion),
@@ -386,6 +389,10 @@ BAD = {
         ("alpha", "half", T),
         ("query_key", 3, T),
         ("key_key", "query", V),
+    ],
+    "recommended_learning_rate": [
+        ("name", "adam", V),
+        ("name", ["muon"], T),
     ],
     "QuantFormat": [
         ("code", "q3", V),

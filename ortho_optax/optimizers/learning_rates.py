@@ -59,6 +59,7 @@ def recommended_learning_rate(name: str) -> float:
     Its entry of :data:`RECOMMENDED_LEARNING_RATES`.
 
   Raises:
+    TypeError: ``name`` is not a string.
     ValueError: ``name`` is not a named optimizer; the message lists them.
 
   Examples:
@@ -66,6 +67,10 @@ def recommended_learning_rate(name: str) -> float:
     >>> ortho_optax.recommended_learning_rate("muon")
     0.02
   """
+  if not isinstance(name, str):
+    raise TypeError(
+        f"`name` must be a str (a named optimizer), got {name!r}."
+    )
   if name not in RECOMMENDED_LEARNING_RATES:
     raise ValueError(
         f"`name`={name!r} is not a named optimizer; one of"
