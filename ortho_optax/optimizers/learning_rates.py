@@ -22,7 +22,8 @@ The numbers carry across shapes through each optimizer's own scaling rule,
 not through the number: Muon's :math:`\\sqrt{\\max(1, n / m)}` factor
 (``muon``, ``turbo_muon``, ``normuon``, ``auon``, ``hybrid_auon``), Dion's
 :math:`\\sqrt{n / m}` (``dion``, ``dion2``, ``trion``), an update RMS of
-0.2 on AdamW's scale (``adamuon``, ``root``), or a radius in each layer's norm (``scion``, ``trust_region``).
+0.2 on AdamW's scale (``adamuon``, ``root``), or a radius in each layer's
+norm (``scion``, ``trust_region``).
 The AdamW branch of every optimizer takes ``adam_learning_rate`` (3e-3,
 AdamW's own, in the comparison).
 """
