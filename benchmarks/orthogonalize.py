@@ -49,15 +49,17 @@ The last line checks the acceptance criterion: the default (``auto``) has
 ``polar_error`` <= optax's for every shape and input class, and a FLOP
 ratio <= 0.7 at 512x2048 and 1024x4096 and <= 1.0 at 512x512.
 
-``--symmetric`` runs the side-by-side comparison of the Hermitian
-products as one triangle of row blocks (``symmetric=True``, the default)
-against today's plain products (``symmetric=False``) at 1024x4096 and
-2048x2048 (Gaussian input): each engine in both forms and the optax row,
-with matmul GFLOP from the jaxpr and from XLA's ``cost_analysis()`` (which
-counts a scan body once), interleaved medians, ratios to the plain form and
-to optax, and the polar error. Its acceptance line checks the issue's
-targets: FLOPs <= 0.75x and time <= 0.8x the plain form's, polar error no
-worse (to 1%).
+``--symmetric`` runs issue 15's side-by-side comparison at 1024x4096 and
+2048x2048: the default engine as run today (Hermitian products as one
+triangle of row blocks, float32's restart before step 3), as it ran
+before (plain products and Dao's restart before step 2) and with plain
+products only; the raw engines with ``symmetric=False`` and ``True``; and
+the optax row. It reports matmul GFLOP from the jaxpr and from XLA's
+``cost_analysis()`` (which counts a scan body once), interleaved medians
+on the Gaussian input, ratios to the reference row and to optax, and the
+polar error on all three input classes. Its acceptance line checks the
+issue's targets: FLOPs <= 0.75x and time <= 0.8x the engine before, polar
+error no worse (to 1%) on every input class.
 
 Usage::
 
@@ -350,21 +352,43 @@ def parse_args(argv=None):
 
 
 SYMMETRIC_SHAPES = ((1024, 4096), (2048, 2048))
+# The engines before issue 15: plain products and, in the Gram form, the
+# restart before step 2 of Dao-AILab's default (float32 now restarts
+# before step 3, at the same cost).
+BEFORE = dict(symmetric=False, restarts=(2,))
 
 
-def symmetric_pairs(shape):
-  """``(engine, plain fn, triangle fn)``: the default and the raw engines."""
+def symmetric_rows(shape):
+  """``(engine, products, fn, index of its reference row)`` per row.
+
+  The default engine has three rows: as before issue 15 (``before``), with
+  today's restarts but plain products (``plain``), and as run today
+  (``triangle``); the raw engines have a plain and a triangle row.
+  """
   auto = ortho_optax.select_method(shape)
-  pairs = [(f"{AUTO} -> {auto}", ortho_optax.orthogonalize)]
-  pairs.append(("newton_schulz muon", functools.partial(
-      ortho_optax.newton_schulz, coeffs="muon")))
+  rows = [(BASELINE, "plain", optax_default, 0)]
+
+  def before_options(engine):
+    if engine == "gram_newton_schulz":
+      return BEFORE
+    return {"symmetric": False}
+
+  default = f"{AUTO} -> {auto}"
+  rows.append((default, "before",
+               functools.partial(ortho_optax.orthogonalize,
+                                 **before_options(auto)), 1))
+  rows.append((default, "plain", functools.partial(
+      ortho_optax.orthogonalize, symmetric=False), 1))
+  rows.append((default, "triangle", ortho_optax.orthogonalize, 1))
+  raw = [("newton_schulz muon", functools.partial(
+      ortho_optax.newton_schulz, coeffs="muon"))]
   if auto != "gram_newton_schulz":
-    pairs.append(("gram_newton_schulz", ortho_optax.gram_newton_schulz))
-  return [
-      (name, functools.partial(fn, symmetric=False),
-       functools.partial(fn, symmetric=True))
-      for name, fn in pairs
-  ]
+    raw.append(("gram_newton_schulz", ortho_optax.gram_newton_schulz))
+  for name, fn in raw:
+    ref = len(rows)
+    rows.append((name, "plain", functools.partial(fn, symmetric=False), ref))
+    rows.append((name, "triangle", fn, ref))
+  return rows
 
 
 def xla_flops(compiled) -> float:
@@ -375,46 +399,45 @@ def xla_flops(compiled) -> float:
 
 
 def symmetric_report(args) -> str:
-  """Triangle of blocks vs plain products, same run, side by side."""
+  """Today's engines vs plain products and the engines before, side by side."""
   lines = [
       "| shape | engine | products | GFLOP | XLA GFLOP | ms | ms min-max"
-      " | FLOP x plain | time x plain | FLOP x optax | time x optax"
-      " | polar_error |",
-      "|" + "---|" * 12,
+      " | FLOP x ref | time x ref | FLOP x optax | time x optax | "
+      + " | ".join(f"polar_error {k}" for k in INPUTS) + " |",
+      "|" + "---|" * (11 + len(INPUTS)),
   ]
   checks = []
   for shape in SYMMETRIC_SHAPES:
-    x = jnp.asarray(make_input("gaussian", *shape, args.seed), jnp.float32)
-    ref = ortho_optax.polar_svd(x)
+    xs = [jnp.asarray(make_input(k, *shape, args.seed), jnp.float32)
+          for k in INPUTS]
+    refs = [ortho_optax.polar_svd(x) for x in xs]
     spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-    rows = [("optax default (muon)", "plain", optax_default)]
-    for name, plain, tri in symmetric_pairs(shape):
-      rows += [(name, "plain", plain), (name, "triangle", tri)]
-    compiled = [jax.jit(fn).lower(spec).compile() for _, _, fn in rows]
-    flops = [ortho_optax.count_matmul_flops(fn, spec) for _, _, fn in rows]
+    rows = symmetric_rows(shape)
+    compiled = [jax.jit(fn).lower(spec).compile() for _, _, fn, _ in rows]
+    flops = [ortho_optax.count_matmul_flops(fn, spec) for _, _, fn, _ in rows]
     xla = [xla_flops(c) for c in compiled]
-    errs = [float(_metrics(jax.block_until_ready(c(x)), ref)[2])
-            for c in compiled]
+    errs = [[float(_metrics(jax.block_until_ready(c(x)), r)[2])
+             for x, r in zip(xs, refs)] for c in compiled]
     times = [[] for _ in rows]
+    x = xs[0]
     for _ in range(args.repeats):
       for i, c in enumerate(compiled):
         t0 = time.perf_counter()
         jax.block_until_ready(c(x))
         times[i].append(time.perf_counter() - t0)
     med = [statistics.median(t) for t in times]
-    for i, (name, kind, _) in enumerate(rows):
-      j = i - 1 if kind == "triangle" else i  # the plain row of the pair
+    for i, (name, kind, _, j) in enumerate(rows):
       lines.append(
           f"| {shape[0]}x{shape[1]} | {name} | {kind} |"
           f" {flops[i] / 1e9:.1f} | {xla[i] / 1e9:.1f} | {med[i] * 1e3:.0f} |"
           f" {min(times[i]) * 1e3:.0f}-{max(times[i]) * 1e3:.0f} |"
           f" {flops[i] / flops[j]:.3f} | {med[i] / med[j]:.2f} |"
-          f" {flops[i] / flops[0]:.3f} | {med[i] / med[0]:.2f} |"
-          f" {errs[i]:.4f} |"
+          f" {flops[i] / flops[0]:.3f} | {med[i] / med[0]:.2f} | "
+          + " | ".join(f"{e:.4f}" for e in errs[i]) + " |"
       )
       if kind == "triangle" and name.startswith(AUTO):
         checks.append((shape, flops[i] / flops[j], med[i] / med[j],
-                       errs[i] / errs[j]))
+                       max(e / b for e, b in zip(errs[i], errs[j]))))
     print(f"# {shape[0]}x{shape[1]} done", file=sys.stderr, flush=True)
   failures = [
       f"{m}x{n}: FLOP x {f:.3f}, time x {t:.2f}, error x {e:.3f}"
@@ -427,15 +450,21 @@ def symmetric_report(args) -> str:
   )
   verdict = "PASS" if not failures else "FAIL: " + "; ".join(failures)
   return (
-      "Hermitian products as one triangle of row blocks (`symmetric=True`,"
-      " the default) vs plain products (`symmetric=False`, the engines"
-      f" before), float32 Gaussian input, {jax.devices()[0].platform.upper()}"
-      f" {os.cpu_count()} cores, jax {jax.__version__}; median of"
-      f" {args.repeats} interleaved runs."
+      "The default engine as run today (`triangle`: Hermitian products as"
+      " one triangle of row blocks; the Gram form restarts before step 3)"
+      " against the same engine before issue 15 (`before`: plain products,"
+      " restart before step 2) and with plain products only (`plain`); the raw"
+      " engines with `symmetric=False` and `True`. `x ref` is relative to"
+      " the `before` row (to the `plain` row for the raw engines). Timed on"
+      " the Gaussian input; polar errors on the three input classes."
+      f" float32, {jax.devices()[0].platform.upper()} {os.cpu_count()}"
+      f" cores, jax {jax.__version__}; median of {args.repeats} interleaved"
+      " runs."
       + (f" {args.note}" if args.note else "")
       + "\n\n" + "\n".join(lines) + "\n\n"
-      + "Acceptance (default engine, triangle vs plain: FLOPs <= 0.75x,"
-      f" time <= 0.8x, polar error <= 1.01x; {listed}): {verdict}\n"
+      + "Acceptance (default engine, today vs before: FLOPs <= 0.75x,"
+      " time <= 0.8x, polar error <= 1.01x on every input class;"
+      f" {listed}): {verdict}\n"
   )
 
 

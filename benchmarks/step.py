@@ -8,9 +8,10 @@ untied ``lm_head`` ``(d, V)``. Full size: ``L = 12``, ``d = 768``,
 
 Rows: every named optimizer of ortho_optax with its defaults; ``muon
 (plain products)``, the default ``muon`` compiled with the engines'
-Hermitian products as plain matmuls (the engines before the triangle of
-row blocks, :mod:`ortho_optax.engines.symmetric`), side by side in the same
-run;
+Hermitian products as plain matmuls (no triangle of row blocks,
+:mod:`ortho_optax.engines.symmetric`), and ``muon (before issue 15)``, also
+with the Gram form's restart before step 2 in float32 (the engines before
+issue 15), side by side in the same run;
 ``optax.contrib.muon`` as a user calls it (default routing: every 2-D leaf,
 embedding and head included, goes to Muon); ``optax.contrib.muon`` with the
 embedding and head sent to its Adam via ``muon_weight_dimension_numbers``
@@ -78,11 +79,28 @@ import numpy as np
 import optax
 
 import ortho_optax
+from ortho_optax.engines import gram as _gram
 from ortho_optax.engines import symmetric as _symmetric
 
 MDN = optax.contrib.MuonDimensionNumbers
 BASELINE = "optax.contrib.muon"
 PLAIN = " (plain products)"
+BEFORE = " (before issue 15)"
+
+
+@contextlib.contextmanager
+def before_issue_15():
+  """Traces the engines as before issue 15: plain products, and the Gram
+  form's restart before step 2 in float32 too (Dao-AILab's default; now
+  float32 restarts before step 3, at the same cost,
+  :func:`ortho_optax.engines.gram.default_restarts`)."""
+  saved = _gram._LATE_RESTART_DTYPES
+  _gram._LATE_RESTART_DTYPES = ()
+  try:
+    with plain_products():
+      yield
+  finally:
+    _gram._LATE_RESTART_DTYPES = saved
 
 
 @contextlib.contextmanager
@@ -164,6 +182,7 @@ def optimizers(lr: float = 0.02, states=("f32",)) -> dict:
         rows[name] = getattr(ortho_optax, name)(**kwargs)
         if name == MUON:
           rows[name + PLAIN] = ortho_optax.muon(lr)
+          rows[name + BEFORE] = ortho_optax.muon(lr)
       elif quantizable:  # the low-rank methods keep float factors
         rows[f"{name} [{state}]"] = getattr(ortho_optax, name)(
             **kwargs, mu_dtype=state, nu_dtype=state
@@ -242,8 +261,13 @@ def benchmark(args) -> str:
     state = tx.init(params)
     spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
                         (grads, state, params))
-    plain = name.endswith(PLAIN)
-    with plain_products() if plain else contextlib.nullcontext():
+    if name.endswith(PLAIN):
+      context = plain_products()
+    elif name.endswith(BEFORE):
+      context = before_issue_15()
+    else:
+      context = contextlib.nullcontext()
+    with context:
       flops = ortho_optax.count_matmul_flops(tx.update, *spec)
       compiled = jax.jit(tx.update).lower(*spec).compile()
     cost = compiled.cost_analysis()

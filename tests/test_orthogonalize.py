@@ -137,7 +137,14 @@ def test_spec_flop_examples(shape, gflop_std, gflop_gram):
   np.testing.assert_allclose(FLOPS(shape, "newton_schulz", **plain) / 1e9,
                              gflop_std, rtol=2e-3)
   np.testing.assert_allclose(
-      FLOPS(shape, "gram_newton_schulz", **plain) / 1e9, gflop_gram, rtol=2e-3
+      FLOPS(shape, "gram_newton_schulz", **plain) / 1e9, gflop_gram,
+      rtol=2e-3,
+  )
+  # No restart: the spec's (4 alpha + 34) m^3.
+  m, n = shape
+  np.testing.assert_allclose(
+      FLOPS(shape, "gram_newton_schulz", restarts=(), **plain),
+      (4 * n / m + 34) * m**3, rtol=1e-12,
   )
 
 

@@ -125,7 +125,9 @@ def orthogonalize_flops(
     iteration;
   * ``gram_newton_schulz``: ``B [2 m^2 n (1 + 2 restarts + 1 ...)]``: one
     ``X X^H`` and one ``Q X`` per segment, and ``4 L - 3`` products of
-    ``m x m`` matrices (``2 m^3`` each) for a segment of ``L`` steps;
+    ``m x m`` matrices (``2 m^3`` each) for a segment of ``L`` steps (the
+    restarts of :func:`ortho_optax.engines.gram.default_restarts` by
+    default);
   * ``auon``: ``hybrid_steps`` standard steps;
   * ``polar_svd``: the ``U V^H`` product, ``2 m^2 n`` (the SVD is not a
     matmul and is not counted).
@@ -186,7 +188,8 @@ def orthogonalize_flops(
     extra = _normalization.spectral_estimate_flops(m)
   if method == "newton_schulz":
     return batch * (steps * step + extra)
-  restarts = _gram.check_restarts(options.get("restarts"), steps)
+  cdt = _checks.check_compute_dtype(options.get("compute_dtype"), dtype)
+  restarts = _gram.check_restarts(options.get("restarts"), steps, cdt)
   bounds = (0,) + restarts + (steps,)
   lengths = [b - a for a, b in zip(bounds[:-1], bounds[1:])]
   segments = len(lengths)
