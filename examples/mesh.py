@@ -73,6 +73,11 @@ def param_spec(shape, mesh) -> P:
       ]
       if free:
         spec[max(free, key=lambda d: shape[d])] = axis
+  # Without trailing Nones: a jitted step returns P() for a replicated
+  # vector, and an input placed as P(None) would not match it, so the step
+  # would compile a second time for the arrays it returned.
+  while spec and spec[-1] is None:
+    spec.pop()
   return P(*spec)
 
 
@@ -93,6 +98,27 @@ def shard_model(model: nnx.Module, mesh) -> None:
           state,
       ),
   )
+
+
+def replicate_unplaced(module: nnx.Module, mesh) -> None:
+  """Puts ``module``'s arrays that live replicated off the mesh on it, in place.
+
+  ``nnx.Optimizer`` builds its step counter, and ``tx.init`` the state of
+  leaves that need none, as arrays replicated in XLA's own terms
+  (``GSPMDSharding``) or on one device. The jitted step returns them as
+  ``NamedSharding(mesh, P())``; placing them so beforehand saves the
+  training step's second compilation.
+  """
+  replicated = NamedSharding(mesh, P())
+
+  def place(x):
+    if not isinstance(x, jax.Array) or isinstance(x.sharding, NamedSharding):
+      return x
+    if not x.sharding.is_fully_replicated:
+      return x
+    return jax.device_put(x, replicated)
+
+  nnx.update(module, jax.tree.map(place, nnx.state(module)))
 
 
 def shard_batch(batch: dict, mesh) -> dict:

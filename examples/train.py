@@ -71,16 +71,37 @@ def make_train_step(loss_fn):
 
   Cached per loss, so runs of the same model and optimizer in one process
   (a sweep, the tests) can share compilations.
+
+  The step takes ``shardings``: ``None`` on one device, or on a mesh the
+  ``NamedSharding`` of every array of ``(model, optimizer)`` in
+  ``jax.tree.leaves`` order (:func:`state_shardings`). The updated arrays
+  are constrained to them. On Auto mesh axes XLA may otherwise return,
+  say, a layer-norm scale placed replicated as split over ``"model"``; the
+  next call would then see new input shardings and compile the step again.
   """
 
-  @nnx.jit
-  def train_step(model, optimizer, batch):
+  @functools.partial(nnx.jit, static_argnames="shardings")
+  def train_step(model, optimizer, batch, shardings=None):
     grad_fn = nnx.value_and_grad(loss_fn, has_aux=True)
     (loss, _), grads = grad_fn(model, batch)
     optimizer.update(model, grads)
+    if shardings is not None:
+      state = nnx.state((model, optimizer))
+      leaves, treedef = jax.tree.flatten(state)
+      nnx.update((model, optimizer), jax.tree.unflatten(treedef, [
+          jax.lax.with_sharding_constraint(x, s)
+          for x, s in zip(leaves, shardings, strict=True)
+      ]))
     return loss
 
   return train_step
+
+
+def state_shardings(model, optimizer) -> tuple:
+  """The shardings of ``(model, optimizer)``'s arrays, a static argument."""
+  return tuple(
+      x.sharding for x in jax.tree.leaves(nnx.state((model, optimizer)))
+  )
 
 
 @functools.cache
@@ -607,6 +628,8 @@ def train_and_evaluate(
     task, mesh, model, tx = _build(config)
     total = config.num_train_steps
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    if mesh is not None:
+      mesh_lib.replicate_unplaced(optimizer, mesh)
     num_params = sum(
         int(np.prod(x.shape))
         for x in jax.tree.leaves(nnx.state(model, nnx.Param))
@@ -676,7 +699,10 @@ def train_and_evaluate(
             config=ocp.args.JsonSave(saved_config),
         ))
 
-    train_step = make_train_step(task.loss_fn)
+    train_step = functools.partial(
+        make_train_step(task.loss_fn),
+        shardings=None if mesh is None else state_shardings(model, optimizer),
+    )
     metrics_file = (workdir / METRICS_FILE).open("a")
 
     def write(record):

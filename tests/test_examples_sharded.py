@@ -1,6 +1,7 @@
 """configs/lm_sharded.py trains on the 8 fake CPU devices like on one."""
 
 import importlib
+import logging
 import pathlib
 import sys
 
@@ -48,6 +49,23 @@ def test_sharded_config_matches_one_device(tmp_path):
   np.testing.assert_allclose(
       got["final_eval"]["loss"], want["final_eval"]["loss"], rtol=1e-5
   )
+
+
+@pytest.mark.parametrize(
+    "shape, names", [((8,), ("fsdp",)), ((2, 4), ("fsdp", "model"))])
+def test_train_step_compiles_once(tmp_path, caplog, shape, names):
+  # On Auto axes XLA chose other shardings for some updated arrays (a
+  # replicated layer-norm scale came back split over "model", P(None)
+  # came back P()), and the step compiled again at step 2.
+  config = _tiny(importlib.import_module("configs.lm_sharded").get_config())
+  config.mesh.shape = shape
+  config.mesh.axis_names = names
+  train.make_train_step.cache_clear()  # A new jit: no earlier test's cache.
+  with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(config, tmp_path / "run", verbose=False)
+  compiles = [r for r in caplog.records
+              if "Compiling jit(train_step)" in r.getMessage()]
+  assert len(compiles) == 1
 
 
 def test_mesh_helpers():
