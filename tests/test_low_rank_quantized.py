@@ -21,7 +21,6 @@ import ortho_optax
 from ortho_optax.state import codes as codes_lib
 from ortho_optax.state import quantized as Q
 from ortho_optax.state import storage as S
-from ortho_optax.transforms import low_rank as _low_rank
 
 NS = {"method": "newton_schulz"}
 TRANSFORMS = {
@@ -29,8 +28,8 @@ TRANSFORMS = {
     "dion2": functools.partial(ortho_optax.scale_by_dion2, 0.25, **NS),
     "trion": functools.partial(ortho_optax.scale_by_trion, 0.25, **NS),
 }
-SALTS = {"dion": _low_rank.DION_SALT, "dion2": _low_rank.DION2_SALT,
-         "trion": _low_rank.TRION_SALT}
+SALTS = {"dion": S.DION_SALT, "dion2": S.DION2_SALT,
+         "trion": S.TRION_SALT}
 SHAPES = {"wide": (32, 64), "tall": (64, 32), "bias": (64,)}
 
 

@@ -218,3 +218,10 @@ def test_quantized_adam_keeps_sign_and_finiteness_of_tiny_entries():
 
 def test_public_names():
   assert ortho_optax.QuantFormat is Q.QuantFormat
+
+
+def test_rounding_salts_are_distinct():
+  # Two buffers with one salt would draw the same rounding bits each step.
+  salts = {k: v for k, v in vars(S).items() if k.endswith("_SALT")}
+  assert len(salts) == 8
+  assert len(set(salts.values())) == len(salts), salts

@@ -177,6 +177,16 @@ def load(tree, like=None):
   return jax.tree.map(one, tree, like, is_leaf=_is_leaf_or_empty)
 
 
+# Stochastic-rounding salts, one per kind of stored buffer, so that two
+# buffers rounded at the same step draw different bits. The values are part
+# of a run's reproducibility: changing one changes every later draw.
+MOMENTUM_SALT = 0  # scale_by_momentum's mu
+ADAM_MU_SALT, ADAM_NU_SALT = 1, 2  # scale_by_adam's moments
+DION_SALT, DION2_SALT, TRION_SALT = 3, 4, 5  # the low-rank momenta
+DION_Q_SALT = 6  # Dion's right factor
+ELEMENTWISE_NU_SALT = 7  # AdaMuon's elementwise second moment
+
+
 def store(tree, storage: Storage, like, count=None, salt: int = 0):
   """The new values ``tree`` in ``storage``.
 

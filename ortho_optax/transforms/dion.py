@@ -196,7 +196,7 @@ def scale_by_dion(
       # Q, 8-bit state would be 0.32x Dion's float32 state, not 0.25x.
       q = _storage.store(
           _storage.as_arrays(q), storage, None, count,
-          salt=_low_rank.DION_Q_SALT,
+          salt=_storage.DION_Q_SALT,
       )
     return ScaleByDionState(
         count=count,
@@ -243,10 +243,10 @@ def scale_by_dion(
         step, updates, mu, (q,), dns, sharding, layouts
     )
     mu = _storage.store(
-        mu, storage, state.mu, count, salt=_low_rank.DION_SALT
+        mu, storage, state.mu, count, salt=_storage.DION_SALT
     )
     if _storage.is_quantized(storage):
-      q = _storage.store(q, storage, state.q, count, salt=_low_rank.DION_Q_SALT)
+      q = _storage.store(q, storage, state.q, count, salt=_storage.DION_Q_SALT)
     return updates, ScaleByDionState(count=count, mu=mu, q=q)
 
   return optax.GradientTransformation(init_fn, update_fn)

@@ -163,7 +163,7 @@ def scale_by_dion2(
         step, updates, mu, (), dns, sharding, layouts
     )
     mu = _storage.store(
-        mu, storage, state.mu, count, salt=_low_rank.DION2_SALT
+        mu, storage, state.mu, count, salt=_storage.DION2_SALT
     )
     return updates, ScaleByDion2State(count=count, mu=mu)
 

@@ -109,7 +109,7 @@ def scale_by_elementwise_norm(
     return updates, ScaleByElementwiseNormState(
         count=count,
         nu=_storage.store(
-            nu, storage, state.nu, count, salt=_low_rank.ELEMENTWISE_NU_SALT
+            nu, storage, state.nu, count, salt=_storage.ELEMENTWISE_NU_SALT
         ),
     )
 

@@ -20,12 +20,6 @@ from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.parallel import stateful as _stateful
 from ortho_optax.state import storage as _storage
 
-# Stochastic-rounding salts of the momentum buffers, apart from
-# scale_by_momentum's (0) and scale_by_adam's (1, 2).
-DION_SALT, DION2_SALT, TRION_SALT, DION_Q_SALT = 3, 4, 5, 6
-# AdaMuon's elementwise second moment (transforms/elementwise_norm.py).
-ELEMENTWISE_NU_SALT = 7
-
 
 def check_rank(rank, name: str = "rank") -> None:
   """Raises unless ``rank`` is a fraction in ``(0, 1]`` or an int >= 1."""

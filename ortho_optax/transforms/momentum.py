@@ -214,7 +214,9 @@ def scale_by_momentum(
       mu = jax.tree.map(
           lambda x: saturate(x, storage), mu, is_leaf=lambda x: x is None
       )
-    mu = _storage.store(mu, storage, state.mu, count)
+    mu = _storage.store(
+        mu, storage, state.mu, count, salt=_storage.MOMENTUM_SALT
+    )
     return out, ScaleByMomentumState(count=count, mu=mu)
 
   return _structure.check_like_init(
@@ -254,7 +256,9 @@ def _map(fn, updates, *trees):
 def _finish(out, mu, updates, state, count, storage):
   """Casts the output to the updates' dtypes and stores ``mu``."""
   out = _map(lambda g, o: o.astype(g.dtype), updates, out)
-  mu = _storage.store(mu, storage, state.mu, count)
+  mu = _storage.store(
+      mu, storage, state.mu, count, salt=_storage.MOMENTUM_SALT
+  )
   return out, ScaleByMomentumState(count=count, mu=mu)
 
 

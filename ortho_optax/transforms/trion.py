@@ -257,7 +257,7 @@ def scale_by_trion(
         step, updates, mu, (), dns, sharding, layouts
     )
     mu = _storage.store(
-        mu, storage, state.mu, count, salt=_low_rank.TRION_SALT
+        mu, storage, state.mu, count, salt=_storage.TRION_SALT
     )
     return updates, ScaleByTrionState(count=count, mu=mu)
 
