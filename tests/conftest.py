@@ -18,9 +18,9 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 # The default run (`pytest -q -n 2`, what CI runs) must stay under 10
-# minutes on 2 CPU cores. These tests add compile-heavy variants of properties that other
-# tests already check on smaller or cheaper cases; they run with
-# `pytest -m slow`.
+# minutes on 2 CPU cores. These tests add compile-heavy variants of
+# properties that other tests already check on smaller or cheaper cases;
+# they run with `pytest -m slow`.
 _SLOW = (
     # Hypothesis sweep of shapes/dtypes; test_gram's smaller sweep stays.
     "tests/test_newton_schulz.py::test_properties",

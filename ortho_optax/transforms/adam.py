@@ -87,8 +87,12 @@ def scale_by_adam(
         updates,
         is_leaf=lambda x: x is None,
     )
-    mu = _storage.store(mu, mu_storage, state.mu, count_inc, salt=_storage.ADAM_MU_SALT)
-    nu = _storage.store(nu, nu_storage, state.nu, count_inc, salt=_storage.ADAM_NU_SALT)
+    mu = _storage.store(
+        mu, mu_storage, state.mu, count_inc, salt=_storage.ADAM_MU_SALT
+    )
+    nu = _storage.store(
+        nu, nu_storage, state.nu, count_inc, salt=_storage.ADAM_NU_SALT
+    )
     return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
