@@ -35,6 +35,14 @@ def scale_by_adam(
   (``"q8"`` stores ``v`` as ``"u8"``), which has no zero: a ``v`` rounded
   to 0 would turn the step into :math:`m / \epsilon`.
 
+  Range: as in optax, float32 moments hold gradient entries up to about
+  1.8e19, the square root of the float32 maximum. A larger entry makes
+  :math:`v` infinite, and that entry's updates are zero from then on. The
+  orthogonalized (matrix) branch of the optimizers has no such limit.
+  Keeping :math:`v` finite beyond it needs a rescaled state, which would
+  no longer be optax's. Gradients that large should be clipped first,
+  e.g. with ``optax.clip_by_global_norm``.
+
   Args:
     b1: first-moment decay.
     b2: second-moment decay.
