@@ -15,3 +15,7 @@ timeout 130 $PY benchmarks/orthogonalize.py --dtype bfloat16 --repeats 10 \
 timeout 110 $PY benchmarks/orthogonalize.py --repeats 10 \
   --shapes 1024x4096,4096x4096,4096x16384 --out "$OUT/orthogonalize_gpu_f32.md" 2>&1 | tee "$OUT/orthogonalize_gpu_f32.log"
 timeout 110 $PY benchmarks/step.py --dtype bfloat16 --repeats 10 --out "$OUT/step_gpu_bf16.md" 2>&1 | tee "$OUT/step_gpu_bf16.log"
+timeout 60 $PY benchmarks/symmetric_kernel.py --repeats 10 \
+  --out "$OUT/symmetric_kernel_gpu_f32.md" 2>&1 | tee "$OUT/symmetric_kernel_gpu_f32.log"
+timeout 60 $PY benchmarks/symmetric_kernel.py --dtype bfloat16 --repeats 10 \
+  --out "$OUT/symmetric_kernel_gpu_bf16.md" 2>&1 | tee "$OUT/symmetric_kernel_gpu_bf16.log"
