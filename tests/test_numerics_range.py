@@ -392,3 +392,21 @@ def test_float16_params_with_gradients_of_300():
     assert np.isfinite(np.asarray(final["w"], np.float32)).all(), name
     for u, r in zip(big, unit):
       assert _rel_dist(_f64(u["w"]), _f64(r["w"])) < 2e-3, name
+
+
+@pytest.mark.parametrize("name", ["muon", "adamuon"])
+def test_float16_adamw_leaves_take_finite_nonzero_steps(name):
+  """float16 vectors on the AdamW branch with gradients of 300 and 1e-3:
+  optax.adamw's float16 moments gave zero steps for the first (v = inf)
+  and infinite ones for the second (v = 0, eps = 0 in float16)."""
+  params = {"w": jnp.full((16, 32), 0.1, jnp.float16),
+            "b": jnp.zeros((32,), jnp.float16)}
+  b = jnp.where(jnp.arange(32) % 2 == 0, 300.0, 1e-3).astype(jnp.float16)
+  grads = [{"w": g["w"], "b": b}
+           for g in _matrix_grads((16, 32), 3, dtype=jnp.float16)]
+  ups, final = _updates(name, params, grads)
+  for u in ups:
+    ub = np.asarray(u["b"], np.float32)
+    assert np.isfinite(ub).all() and (ub != 0).all()
+  assert all(np.isfinite(np.asarray(v, np.float32)).all()
+             for v in jax.tree.leaves(final))

@@ -140,17 +140,62 @@ SHAPES = {"w": (64, 48), "b": (48,), "s": ()}
 
 def test_float_adam_equals_optax():
   params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
-  for kw, ref_kw in (({}, {}), ({"mu_dtype": jnp.bfloat16},
-                                {"mu_dtype": jnp.bfloat16})):
-    tx = _adam.scale_by_adam(0.9, 0.95, 1e-8, 1e-12, **kw)
-    ref = optax.scale_by_adam(0.9, 0.95, 1e-8, 1e-12, **ref_kw)
-    s, rs = tx.init(params), ref.init(params)
-    assert jax.tree.structure(s) == jax.tree.structure(rs)
-    for t in range(4):
-      g = _grads(t, SHAPES)
-      u, s = jax.jit(tx.update)(g, s)
-      ru, rs = jax.jit(ref.update)(g, rs)
-      jax.tree.map(np.testing.assert_array_equal, (u, s), (ru, rs))
+  tx = _adam.scale_by_adam(0.9, 0.95, 1e-8, 1e-12)
+  ref = optax.scale_by_adam(0.9, 0.95, 1e-8, 1e-12)
+  s, rs = tx.init(params), ref.init(params)
+  assert jax.tree.structure(s) == jax.tree.structure(rs)
+  for t in range(4):
+    g = _grads(t, SHAPES)
+    u, s = jax.jit(tx.update)(g, s)
+    ru, rs = jax.jit(ref.update)(g, rs)
+    jax.tree.map(np.testing.assert_array_equal, (u, s), (ru, rs))
+
+
+def test_bfloat16_first_moment_is_float32_arithmetic_then_rounded():
+  # optax computes b1 * mu in bfloat16 when mu is stored so; here every
+  # step is float32 arithmetic on the stored (bfloat16) mu, rounded once.
+  b1, b2, eps, eps_root = 0.9, 0.95, 1e-8, 1e-12
+  params = {k: jnp.zeros(s) for k, s in SHAPES.items()}
+  tx = _adam.scale_by_adam(b1, b2, eps, eps_root, mu_dtype=jnp.bfloat16)
+  s = tx.init(params)
+  m = {k: np.zeros(sh, np.float32) for k, sh in SHAPES.items()}
+  v = {k: np.zeros(sh, np.float32) for k, sh in SHAPES.items()}
+  for t in range(1, 5):
+    g = _grads(t, SHAPES)
+    u, s = jax.jit(tx.update)(g, s)
+    for k in SHAPES:
+      gk = np.asarray(g[k], np.float32)
+      m[k] = np.float32(1 - b1) * gk + np.float32(b1) * m[k]
+      v[k] = np.float32(1 - b2) * gk * gk + np.float32(b2) * v[k]
+      mh = m[k] / np.float32(1 - b1**t)
+      vh = v[k] / np.float32(1 - b2**t)
+      want = mh / (np.sqrt(vh + np.float32(eps_root)) + np.float32(eps))
+      np.testing.assert_allclose(u[k], want, rtol=1e-5, atol=1e-7)
+      assert s.mu[k].dtype == jnp.bfloat16
+      np.testing.assert_array_equal(s.mu[k], m[k].astype(jnp.bfloat16))
+      m[k] = np.asarray(s.mu[k], np.float32)  # what the next step reads
+
+
+@pytest.mark.parametrize("g, ok", [(300.0, "a gradient of 300"),
+                                   (1e-3, "a gradient of 1e-3")])
+def test_float16_adam_takes_finite_nonzero_steps(g, ok):
+  # optax's float16 Adam: v = inf (zero steps from then on) for 300, and
+  # v = 0 with eps = 0 in float16 (an infinite step) for 1e-3.
+  params = {"b": jnp.zeros((3,), jnp.float16)}
+  tx = _adam.scale_by_adam()
+  s = tx.init(params)
+  assert s.mu["b"].dtype == s.nu["b"].dtype == jnp.float32
+  grads = {"b": jnp.asarray([g, -g, 1.0], jnp.float16)}
+  for _ in range(3):
+    u, s = jax.jit(tx.update)(grads, s)
+    assert u["b"].dtype == jnp.float16
+    # Constant gradients: Adam's step is sign(g), to eps, every time.
+    np.testing.assert_allclose(np.asarray(u["b"], np.float32),
+                               [1.0, -1.0, 1.0], rtol=2e-3, err_msg=ok)
+  ru, _ = optax.scale_by_adam().update(grads, optax.scale_by_adam().init(
+      params))
+  assert not np.isfinite(np.asarray(ru["b"], np.float32)).all() or (
+      np.asarray(ru["b"], np.float32)[0] == 0)  # optax's failure, as stated
 
 
 @pytest.mark.parametrize("fmt", ["q8", "q4"])

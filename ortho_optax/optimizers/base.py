@@ -239,22 +239,16 @@ def matrix_and_adam(
   _checks.check_bool(skip_nonfinite, "skip_nonfinite")
   if other_tx is None:
     check_nonnegative(adam_weight_decay, "adam_weight_decay")
-    if mu_dtype is None and nu_dtype is None:
-      other_tx = optax.adamw(
-          adam_learning_rate,
-          b1=adam_b1,
-          b2=adam_b2,
-          eps=adam_eps,
-          weight_decay=adam_weight_decay,
-      )
-    else:  # optax.adamw's chain, with the moments in their storage
-      other_tx = optax.chain(
-          _adam.scale_by_adam(
-              adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype
-          ),
-          optax.add_decayed_weights(adam_weight_decay),
-          optax.scale_by_learning_rate(adam_learning_rate),
-      )
+    # optax.adamw's chain (the same state and, for float32 parameters, the
+    # same arithmetic), with the moments in their storage and the
+    # arithmetic in at least float32 (see scale_by_adam).
+    other_tx = optax.chain(
+        _adam.scale_by_adam(
+            adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        ),
+        optax.add_decayed_weights(adam_weight_decay),
+        optax.scale_by_learning_rate(adam_learning_rate),
+    )
   if labels is None:
     def labels(params):
       return _routing.label_params(

@@ -27,7 +27,13 @@ def scale_by_adam(
       {\sqrt{v_t / (1 - \beta_2^t) + \epsilon_{root}} + \epsilon},
 
   exactly ``optax.scale_by_adam`` (same state, ``optax.ScaleByAdamState``)
-  when both moments are floats. A quantized ``mu_dtype`` / ``nu_dtype``
+  when both moments are floats and the parameters float32 or wider. The
+  arithmetic runs in at least float32. Half-precision parameters keep their
+  updates' dtype, and float16 ones keep their moments in float32 by
+  default: float16's range holds :math:`g^2` only for
+  :math:`2.4 \cdot 10^{-4} < |g| < 256`, and optax's float16 Adam
+  turns a gradient of 300 into zero steps from then on and one of 1e-3
+  into an infinite step. A quantized ``mu_dtype`` / ``nu_dtype``
   (``"q8"``, ``"q4"``, ``"n4"``, a :class:`~ortho_optax.QuantFormat`) keeps that
   moment as block-wise codes between steps: it is read back in float32,
   updated and written again (8-bit: Dettmers et al., 2022; 4-bit: Li et
@@ -48,8 +54,10 @@ def scale_by_adam(
     b2: second-moment decay.
     eps: added to :math:`\sqrt{\hat v}`.
     eps_root: added to :math:`\hat v` inside the square root.
-    mu_dtype: storage of :math:`m` (``None``: the parameters' dtype).
-    nu_dtype: storage of :math:`v` (``None``: the parameters' dtype).
+    mu_dtype: storage of :math:`m` (``None``: the parameters' dtype, but
+      float32 for float16 parameters).
+    nu_dtype: storage of :math:`v` (``None``: the parameters' dtype, but
+      float32 for float16 parameters).
 
   Returns:
     An ``optax.GradientTransformation`` whose state is an
@@ -71,18 +79,25 @@ def scale_by_adam(
   def init_fn(params):
     return optax.ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
-        mu=_storage.zeros(params, mu_storage, "mu_dtype"),
-        nu=_storage.zeros(params, nu_storage, "nu_dtype"),
+        mu=_zeros(params, mu_storage, "mu_dtype"),
+        nu=_zeros(params, nu_storage, "nu_dtype"),
     )
 
   def update_fn(updates, state, params=None):
     del params
     count_inc = optax.safe_increment(state.count)
+    # In at least float32: in float16, g^2 overflows above 256 (v = inf, the
+    # step 0 from then on) and underflows below 2.4e-4 (v = 0, eps = 1e-8
+    # is 0 too, the step m / 0 = inf).
+    wide = jax.tree.map(
+        lambda g: None if g is None else g.astype(_working_dtype(g.dtype)),
+        updates, is_leaf=lambda x: x is None,
+    )
     mu = optax.tree.update_moment(
-        updates, _storage.load(state.mu), b1, 1
+        wide, _widen(_storage.load(state.mu)), b1, 1
     )
     nu = optax.tree.update_moment_per_elem_norm(
-        updates, _storage.load(state.nu), b2, 2
+        wide, _widen(_storage.load(state.nu)), b2, 2
     )
     mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
     nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
@@ -104,3 +119,34 @@ def scale_by_adam(
     return updates, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
 
   return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _working_dtype(dtype):
+  """At least float32 (complex64 for complex) for floating dtypes."""
+  if jnp.issubdtype(dtype, jnp.inexact):
+    return jnp.promote_types(dtype, jnp.float32)
+  return dtype
+
+
+def _widen(tree):
+  return jax.tree.map(
+      lambda x: None if x is None else x.astype(_working_dtype(x.dtype)),
+      tree, is_leaf=lambda x: x is None,
+  )
+
+
+def _zeros(params, storage, name):
+  """Zero moments; a float16 parameter's default storage is float32.
+
+  float16 holds neither Adam's second moment of gradients above about 256
+  nor below about 2.4e-4, so its moments are kept in float32 unless a
+  storage is given (bfloat16 has float32's range and keeps its own dtype,
+  as in optax).
+  """
+  if storage is None:
+    params = jax.tree.map(
+        lambda x: x.astype(jnp.float32)
+        if getattr(x, "dtype", None) == jnp.float16 else x,
+        params,
+    )
+  return _storage.zeros(params, storage, name)
