@@ -270,3 +270,32 @@ def test_rounding_salts_are_distinct():
   salts = {k: v for k, v in vars(S).items() if k.endswith("_SALT")}
   assert len(salts) == 8
   assert len(set(salts.values())) == len(salts), salts
+
+
+def test_adam_gradients_beyond_the_float32_square_root():
+  # optax: an entry above ~1.8e19 made v = inf and that entry's steps 0
+  # from then on. Here it counts as 2^63 in the moments.
+  params = {"b": jnp.zeros((3,), jnp.float32)}
+  tx = _adam.scale_by_adam()
+  update = jax.jit(tx.update)
+
+  def run(first):
+    s, out = tx.init(params), []
+    for g in [first, [1.0, 1.0, -1e25], [1.0, 1.0, -1e25]]:
+      u, s = update({"b": jnp.asarray(g, jnp.float32)}, s)
+      out.append(np.asarray(u["b"]))
+      assert np.isfinite(np.asarray(s.nu["b"])).all()
+    return np.stack(out)
+
+  got = run([1e30, 1.0, -1e25])
+  # The spike is the spike of 2^63: later steps equal that run's exactly.
+  np.testing.assert_array_equal(got, run([2.0**63, 1.0, -1e25]))
+  assert np.isfinite(got).all() and (got != 0).all()
+  # A gradient that stays huge takes the steps of its sign.
+  np.testing.assert_allclose(got[:, 2], -1.0, rtol=1e-4)
+  # Below the clip, entries are untouched: the middle entry is optax's.
+  ref = optax.scale_by_adam()
+  rs = ref.init(params)
+  for g in [[0.0, 1.0, 0.0]] * 3:
+    ru, rs = ref.update({"b": jnp.asarray(g, jnp.float32)}, rs)
+  assert got[2, 1] == pytest.approx(float(ru["b"][1]), rel=1e-6)

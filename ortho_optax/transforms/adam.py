@@ -41,13 +41,14 @@ def scale_by_adam(
   (``"q8"`` stores ``v`` as ``"u8"``), which has no zero: a ``v`` rounded
   to 0 would turn the step into :math:`m / \epsilon`.
 
-  Range: as in optax, float32 moments hold gradient entries up to about
-  1.8e19, the square root of the float32 maximum. A larger entry makes
-  :math:`v` infinite, and that entry's updates are zero from then on. The
-  orthogonalized (matrix) branch of the optimizers has no such limit.
-  Keeping :math:`v` finite beyond it needs a rescaled state, which would
-  no longer be optax's. Gradients that large should be clipped first,
-  e.g. with ``optax.clip_by_global_norm``.
+  Range: gradient entries are clipped to :math:`\pm 2^{63}` (9.2e18 in
+  float32) before they enter the moments, so that :math:`g^2` and
+  :math:`v` stay finite. In optax an entry above about 1.8e19 makes
+  :math:`v` infinite, and that entry's updates are zero from then on.
+  Below the clip this is optax's Adam exactly. Above it, a one-off spike
+  counts as :math:`2^{63}` in the moments (the next steps are as small as
+  Adam's after any spike that large). Gradients that stay that large take
+  the steps of their signs.
 
   Args:
     b1: first-moment decay.
@@ -90,7 +91,9 @@ def scale_by_adam(
     # step 0 from then on) and underflows below 2.4e-4 (v = 0, eps = 1e-8
     # is 0 too, the step m / 0 = inf).
     wide = jax.tree.map(
-        lambda g: None if g is None else g.astype(_working_dtype(g.dtype)),
+        lambda g: None if g is None else _saturate(
+            g.astype(_working_dtype(g.dtype))
+        ),
         updates, is_leaf=lambda x: x is None,
     )
     mu = optax.tree.update_moment(
@@ -126,6 +129,36 @@ def _working_dtype(dtype):
   if jnp.issubdtype(dtype, jnp.inexact):
     return jnp.promote_types(dtype, jnp.float32)
   return dtype
+
+
+def _saturate(g):
+  """``g`` with each entry (each part, if complex) clipped to ``2^(e/2)``.
+
+  ``e`` is the largest binary exponent of the dtype, so ``g^2``, and with
+  it ``v``, stays finite: float32 clips at ``2^63`` (9.2e18). Without the
+  clip an entry above about 1.8e19 made ``v`` infinite and that entry's
+  steps zero from then on. Smaller entries are unchanged, so below it this
+  is optax's Adam exactly.
+  """
+  limit = 2.0 ** (jnp.finfo(g.dtype).maxexp // 2 - 1)
+  if jnp.issubdtype(g.dtype, jnp.complexfloating):
+    part = limit / 2
+
+    def clip(x):
+      return jax.lax.complex(jnp.clip(x.real, -part, part),
+                             jnp.clip(x.imag, -part, part))
+  else:
+    part = limit
+
+    def clip(x):
+      return jnp.clip(x, -limit, limit)
+
+  # Behind a cond, the usual case passes ``g`` on untouched, so XLA fuses
+  # the moments as it does optax's (a fused clip moved them by an ulp).
+  big = jnp.any(jnp.abs(g.real) > part)
+  if jnp.issubdtype(g.dtype, jnp.complexfloating):
+    big = big | jnp.any(jnp.abs(g.imag) > part)
+  return jax.lax.cond(big, clip, lambda x: x, g)
 
 
 def _widen(tree):
