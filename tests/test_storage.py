@@ -299,3 +299,15 @@ def test_adam_gradients_beyond_the_float32_square_root():
   for g in [[0.0, 1.0, 0.0]] * 3:
     ru, rs = ref.update({"b": jnp.asarray(g, jnp.float32)}, rs)
   assert got[2, 1] == pytest.approx(float(ru["b"][1]), rel=1e-6)
+
+
+def test_adam_integer_leaf_gets_a_zero_update_of_its_dtype():
+  # The clip reads finfo of float leaves only; an integer leaf (a counter
+  # next to the weights) passes through with a zero update.
+  params = {"i": jnp.zeros((3,), jnp.int32), "w": jnp.zeros((3,))}
+  tx = _adam.scale_by_adam()
+  u, _ = tx.update({"i": jnp.ones((3,), jnp.int32), "w": jnp.ones((3,))},
+                   tx.init(params))
+  assert u["i"].dtype == jnp.int32
+  np.testing.assert_array_equal(u["i"], 0)
+  np.testing.assert_allclose(u["w"], 1.0, rtol=1e-4)

@@ -22,12 +22,11 @@ from ortho_optax.engines.normalization import matmul
 # is closer on power-law spectra, 1e-5 against 4e-5). Copies of one matrix
 # in a batch agreed to 2e-5 against up to 9e-5 (Gaussian, 17 x 19 to
 # 64 x 64). It matched Dao's (2, 5) for Polar Express's eight steps (polar
-# error 3e-4 at
-# condition 1e3). Dropping the restart in float32 would save one X X^H and
-# one Q X product (0.79x the FLOPs and 0.89x the time at 1024 x 4096). But
-# the output then moved by up to 0.6 % of the matrix, batch copies
-# disagreed by up to 2.5e-4, and eight steps lost a digit (3e-3). So the
-# restart stays; ``restarts=()`` is the caller's choice.
+# error 3e-4 at condition 1e3). Dropping the restart in float32 would save
+# one X X^H and one Q X product (0.79x the FLOPs and 0.89x the time at
+# 1024 x 4096). But the output then moved by up to 0.6 % of the matrix,
+# batch copies disagreed by up to 2.5e-4, and eight steps lost a digit
+# (3e-3). So the restart stays; ``restarts=()`` is the caller's choice.
 _LATE_RESTART_DTYPES = (
     jnp.float32, jnp.float64, jnp.complex64, jnp.complex128
 )

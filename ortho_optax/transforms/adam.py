@@ -45,7 +45,7 @@ def scale_by_adam(
   float32) before they enter the moments, so that :math:`g^2` and
   :math:`v` stay finite. In optax an entry above about 1.8e19 makes
   :math:`v` infinite, and that entry's updates are zero from then on.
-  Below the clip this is optax's Adam exactly. Above it, a one-off spike
+  Smaller entries are not touched. Above the clip, a one-off spike
   counts as :math:`2^{63}` in the moments (the next steps are as small as
   Adam's after any spike that large). Gradients that stay that large take
   the steps of their signs.
@@ -132,14 +132,16 @@ def _working_dtype(dtype):
 
 
 def _saturate(g):
-  """``g`` with each entry (each part, if complex) clipped to ``2^(e/2)``.
+  """``g`` with each entry (each part, if complex) clipped to ``2^(e/2-1)``.
 
-  ``e`` is the largest binary exponent of the dtype, so ``g^2``, and with
-  it ``v``, stays finite: float32 clips at ``2^63`` (9.2e18). Without the
+  ``2^e`` bounds the dtype's finite numbers, so ``g^2``, and with it
+  ``v``, stays finite: float32 clips at ``2^63`` (9.2e18). Without the
   clip an entry above about 1.8e19 made ``v`` infinite and that entry's
-  steps zero from then on. Smaller entries are unchanged, so below it this
-  is optax's Adam exactly.
+  steps zero from then on. Smaller entries are unchanged. Non-float
+  leaves pass through as they did before the clip.
   """
+  if not jnp.issubdtype(g.dtype, jnp.inexact):
+    return g
   limit = 2.0 ** (jnp.finfo(g.dtype).maxexp // 2 - 1)
   if jnp.issubdtype(g.dtype, jnp.complexfloating):
     part = limit / 2
