@@ -135,6 +135,12 @@ CALLS = {
     "DimensionNumbers": lambda **kw: oo.label_params(
         {"w": X}, dimension_numbers=oo.DimensionNumbers(**kw)
     ),
+    "SplitDimensionNumbers": lambda **kw: oo.label_params(
+        {"w": X},
+        dimension_numbers=oo.SplitDimensionNumbers(
+            **{"split_sizes": (4, 4), **kw}
+        ),
+    ),
 }
 
 V, T = ValueError, TypeError
@@ -434,6 +440,16 @@ BAD = {
         ("reduction_axis", "a", T),
         ("output_axis", 1.5, T),
     ],
+    "SplitDimensionNumbers": [
+        ("reduction_axis", "a", T),
+        ("output_axis", 1.5, T),
+        ("split_axis", "x", T),
+        ("split_axis", 2, V),  # out of range for the (4, 8) leaf
+        ("split_sizes", (3, 5), V),  # unequal parts
+        ("split_sizes", (4, 5), V),  # do not sum to the axis' length
+        ("split_sizes", (), V),
+        ("split_sizes", 4, T),
+    ],
 }
 
 # Arguments that take any value of their kind, with the reason.
@@ -467,6 +483,8 @@ EXEMPT = {
 NAMED = {
     ("DimensionNumbers", "reduction_axis"): "reduction_axis='a'",
     ("DimensionNumbers", "output_axis"): "output_axis=1.5",
+    ("SplitDimensionNumbers", "reduction_axis"): "reduction_axis='a'",
+    ("SplitDimensionNumbers", "output_axis"): "output_axis=1.5",
     ("pome", "pretrained"): "`pretrained`",
 }
 
