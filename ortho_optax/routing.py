@@ -80,7 +80,8 @@ class SplitDimensionNumbers(NamedTuple):
   those of one part.
 
   Accepted wherever :class:`DimensionNumbers` are (``dimension_numbers=``,
-  ``rules=``).
+  ``rules=``); the routing page of the documentation has a runnable
+  example.
 
   Attributes:
     reduction_axis: axis or axes contracted with the input (fan-in).
@@ -88,19 +89,6 @@ class SplitDimensionNumbers(NamedTuple):
     split_axis: the axis that is cut into parts (any axis; usually one of
       the output axes).
     split_sizes: the sizes of the parts, equal, summing to the axis' length.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp
-    >>> import ortho_optax
-    >>> heads, head_dim = 2, 4
-    >>> dn = ortho_optax.SplitDimensionNumbers(
-    ...     0, 1, split_axis=1, split_sizes=(head_dim,) * (3 * heads))
-    >>> g = {"qkv": jax.random.normal(jax.random.key(0), (16, 24))}
-    >>> tx = ortho_optax.scale_by_orthogonalization(dimension_numbers=dn)
-    >>> u, _ = tx.update(g, tx.init(g))
-    >>> part = u["qkv"][:, :head_dim]  # the first head of Q: 16 x 4
-    >>> bool(jnp.allclose(part.T @ part, jnp.eye(head_dim), atol=0.3))
-    True
   """
 
   reduction_axis: Sequence[int] | int = 0
