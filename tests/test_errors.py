@@ -344,7 +344,7 @@ BAD = {
         ("gamma", -1.0, V),
         ("hybrid_steps", -1, V),
         ("eps", -1.0, V),
-        ("symmetric", None, T),
+        ("symmetric", "on", T),
     ],
     "orthogonalize": [("x", jnp.ones(3), V), ("method", "qr", V)],
     "orthogonalize_flops": [
@@ -352,8 +352,13 @@ BAD = {
         ("shape", (4,), V),
         ("method", "qr", V),
         ("dtype", "notadtype", T),
+        ("backend", ("gpu",), T),
     ],
-    "select_method": [("shape", (4,), V), ("dtype", "notadtype", T)],
+    "select_method": [
+        ("shape", (4,), V),
+        ("dtype", "notadtype", T),
+        ("backend", 3, T),
+    ],
     "orthogonality_error": [("y", jnp.ones(3), V), ("x", jnp.ones((8, 4)), V)],
     "count_matmul_flops": [("fn", 3, T)],
     "collective_bytes": [("hlo_text", 3, T)],
