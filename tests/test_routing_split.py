@@ -311,19 +311,29 @@ def test_expert_kernels_distributed_equal_single_device(
     assert a.sharding.is_equivalent_to(b.sharding, a.ndim)
 
 
-def test_expert_parallel_kernels_move_no_bytes():
-  """Experts already one per device: distribute orthogonalizes them in
-  place, with no collective at all."""
-  mesh = _mesh((8,), ("expert",), AxisType.Explicit)
+@pytest.mark.parametrize(
+    "mesh_shape, names, spec, most, ops",
+    [
+        # Experts already whole on their devices: orthogonalized in place.
+        EP + (0.0, set()),
+        # Experts over 4 devices, each split over 2 (FSDP): one all-to-all
+        # over `fsdp` makes them whole and one brings them back, 0.5x the
+        # kernel's bytes in all (XLA alone, sharding=None: 4.7x).
+        EP_FSDP + (0.5, {"all-to-all"}),
+    ],
+)
+def test_expert_kernels_collective_bytes(mesh_shape, names, spec, most, ops):
+  mesh = _mesh(mesh_shape, names, AxisType.Explicit)
   g = jax.device_put(
-      {"moe": _normal(12, (8, 16, 32))}, NamedSharding(mesh, P("expert"))
+      {"moe": _normal(12, (8, 64, 128))}, NamedSharding(mesh, spec)
   )
   tx = ortho_optax.scale_by_orthogonalization(
       method="newton_schulz", sharding="distribute"
   )
   text = jax.jit(lambda u: tx.update(u, tx.init(u))[0]).lower(g).compile()
   stats = ortho_optax.collective_bytes(text.as_text())
-  assert stats.total == 0, stats
+  assert stats.total <= most * g["moe"].nbytes, stats
+  assert set(stats.count) == ops, stats
 
 
 def test_matrix_spec_of_split_kernels():
