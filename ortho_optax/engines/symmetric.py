@@ -18,7 +18,13 @@ engines' default) means plain products, and ``symmetric=True`` turns the
 blocks on. The backend is :func:`jax.default_backend` when the engine is
 traced (under ``jit`` too), and the FLOP model
 (:func:`ortho_optax.orthogonalize_flops`) resolves the default the same
-way, so that it keeps equal to the traced program's count.
+way, so that it keeps equal to the traced program's count. (Not
+``jax.lax.platform_dependent``: it would trace both forms into every
+program, and the jaxpr's FLOP count would no longer be that of the form
+that runs.) A program traced for another backend than the default one
+(``jax.jit(..., device=...)`` on a CPU device of a GPU host) gets the
+default backend's choice; the results are the same to rounding either way,
+and ``symmetric=True``/``False`` fixes it.
 
 Small matrices keep the plain product: a block below :data:`MIN_BLOCK`
 rows runs the matmul below the machine's rate, and assembling the blocks is
