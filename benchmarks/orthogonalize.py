@@ -50,11 +50,15 @@ The last line checks the acceptance criterion: the default (``auto``) has
 ratio <= 0.7 at 512x2048 and 1024x4096 and <= 1.0 at 512x512.
 
 ``--symmetric`` runs issue 15's side-by-side comparison at 1024x4096 and
-2048x2048: the default engine as run today (Hermitian products as one
-triangle of row blocks, float32's restart before step 3), as it ran
-before (plain products and Dao's restart before step 2) and with plain
-products only; the raw engines with ``symmetric=False`` and ``True``; and
-the optax row. It reports matmul GFLOP from the jaxpr and from XLA's
+2048x2048 (or ``--shapes``, in ``--dtype``): the default engine with the
+Hermitian products as one triangle of row blocks (``symmetric=True``,
+float32's restart before step 3), as it ran before issue 15 (plain
+products and Dao's restart before step 2) and with plain products only;
+the raw engines with ``symmetric=False`` and ``True``; and the optax row.
+Its first line compares the triangle with the plain products on this
+backend against the backend's default
+(:data:`ortho_optax.engines.symmetric.SYMMETRIC_DEFAULTS`) and says
+whether the run would flip it. It reports matmul GFLOP from the jaxpr and from XLA's
 ``cost_analysis()`` (which counts a scan body once), interleaved medians
 on the Gaussian input, ratios to the reference row and to optax, and the
 polar error on all three input classes. Its acceptance line checks the
@@ -93,6 +97,7 @@ import optax
 import optax.contrib._muon as optax_muon
 
 import ortho_optax
+from ortho_optax.engines import symmetric as _symmetric
 
 FULL_SHAPES = ((512, 512), (512, 2048), (1024, 4096))
 QUICK_SHAPES = ((512, 512), (512, 2048))
@@ -328,6 +333,16 @@ def caption(args, shapes) -> str:
   )
 
 
+def _parse_shapes(text: str):
+  try:
+    return tuple(
+        tuple(int(d) for d in s.lower().split("x")) for s in text.split(",")
+    )
+  except ValueError as e:
+    raise SystemExit(f"--shapes: expected e.g. 512x2048,1024x4096, got"
+                     f" {text!r}") from e
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   p.add_argument("--quick", action="store_true",
@@ -346,6 +361,9 @@ def parse_args(argv=None):
   p.add_argument("--note", default="",
                  help="free text appended to the caption (e.g. machine load)")
   args = p.parse_args(argv)
+  args.symmetric_shapes = SYMMETRIC_SHAPES
+  if args.symmetric and args.shapes:
+    args.symmetric_shapes = _parse_shapes(args.shapes)
   if args.repeats is None:
     args.repeats = 2 if args.quick else 5
   return args
@@ -358,14 +376,14 @@ SYMMETRIC_SHAPES = ((1024, 4096), (2048, 2048))
 BEFORE = dict(symmetric=False, restarts=(2,))
 
 
-def symmetric_rows(shape):
+def symmetric_rows(shape, dtype=jnp.float32):
   """``(engine, products, fn, index of its reference row)`` per row.
 
   The default engine has three rows: as before issue 15 (``before``), with
   today's restarts but plain products (``plain``), and as run today
   (``triangle``); the raw engines have a plain and a triangle row.
   """
-  auto = ortho_optax.select_method(shape)
+  auto = ortho_optax.select_method(shape, dtype, symmetric=True)
   rows = [(BASELINE, "plain", optax_default, 0)]
 
   def before_options(engine):
@@ -379,7 +397,10 @@ def symmetric_rows(shape):
                                  **before_options(auto)), 1))
   rows.append((default, "plain", functools.partial(
       ortho_optax.orthogonalize, symmetric=False), 1))
-  rows.append((default, "triangle", ortho_optax.orthogonalize, 1))
+  # The triangle rows ask for the blocks: ``symmetric=None`` means plain
+  # products on backends where they were not measured faster.
+  rows.append((default, "triangle", functools.partial(
+      ortho_optax.orthogonalize, symmetric=True), 1))
   raw = [("newton_schulz muon", functools.partial(
       ortho_optax.newton_schulz, coeffs="muon"))]
   if auto != "gram_newton_schulz":
@@ -387,7 +408,8 @@ def symmetric_rows(shape):
   for name, fn in raw:
     ref = len(rows)
     rows.append((name, "plain", functools.partial(fn, symmetric=False), ref))
-    rows.append((name, "triangle", fn, ref))
+    rows.append((name, "triangle", functools.partial(fn, symmetric=True),
+                 ref))
   return rows
 
 
@@ -396,6 +418,41 @@ def xla_flops(compiled) -> float:
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   return float(cost.get("flops", float("nan")))
+
+
+def symmetric_default_line(flips) -> str:
+  """The per-backend default of ``symmetric`` against this run's numbers.
+
+  ``flips``: ``(shape, time of the default engine with the triangle of
+  blocks / with plain products)`` per shape. A gain is the triangle at
+  0.95x the plain time or less at every shape; a loss, 1.0x or more at
+  every shape; anything between is within the noise of one run.
+  """
+  backend = jax.default_backend()
+  now = _symmetric.default_symmetric(backend)
+  ratios = [r for _, r in flips]
+  listed = ", ".join(f"{m}x{n} {r:.2f}x" for (m, n), r in flips)
+  if ratios and max(ratios) <= 0.95:
+    says = True
+  elif ratios and min(ratios) >= 1.0:
+    says = False
+  else:
+    says = None
+  head = (
+      f"Default `symmetric` on {backend!r}: {'on' if now else 'off'}"
+      " (`ortho_optax.engines.symmetric.SYMMETRIC_DEFAULTS`). This run, the"
+      f" default engine's time with the triangle / with plain products:"
+      f" {listed}."
+  )
+  if says is None:
+    return head + " Within the noise (0.95-1.0x): no change."
+  if says == now:
+    return head + f" Consistent with the default ({'gain' if says else 'no gain'})."
+  return (
+      head + f" FLIP: this run says {'on' if says else 'off'}; set"
+      f" SYMMETRIC_DEFAULTS[{backend!r}] = {says} and write these numbers"
+      " next to it."
+  )
 
 
 def symmetric_report(args) -> str:
@@ -407,12 +464,15 @@ def symmetric_report(args) -> str:
       "|" + "---|" * (11 + len(INPUTS)),
   ]
   checks = []
-  for shape in SYMMETRIC_SHAPES:
+  flips = []
+  dtype = jnp.dtype(args.dtype)
+  for shape in args.symmetric_shapes:
     xs = [jnp.asarray(make_input(k, *shape, args.seed), jnp.float32)
           for k in INPUTS]
     refs = [ortho_optax.polar_svd(x) for x in xs]
-    spec = jax.ShapeDtypeStruct(shape, jnp.float32)
-    rows = symmetric_rows(shape)
+    xs = [x.astype(dtype) for x in xs]
+    spec = jax.ShapeDtypeStruct(shape, dtype)
+    rows = symmetric_rows(shape, dtype)
     compiled = [jax.jit(fn).lower(spec).compile() for _, _, fn, _ in rows]
     flops = [ortho_optax.count_matmul_flops(fn, spec) for _, _, fn, _ in rows]
     xla = [xla_flops(c) for c in compiled]
@@ -438,6 +498,9 @@ def symmetric_report(args) -> str:
       if kind == "triangle" and name.startswith(AUTO):
         checks.append((shape, flops[i] / flops[j], med[i] / med[j],
                        max(e / b for e, b in zip(errs[i], errs[j]))))
+        plain = next(k for k, row in enumerate(rows)
+                     if row[0] == name and row[1] == "plain")
+        flips.append((shape, med[i] / med[plain]))
     print(f"# {shape[0]}x{shape[1]} done", file=sys.stderr, flush=True)
   failures = [
       f"{m}x{n}: FLOP x {f:.3f}, time x {t:.2f}, error x {e:.3f}"
@@ -450,6 +513,7 @@ def symmetric_report(args) -> str:
   )
   verdict = "PASS" if not failures else "FAIL: " + "; ".join(failures)
   return (
+      symmetric_default_line(flips) + "\n\n" +
       "The default engine as run today (`triangle`: Hermitian products as"
       " one triangle of row blocks; the Gram form restarts before step 3)"
       " against the same engine before issue 15 (`before`: plain products,"
@@ -457,7 +521,8 @@ def symmetric_report(args) -> str:
       " engines with `symmetric=False` and `True`. `x ref` is relative to"
       " the `before` row (to the `plain` row for the raw engines). Timed on"
       " the Gaussian input; polar errors on the three input classes."
-      f" float32, {jax.devices()[0].platform.upper()} {os.cpu_count()}"
+      f" {args.dtype}, {jax.devices()[0].platform.upper()}"
+      f" ({jax.devices()[0].device_kind}), {os.cpu_count()} host"
       f" cores, jax {jax.__version__}; median of {args.repeats} interleaved"
       " runs."
       + (f" {args.note}" if args.note else "")
@@ -480,14 +545,7 @@ def main(argv=None) -> int:
     return 0
   shapes = QUICK_SHAPES if args.quick else FULL_SHAPES
   if args.shapes:
-    try:
-      shapes = tuple(
-          tuple(int(d) for d in s.lower().split("x"))
-          for s in args.shapes.split(",")
-      )
-    except ValueError as e:
-      raise SystemExit(f"--shapes: expected e.g. 512x2048,1024x4096, got"
-                       f" {args.shapes!r}") from e
+    shapes = _parse_shapes(args.shapes)
   dtype = jnp.dtype(args.dtype)
   results = []
   for shape in shapes:

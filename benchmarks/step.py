@@ -9,7 +9,9 @@ untied ``lm_head`` ``(d, V)``. Full size: ``L = 12``, ``d = 768``,
 Rows: every named optimizer of ortho_optax with its defaults; ``muon
 (plain products)``, the default ``muon`` compiled with the engines'
 Hermitian products as plain matmuls (no triangle of row blocks,
-:mod:`ortho_optax.engines.symmetric`), and ``muon (before issue 15)``, also
+:mod:`ortho_optax.engines.symmetric`), ``muon (symmetric products)``, with
+the triangle of blocks whatever the backend's default (the line under the
+table compares the two against it), and ``muon (before issue 15)``, also
 with the Gram form's restart before step 2 in float32 (the engines before
 issue 15), side by side in the same run;
 ``optax.contrib.muon`` as a user calls it (default routing: every 2-D leaf,
@@ -85,6 +87,7 @@ from ortho_optax.engines import symmetric as _symmetric
 MDN = optax.contrib.MuonDimensionNumbers
 BASELINE = "optax.contrib.muon"
 PLAIN = " (plain products)"
+SYMMETRIC = " (symmetric products)"
 BEFORE = " (before issue 15)"
 
 
@@ -101,6 +104,24 @@ def before_issue_15():
       yield
   finally:
     _gram._LATE_RESTART_DTYPES = saved
+
+
+@contextlib.contextmanager
+def symmetric_products():
+  """Traces the engines with the triangle of blocks for every Hermitian
+  product, whatever this backend's default (``symmetric=None`` is plain
+  products where they were not measured faster,
+  :data:`ortho_optax.engines.symmetric.SYMMETRIC_DEFAULTS`)."""
+  saved = dict(_symmetric.SYMMETRIC_DEFAULTS)
+  backend = jax.default_backend()
+  _symmetric.SYMMETRIC_DEFAULTS[
+      _symmetric._BACKEND_ALIASES.get(backend, backend)
+  ] = True
+  try:
+    yield
+  finally:
+    _symmetric.SYMMETRIC_DEFAULTS.clear()
+    _symmetric.SYMMETRIC_DEFAULTS.update(saved)
 
 
 @contextlib.contextmanager
@@ -182,6 +203,7 @@ def optimizers(lr: float = 0.02, states=("f32",)) -> dict:
         rows[name] = getattr(ortho_optax, name)(**kwargs)
         if name == MUON:
           rows[name + PLAIN] = ortho_optax.muon(lr)
+          rows[name + SYMMETRIC] = ortho_optax.muon(lr)
           rows[name + BEFORE] = ortho_optax.muon(lr)
       elif quantizable:  # the low-rank methods keep float factors
         rows[f"{name} [{state}]"] = getattr(ortho_optax, name)(
@@ -263,6 +285,8 @@ def benchmark(args) -> str:
                         (grads, state, params))
     if name.endswith(PLAIN):
       context = plain_products()
+    elif name.endswith(SYMMETRIC):
+      context = symmetric_products()
     elif name.endswith(BEFORE):
       context = before_issue_15()
     else:
@@ -351,7 +375,32 @@ def benchmark(args) -> str:
       " that quantized format; their state / f32 and time / f32 are"
       " relative to the same optimizer's float32 row of this run."
   )
-  return caption + "\n\n" + "\n".join(lines) + "\n"
+  return caption + "\n\n" + "\n".join(lines) + "\n" + _symmetric_line(rows)
+
+
+def _symmetric_line(rows) -> str:
+  """This backend's ``symmetric`` default against the step's two rows."""
+  sym, plain = rows.get(MUON + SYMMETRIC), rows.get(MUON + PLAIN)
+  if sym is None or plain is None:
+    return ""
+  ratio = statistics.median(sym["times"]) / statistics.median(plain["times"])
+  backend = jax.default_backend()
+  now = _symmetric.default_symmetric(backend)
+  says = True if ratio <= 0.95 else False if ratio >= 1.0 else None
+  verdict = (
+      "no matrix has the 512 rows that blocks need: no evidence"
+      if sym["flops"] == plain["flops"]
+      else "within the noise (0.95-1.0x): no change" if says is None
+      else "consistent with the default" if says == now
+      else f"FLIP: this run says {'on' if says else 'off'}"
+  )
+  return (
+      f"\nDefault `symmetric` on {backend!r}: {'on' if now else 'off'}"
+      " (`ortho_optax.engines.symmetric.SYMMETRIC_DEFAULTS`); muon's step"
+      f" with the triangle of blocks / with plain products: {ratio:.3f}x"
+      f" the time, {sym['flops'] / plain['flops']:.3f}x the FLOPs;"
+      f" {verdict}.\n"
+  )
 
 
 def main(argv=None):

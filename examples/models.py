@@ -105,6 +105,25 @@ class CausalSelfAttention(nnx.Module):
     return self.proj(y.reshape(b, t, d))
 
 
+def per_head_qkv_rules(d_model: int, num_heads: int) -> list:
+  """Routing rules that orthogonalize each head of the fused ``qkv`` kernel.
+
+  :class:`CausalSelfAttention` keeps Q, K and V in one ``(d_model, 3 *
+  d_model)`` kernel, heads side by side along the output axis. By default
+  the optimizers orthogonalize it as one matrix; with these rules (the
+  ``rules=`` of every named optimizer) each of its ``3 * num_heads`` column
+  blocks of ``head_dim`` columns is orthogonalized on its own (Dion's
+  ``split_sizes``, Paddle's ``per_head``).
+  """
+  head_dim = d_model // num_heads
+  return [(
+      r"\['qkv'\]\['kernel'\]",
+      ortho_optax.SplitDimensionNumbers(
+          0, 1, split_axis=1, split_sizes=(head_dim,) * (3 * num_heads)
+      ),
+  )]
+
+
 class Block(nnx.Module):
   """A pre-norm transformer block: attention, then a ReLU^2 MLP."""
 

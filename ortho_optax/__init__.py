@@ -44,6 +44,7 @@ from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
 from ortho_optax.parallel.hlo import matmul_flops as compiled_matmul_flops
 from ortho_optax.parallel.sharding import ShardingOptions as ShardingOptions
 from ortho_optax.routing import DimensionNumbers as DimensionNumbers
+from ortho_optax.routing import SplitDimensionNumbers as SplitDimensionNumbers
 from ortho_optax.routing import dimension_numbers_tree as dimension_numbers_tree
 from ortho_optax.routing import label_params as label_params
 from ortho_optax.state.quantized import QuantFormat as QuantFormat
@@ -103,6 +104,7 @@ __all__ = (
     "ScaleByNeuronNormState",
     "ScaleByTrionState",
     "ShardingOptions",
+    "SplitDimensionNumbers",
     "adamuon",
     "auon",
     "auon_orthogonalize",

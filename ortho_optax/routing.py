@@ -64,6 +64,39 @@ class DimensionNumbers(NamedTuple):
   output_axis: Sequence[int] | int = 1
 
 
+class SplitDimensionNumbers(NamedTuple):
+  """Dimension numbers whose matrix is split into parts along one axis.
+
+  The leaf's axis ``split_axis`` is cut into consecutive parts of sizes
+  ``split_sizes``, and each part is orthogonalized (and scaled, and
+  normalized) as a matrix of its own: a fused QKV kernel ``(d, 3 * heads *
+  head_dim)`` per head with ``split_sizes=(head_dim,) * (3 * heads)``, or
+  per projection with ``(heads * head_dim,) * 3``; a fused gate/up kernel
+  ``(d, 2 * hidden)`` per half with ``(hidden, hidden)``. The parts must
+  have equal sizes: the axis becomes ``(parts, size)``, ``parts`` a batch
+  axis, so every transform sees ``(batch * parts, fan_in, fan_out)``
+  matrices and the parts of every layer are stacked into one batched call.
+  The fan-in and fan-out (of ``scale_by_shape``, of the state shapes) are
+  those of one part.
+
+  Accepted wherever :class:`DimensionNumbers` are (``dimension_numbers=``,
+  ``rules=``); the routing page of the documentation has a runnable
+  example.
+
+  Attributes:
+    reduction_axis: axis or axes contracted with the input (fan-in).
+    output_axis: axis or axes of the output (fan-out).
+    split_axis: the axis that is cut into parts (any axis; usually one of
+      the output axes).
+    split_sizes: the sizes of the parts, equal, summing to the axis' length.
+  """
+
+  reduction_axis: Sequence[int] | int = 0
+  output_axis: Sequence[int] | int = 1
+  split_axis: int = -1
+  split_sizes: Sequence[int] = ()
+
+
 def _is_dimnums(x) -> bool:
   return (
       isinstance(x, tuple)
@@ -100,14 +133,69 @@ def normalize_dimension_numbers(
   return batch, red, out
 
 
+def split_of(dn) -> tuple[int | None, tuple[int, ...]]:
+  """``(split_axis, split_sizes)`` of dimension numbers; ``(None, ())``
+  when they do not split (:class:`DimensionNumbers`,
+  ``optax.contrib.MuonDimensionNumbers``)."""
+  sizes = getattr(dn, "split_sizes", None)
+  if sizes is None:
+    return None, ()
+  return dn.split_axis, tuple(sizes)
+
+
+def matrix_view(shape, dn) -> tuple[tuple[int, ...], DimensionNumbers]:
+  """The shape and dimension numbers the matrices are read through.
+
+  Without a split: ``shape`` and ``dn`` itself (axes made non-negative).
+  With a :class:`SplitDimensionNumbers`, the split axis of length
+  ``parts * size`` becomes two axes ``(parts, size)``: ``parts`` a batch
+  axis, ``size`` in the split axis' place (fan-in, fan-out or batch). A
+  leaf's ``(batch, fan_in, fan_out)`` matrices are those of
+  ``x.reshape(view_shape)`` under ``view_dn``.
+  """
+  shape = tuple(shape)
+  ndim = len(shape)
+  _, red, out = normalize_dimension_numbers(dn, ndim)
+  axis, sizes = split_of(dn)
+  if axis is None:
+    return shape, DimensionNumbers(red, out)
+  if not -ndim <= axis < ndim:
+    raise ValueError(
+        f"`split_axis` {axis} of {dn} is out of range for a leaf of shape"
+        f" {shape}."
+    )
+  axis %= ndim
+  if sum(sizes) != shape[axis]:
+    raise ValueError(
+        f"`split_sizes` {sizes} of {dn} sum to {sum(sizes)}, but axis {axis}"
+        f" of the leaf of shape {shape} has length {shape[axis]}."
+    )
+  view = shape[:axis] + (len(sizes), sizes[0]) + shape[axis + 1:]
+
+  def moved(a):
+    return a if a < axis else a + 1
+
+  return view, DimensionNumbers(
+      tuple(moved(a) for a in red), tuple(moved(a) for a in out)
+  )
+
+
 def fan_in_out(shape, dn) -> tuple[int, int]:
-  """``(fan_in, fan_out)`` of a leaf with these dimension numbers."""
+  """``(fan_in, fan_out)`` of a leaf's matrices (of one part when split)."""
+  shape, dn = matrix_view(shape, dn)
   _, red, out = normalize_dimension_numbers(dn, len(shape))
   return math.prod(shape[a] for a in red), math.prod(shape[a] for a in out)
 
 
 def to_matrix(x: jax.Array, dn) -> jax.Array:
-  """Reshapes a leaf to ``(batch, fan_in, fan_out)``."""
+  """Reshapes a leaf to ``(batch, fan_in, fan_out)``.
+
+  With a split (:class:`SplitDimensionNumbers`) the parts are matrices of
+  their own: ``batch`` counts them too (see :func:`matrix_view`).
+  """
+  shape, dn = matrix_view(x.shape, dn)
+  if shape != tuple(x.shape):
+    x = x.reshape(shape)
   batch, red, out = normalize_dimension_numbers(dn, x.ndim)
   xt = jnp.transpose(x, batch + red + out)
   b = math.prod(x.shape[a] for a in batch)
@@ -118,13 +206,16 @@ def to_matrix(x: jax.Array, dn) -> jax.Array:
 
 def from_matrix(y: jax.Array, dn, shape) -> jax.Array:
   """Inverse of :func:`to_matrix` for a leaf of shape ``shape``."""
+  leaf_shape = tuple(shape)
+  shape, dn = matrix_view(leaf_shape, dn)
   batch, red, out = normalize_dimension_numbers(dn, len(shape))
   perm = batch + red + out
   yt = y.reshape(tuple(shape[a] for a in perm))
   inv = [0] * len(perm)
   for i, a in enumerate(perm):
     inv[a] = i
-  return jnp.transpose(yt, inv)
+  x = jnp.transpose(yt, inv)
+  return x if shape == leaf_shape else x.reshape(leaf_shape)
 
 
 def _path_names(path) -> list[str]:
@@ -196,7 +287,9 @@ Rules = (
 )
 
 
-_ROUTING_VALUES = f"{MATRIX!r}, {OTHER!r}, None or DimensionNumbers"
+_ROUTING_VALUES = (
+    f"{MATRIX!r}, {OTHER!r}, None or (Split)DimensionNumbers"
+)
 
 
 def _is_routing_value(value) -> bool:
@@ -205,16 +298,48 @@ def _is_routing_value(value) -> bool:
   return isinstance(value, str) and value in (MATRIX, OTHER)
 
 
+def _is_int(a) -> bool:
+  return isinstance(a, (int, np.integer)) and not isinstance(a, bool)
+
+
 def _check_dimnums(dn, name: str) -> None:
   for axes in (dn.reduction_axis, dn.output_axis):
-    ok = isinstance(axes, int) and not isinstance(axes, bool)
+    ok = _is_int(axes)
     if not ok and isinstance(axes, Sequence) and not isinstance(axes, str):
-      ok = all(isinstance(a, int) and not isinstance(a, bool) for a in axes)
+      ok = all(_is_int(a) for a in axes)
     if not ok:
       raise TypeError(
           f"`{name}` holds {dn}, whose axes are not ints or sequences of"
           " ints."
       )
+  if getattr(dn, "split_sizes", None) is None:
+    return
+  if not _is_int(dn.split_axis):
+    raise TypeError(
+        f"`{name}` holds {dn}, whose `split_axis` is not an int."
+    )
+  sizes = dn.split_sizes
+  if (
+      isinstance(sizes, (str, bytes))
+      or not isinstance(sizes, Sequence)
+      or not all(_is_int(s) for s in sizes)
+  ):
+    raise TypeError(
+        f"`{name}` holds {dn}, whose `split_sizes` is not a sequence of"
+        " ints."
+    )
+  if not sizes or any(s <= 0 for s in sizes):
+    raise ValueError(
+        f"`{name}` holds {dn}: `split_sizes` must be a non-empty sequence"
+        f" of positive ints, got {tuple(sizes)}."
+    )
+  if len(set(sizes)) != 1:
+    raise ValueError(
+        f"`{name}` holds {dn}: the parts of `split_sizes` must have equal"
+        f" sizes (they become a batch axis), got {tuple(sizes)}. Split per"
+        " head instead (equal head sizes), or give the parts separate"
+        " leaves."
+    )
 
 
 def check_rules(rules, name: str = "rules") -> None:
@@ -321,7 +446,9 @@ def dimension_numbers_tree(
       ``(path_str, leaf) -> value`` returning ``...`` to keep the default.
       A value is ``"orthogonalize"`` (default dimension numbers for the
       rank, ``(0, 1)`` for 2-D), ``"adam"`` or ``None`` (not orthogonalized),
-      or a :class:`DimensionNumbers` / ``optax.contrib.MuonDimensionNumbers``.
+      or a :class:`DimensionNumbers` / ``optax.contrib.MuonDimensionNumbers``,
+      or a :class:`SplitDimensionNumbers` (one matrix per part of an axis:
+      a fused QKV kernel per head).
     dimension_numbers: optax-style routing, for users migrating from
       ``optax.contrib.muon``: a tree (or prefix tree) of dimension numbers
       and ``None``, or a callable ``params -> tree``. When given it replaces
@@ -427,10 +554,20 @@ def _resolve_value(value, path, leaf):
         " floating or complex leaves can be orthogonalized."
     )
   normalize_dimension_numbers(value, len(shape), key, shape)
+  _check_dimnums(value, "dimension numbers")
+  try:
+    matrix_view(shape, value)
+  except ValueError as e:
+    raise ValueError(f"The leaf at {key}: {e}") from e
   if math.prod(shape) == 0:
     # An empty matrix has nothing to orthogonalize: it passes through as
     # the empty update it is.
     return None
+  axis, sizes = split_of(value)
+  if axis is not None:
+    return SplitDimensionNumbers(
+        value.reduction_axis, value.output_axis, int(axis), sizes
+    )
   return DimensionNumbers(value.reduction_axis, value.output_axis)
 
 

@@ -135,6 +135,12 @@ CALLS = {
     "DimensionNumbers": lambda **kw: oo.label_params(
         {"w": X}, dimension_numbers=oo.DimensionNumbers(**kw)
     ),
+    "SplitDimensionNumbers": lambda **kw: oo.label_params(
+        {"w": X},
+        dimension_numbers=oo.SplitDimensionNumbers(
+            **{"split_sizes": (4, 4), **kw}
+        ),
+    ),
 }
 
 V, T = ValueError, TypeError
@@ -338,7 +344,7 @@ BAD = {
         ("gamma", -1.0, V),
         ("hybrid_steps", -1, V),
         ("eps", -1.0, V),
-        ("symmetric", None, T),
+        ("symmetric", "on", T),
     ],
     "orthogonalize": [("x", jnp.ones(3), V), ("method", "qr", V)],
     "orthogonalize_flops": [
@@ -346,8 +352,13 @@ BAD = {
         ("shape", (4,), V),
         ("method", "qr", V),
         ("dtype", "notadtype", T),
+        ("backend", ("gpu",), T),
     ],
-    "select_method": [("shape", (4,), V), ("dtype", "notadtype", T)],
+    "select_method": [
+        ("shape", (4,), V),
+        ("dtype", "notadtype", T),
+        ("backend", 3, T),
+    ],
     "orthogonality_error": [("y", jnp.ones(3), V), ("x", jnp.ones((8, 4)), V)],
     "count_matmul_flops": [("fn", 3, T)],
     "collective_bytes": [("hlo_text", 3, T)],
@@ -434,6 +445,16 @@ BAD = {
         ("reduction_axis", "a", T),
         ("output_axis", 1.5, T),
     ],
+    "SplitDimensionNumbers": [
+        ("reduction_axis", "a", T),
+        ("output_axis", 1.5, T),
+        ("split_axis", "x", T),
+        ("split_axis", 2, V),  # out of range for the (4, 8) leaf
+        ("split_sizes", (3, 5), V),  # unequal parts
+        ("split_sizes", (4, 5), V),  # do not sum to the axis' length
+        ("split_sizes", (), V),
+        ("split_sizes", 4, T),
+    ],
 }
 
 # Arguments that take any value of their kind, with the reason.
@@ -467,6 +488,8 @@ EXEMPT = {
 NAMED = {
     ("DimensionNumbers", "reduction_axis"): "reduction_axis='a'",
     ("DimensionNumbers", "output_axis"): "output_axis=1.5",
+    ("SplitDimensionNumbers", "reduction_axis"): "reduction_axis='a'",
+    ("SplitDimensionNumbers", "output_axis"): "output_axis=1.5",
     ("pome", "pretrained"): "`pretrained`",
 }
 

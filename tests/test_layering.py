@@ -248,6 +248,7 @@ PUBLIC_NAMES = (
     "DimensionNumbers",
     "ScaleByNeuronNormState",
     "ShardingOptions",
+    "SplitDimensionNumbers",
     "adamuon",
     "auon",
     "auon_orthogonalize",

@@ -147,3 +147,85 @@ def test_engine_equals_plain_and_svd_polar(method):
 def test_bad_symmetric_raises():
   with pytest.raises(TypeError, match="`symmetric`"):
     ortho_optax.newton_schulz(jnp.ones((4, 4)), symmetric="yes")
+
+
+def test_default_is_per_backend():
+  """Blocked products by default only where they measured faster (CPU)."""
+  assert _symmetric.default_symmetric("cpu") is True
+  for backend in ("gpu", "cuda", "rocm", "tpu", "METAL", "someday"):
+    assert _symmetric.default_symmetric(backend) is False
+  # These tests run on the CPU, whose default is unchanged.
+  assert jax.default_backend() == "cpu"
+  assert _symmetric.default_symmetric() is True
+  assert _symmetric.resolve_symmetric(None, "gpu") is False
+  assert _symmetric.resolve_symmetric(True, "gpu") is True
+  assert _symmetric.resolve_symmetric(False, "cpu") is False
+  with pytest.raises(TypeError, match="`backend`"):
+    _symmetric.default_symmetric(3)
+
+
+@pytest.mark.parametrize("shape", [(1024, 4096), (2048, 2048)])
+def test_flop_model_of_another_backend_is_plain(shape):
+  assert FLOPS(shape) == FLOPS(shape, symmetric=True)
+  assert FLOPS(shape, backend="cpu") == FLOPS(shape, symmetric=True)
+  assert FLOPS(shape, backend="gpu") == FLOPS(shape, symmetric=False)
+  assert FLOPS(shape, backend="gpu") > FLOPS(shape)
+  # Available by argument on every backend.
+  assert FLOPS(shape, backend="gpu", symmetric=True) == FLOPS(shape)
+  assert ortho_optax.select_method(shape, backend="gpu") == (
+      ortho_optax.select_method(shape, symmetric=False)
+  )
+
+
+@pytest.mark.parametrize(
+    "method", ["auto", "newton_schulz", "gram_newton_schulz"]
+)
+def test_traced_on_another_backend_gets_plain_products(method, monkeypatch):
+  """The engines read the backend when traced: with ``jax.default_backend``
+  saying ``"gpu"``, ``symmetric=None`` traces the plain products, the FLOP
+  model (resolving the same default) agrees, and ``symmetric=True`` still
+  gives the blocks."""
+  shape = (512, 1024)
+  spec = jax.ShapeDtypeStruct(shape, jnp.float32)
+
+  def counted(**options):
+    return ortho_optax.count_matmul_flops(
+        lambda x: ortho_optax.orthogonalize(x, method, **options), spec
+    )
+
+  on_cpu = counted()
+  assert on_cpu == FLOPS(shape, method, symmetric=True)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert counted() == FLOPS(shape, method, symmetric=False) == FLOPS(
+      shape, method
+  )
+  assert counted() > on_cpu
+  assert counted(symmetric=True) == on_cpu
+
+
+def test_gpu_benchmark_line_says_when_to_flip(monkeypatch):
+  """benchmarks/gpu.sh prints this line (orthogonalize.py --symmetric):
+  the backend's default against the run's triangle / plain time."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+
+  path = (pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
+          / "orthogonalize.py")
+  spec = importlib.util.spec_from_file_location("bench_orthogonalize", path)
+  bench = importlib.util.module_from_spec(spec)
+  # Its dataclasses look their module up in sys.modules.
+  monkeypatch.setitem(sys.modules, spec.name, bench)
+  spec.loader.exec_module(bench)
+  gain = [((1024, 4096), 0.81), ((2048, 2048), 0.9)]
+  loss = [((1024, 4096), 1.02), ((2048, 2048), 1.3)]
+  noise = [((1024, 4096), 0.9), ((2048, 2048), 0.97)]
+  line = bench.symmetric_default_line(gain)
+  assert "'cpu': on" in line and "Consistent" in line, line
+  assert "FLIP: this run says off" in bench.symmetric_default_line(loss)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  line = bench.symmetric_default_line(gain)
+  assert "'gpu': off" in line and "FLIP: this run says on" in line, line
+  assert "SYMMETRIC_DEFAULTS['gpu'] = True" in line
+  assert "Consistent" in bench.symmetric_default_line(loss)
+  assert "no change" in bench.symmetric_default_line(noise)

@@ -17,7 +17,7 @@ def auon(
     gamma: float = 1.0,
     hybrid_steps: int = 0,
     eps: float = 1e-7,
-    symmetric: bool = True,
+    symmetric: bool | None = None,
 ) -> jax.Array:
   r"""AuON's cosh-RMS normalization, optionally after Newton-Schulz steps.
 

@@ -79,7 +79,7 @@ def gram_newton_schulz(
     normalization: str | None = None,
     eps: float = 1e-7,
     compute_dtype=None,
-    symmetric: bool = True,
+    symmetric: bool | None = None,
 ) -> jax.Array:
   r"""The Newton-Schulz polynomial of :func:`newton_schulz`, via the Gram matrix.
 
@@ -114,9 +114,10 @@ def gram_newton_schulz(
     normalization: as in :func:`newton_schulz`.
     eps: as in :func:`newton_schulz`.
     compute_dtype: as in :func:`newton_schulz`.
-    symmetric: as in :func:`newton_schulz`: every product but the
-      ``Q X`` ones is Hermitian (polynomials in :math:`R_0` commute), and
-      is computed as one triangle of blocks.
+    symmetric: as in :func:`newton_schulz` (``None``: on where measured
+      faster, the CPU): every product but the ``Q X`` ones is Hermitian
+      (polynomials in :math:`R_0` commute), and is computed as one triangle
+      of blocks.
 
   Returns:
     An array with the shape and dtype of ``x``.

@@ -9,6 +9,7 @@ import numpy as np
 from ortho_optax import checks as _checks
 from ortho_optax.engines import coefficients as _coefficients
 from ortho_optax.engines import normalization as _normalization
+from ortho_optax.engines import symmetric as _symmetric
 from ortho_optax.engines.normalization import matmul
 
 
@@ -20,7 +21,7 @@ def newton_schulz(
     normalization: str | None = None,
     eps: float = 1e-7,
     compute_dtype=None,
-    symmetric: bool = True,
+    symmetric: bool | None = None,
 ) -> jax.Array:
   r"""Approximates the polar factor :math:`U V^H` of ``x`` by Newton-Schulz.
 
@@ -60,7 +61,9 @@ def newton_schulz(
       :math:`A_t^2` as one triangle of row blocks for matrices of at least
       512 rows (:mod:`ortho_optax.engines.symmetric`; 5/8 of their FLOPs
       at 1024 rows); the result equals the plain products' to rounding.
-      ``False``: plain products.
+      ``False``: plain products. ``None``: on where a benchmark measured
+      the blocks faster (the CPU), plain products on other backends
+      (:data:`ortho_optax.engines.symmetric.SYMMETRIC_DEFAULTS`).
 
   Returns:
     An array with the shape and dtype of ``x``.
@@ -131,11 +134,9 @@ def prepare(x, coeffs, steps, normalization, eps, compute_dtype):
 
 
 def check_symmetric(symmetric) -> bool:
-  if not isinstance(symmetric, (bool, np.bool_)):
-    raise TypeError(
-        f"`symmetric` must be True or False, got {symmetric!r}."
-    )
-  return bool(symmetric)
+  """``symmetric`` checked; ``None`` is the backend's default, read now
+  (at trace time), see :func:`ortho_optax.engines.symmetric.default_symmetric`."""
+  return _symmetric.resolve_symmetric(symmetric)
 
 
 def quintic_step(x, a, row, compute_dtype, *, symmetric: bool = True):

@@ -31,6 +31,16 @@ _ENGINES = {
 # Gram form when the matmuls run in at least float32.
 _GRAM_SAFE_DTYPES = (jnp.float32, jnp.float64, jnp.complex64, jnp.complex128)
 
+# "auto" picks the form with fewer FLOPs, on every backend: where it was
+# measured, fewer FLOPs was also less time, on the CPU and on the GPU.
+# * 2-core x86 CPU, float32 (benchmarks/results/orthogonalize_cpu_f32.md):
+#   the Gram form took 0.62x the standard form's time at 1024 x 4096 and
+#   0.73x at 512 x 2048, where it is chosen, and 1.2x at 512 x 512, where
+#   it is not.
+# * NVIDIA H200, float32 (benchmarks/results/orthogonalize_gpu_f32.md):
+#   0.81x at 1024 x 4096 (chosen), 1.19x at 4096 x 4096 (not chosen).
+# * TPU: not measured; the same FLOP rule applies.
+
 
 def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
   r"""Maps ``x`` to (an approximation of) its polar factor :math:`U V^H`.
@@ -49,7 +59,9 @@ def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
   it is unstable. In both forms every product that is Hermitian by
   construction is computed as one triangle of row blocks for matrices of at
   least 512 rows (``symmetric=True``, :mod:`ortho_optax.engines.symmetric`),
-  which the FLOP model counts as well.
+  which the FLOP model counts as well; by default (``symmetric=None``) only
+  on the backends where that measured faster (the CPU), plain products
+  elsewhere.
 
   Every engine first multiplies each matrix by the power of two that brings
   its largest magnitude near 1, in at least float32, so that
@@ -72,6 +84,11 @@ def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
   if method == "auto":
     x = _checks.check_matrix(x)
     options = auto_defaults(options)
+    # The backend's default, resolved once: the FLOP comparison below and
+    # the engine then agree on it.
+    options["symmetric"] = _symmetric.resolve_symmetric(
+        options.get("symmetric")
+    )
     method = select_method(x.shape, x.dtype, **options)
     if method == "newton_schulz":
       options = {k: v for k, v in options.items() if k != "restarts"}
@@ -96,8 +113,24 @@ def auto_defaults(options: dict) -> dict:
   return options
 
 
-def select_method(shape: Sequence[int], dtype=jnp.float32, **options) -> str:
-  """The engine ``orthogonalize(method="auto")`` uses for this shape."""
+def select_method(
+    shape: Sequence[int],
+    dtype=jnp.float32,
+    *,
+    backend: str | None = None,
+    **options,
+) -> str:
+  """The engine ``orthogonalize(method="auto")`` uses for this shape.
+
+  The one with fewer FLOPs (:func:`orthogonalize_flops`, with the products
+  that ``symmetric`` gives on ``backend``: ``None`` is
+  :func:`jax.default_backend`), never the Gram form for half-precision
+  matmuls.
+  """
+  options = dict(options)
+  options["symmetric"] = _symmetric.resolve_symmetric(
+      options.get("symmetric"), backend
+  )
   shape = _checks.check_shape(shape)
   dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
@@ -114,7 +147,12 @@ def select_method(shape: Sequence[int], dtype=jnp.float32, **options) -> str:
 
 
 def orthogonalize_flops(
-    shape: Sequence[int], method: str = "auto", *, dtype=jnp.float32, **options
+    shape: Sequence[int],
+    method: str = "auto",
+    *,
+    dtype=jnp.float32,
+    backend: str | None = None,
+    **options,
 ) -> int:
   r"""Matmul FLOPs of ``orthogonalize(x, method, **options)`` for real ``x``.
 
@@ -132,7 +170,8 @@ def orthogonalize_flops(
   * ``polar_svd``: the ``U V^H`` product, ``2 m^2 n`` (the SVD is not a
     matmul and is not counted).
 
-  With ``symmetric=True`` (the default) every Hermitian product (``X X^H``,
+  With ``symmetric=True`` (the default on the CPU, see ``backend``) every
+  Hermitian product (``X X^H``,
   ``A^2``, the Gram form's ``m x m`` products, the normalizations' Gram
   matrix) of an ``m``-row matrix split into ``k`` row blocks costs
   ``(k + 1) / (2 k)`` of the above (its blocks on and above the diagonal;
@@ -149,6 +188,10 @@ def orthogonalize_flops(
     method: as in :func:`orthogonalize`.
     dtype: the input's dtype, which ``"auto"`` takes into account (it never
       picks the Gram form for half-precision matmuls).
+    backend: the platform whose default ``symmetric=None`` means
+      (:func:`ortho_optax.engines.symmetric.default_symmetric`: blocked
+      products on the CPU, plain ones on GPU and TPU); ``None``:
+      :func:`jax.default_backend`, as the engines read it when traced.
     **options: the engine's options (``coeffs``, ``steps``, ``restarts``,
       ``normalization``, ``hybrid_steps``, ...); others are ignored.
 
@@ -160,12 +203,16 @@ def orthogonalize_flops(
   dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
     raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
+  options = dict(options)
+  options["symmetric"] = _symmetric.resolve_symmetric(
+      options.get("symmetric"), backend
+  )
   if method == "auto":
     options = auto_defaults(options)
     method = select_method(shape, dtype, **options)
   batch = math.prod(shape[:-2])
   m, n = sorted(shape[-2:])
-  symmetric = options.get("symmetric", True)
+  symmetric = options["symmetric"]
 
   def herm(k):  # one m x m Hermitian product with inner dimension k
     return _symmetric.product_flops(m, k, symmetric)

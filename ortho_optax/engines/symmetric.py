@@ -11,6 +11,21 @@ mirrored:
 ``k (k + 1) / 2`` of the ``k^2`` block products, ``(k + 1) / (2 k)`` of the
 FLOPs (3/4 at ``k = 2``, 5/8 at ``k = 4``, 9/16 at ``k = 8``).
 
+The blocked form is on by default only on backends where a benchmark showed
+it faster than the plain product (:data:`SYMMETRIC_DEFAULTS`, with the
+measurement next to each entry): the CPU. Elsewhere ``symmetric=None`` (the
+engines' default) means plain products, and ``symmetric=True`` turns the
+blocks on. The backend is :func:`jax.default_backend` when the engine is
+traced (under ``jit`` too), and the FLOP model
+(:func:`ortho_optax.orthogonalize_flops`) resolves the default the same
+way, so that it keeps equal to the traced program's count. (Not
+``jax.lax.platform_dependent``: it would trace both forms into every
+program, and the jaxpr's FLOP count would no longer be that of the form
+that runs.) A program traced for another backend than the default one
+(``jax.jit(..., device=...)`` on a CPU device of a GPU host) gets the
+default backend's choice; the results are the same to rounding either way,
+and ``symmetric=True``/``False`` fixes it.
+
 Small matrices keep the plain product: a block below :data:`MIN_BLOCK`
 rows runs the matmul below the machine's rate, and assembling the blocks is
 a pass over ``m^2`` entries, so the blocked form is used from
@@ -47,6 +62,64 @@ MIN_BLOCK = 256
 # More blocks save less and less ((k + 1) / (2 k) -> 1/2) while the blocks
 # shrink; 8 blocks is 9/16 of the plain product.
 MAX_BLOCKS = 8
+
+# What ``symmetric=None`` means on each backend: blocked products only where
+# a benchmark showed them faster than the plain product. A backend missing
+# here gets plain products.
+SYMMETRIC_DEFAULTS = {
+    # Measured faster: on the 2-core x86 CPU (float32, jax 0.10.2), the
+    # default engine took 0.81x the plain products' time at 1024 x 4096 and
+    # at 2048 x 2048 for 0.71-0.73x the FLOPs, the raw engines 0.71-0.82x
+    # (benchmarks/results/orthogonalize_symmetric_cpu_f32.md), and a
+    # GPT-like muon step (12 x 768) 0.96x for 0.77x the FLOPs
+    # (benchmarks/results/step_symmetric_cpu_f32.md).
+    "cpu": True,
+    # Not measured on GPU; CPU measurement 0.81x the time (above). The H200
+    # tables (orthogonalize_gpu_*.md, step_gpu_*.md) predate the blocked
+    # products, and XLA on GPU runs one large matmul near peak, where the
+    # slices and the assembly of the triangle may cost more than the saved
+    # FLOPs. benchmarks/gpu.sh prints the comparison (``triangle`` vs
+    # ``plain`` rows of ``orthogonalize.py --symmetric``, the ``symmetric
+    # products`` row of ``step.py``) that would turn this on.
+    "gpu": False,
+    # Not measured on TPU; CPU measurement 0.81x the time (above).
+    "tpu": False,
+}
+# Platform names that jax reports for the same backend.
+_BACKEND_ALIASES = {"cuda": "gpu", "rocm": "gpu"}
+
+
+def default_symmetric(backend: str | None = None) -> bool:
+  """What ``symmetric=None`` means on ``backend`` (:data:`SYMMETRIC_DEFAULTS`).
+
+  Args:
+    backend: a platform name (``"cpu"``, ``"gpu"``, ``"cuda"``, ``"rocm"``,
+      ``"tpu"``, ...); ``None``: :func:`jax.default_backend`, read when
+      this is called (at trace time inside the engines).
+
+  Returns:
+    ``True`` where the blocked products measured faster (the CPU), else
+    ``False``.
+  """
+  if backend is None:
+    backend = jax.default_backend()
+  if not isinstance(backend, str):
+    raise TypeError(
+        f"`backend` must be None or a platform name (str), got {backend!r}."
+    )
+  backend = backend.lower()
+  return SYMMETRIC_DEFAULTS.get(_BACKEND_ALIASES.get(backend, backend), False)
+
+
+def resolve_symmetric(symmetric, backend: str | None = None) -> bool:
+  """``symmetric`` checked, with ``None`` resolved for ``backend``."""
+  if symmetric is None:
+    return default_symmetric(backend)
+  if not isinstance(symmetric, (bool, np.bool_)):
+    raise TypeError(
+        f"`symmetric` must be None, True or False, got {symmetric!r}."
+    )
+  return bool(symmetric)
 
 
 def block_sizes(m: int, symmetric: bool = True) -> tuple[int, ...]:

@@ -372,14 +372,22 @@ def matrix_spec(shape, dn, spec):
   Returns:
     ``(row_axes, col_axes)``, the mesh axes sharding the rows and columns
     of the wide-oriented matrix, or ``None`` when the layout does not map
-    onto ``(B, m, n)`` cleanly: a sharded batch axis, an unconstrained
-    entry, or a reshape merging two sharded axes (or a sharded axis that is
-    not the major one of the merged group).
+    onto ``(B, m, n)`` cleanly: a sharded batch axis (a split axis sharded
+    by parts counts as one), an unconstrained entry, or a reshape merging
+    two sharded axes (or a sharded axis that is not the major one of the
+    merged group).
   """
-  ndim = len(shape)
-  entries = list(spec) + [None] * (ndim - len(spec))
+  entries = list(spec) + [None] * (len(shape) - len(spec))
   if any(e is P.UNCONSTRAINED for e in entries):
     return None
+  split, _ = _routing.split_of(dn)
+  if split is not None:
+    # The split axis is read as (parts, size): its sharding, if any, is on
+    # the parts (a batch axis); a layout within a part is not clean.
+    split %= len(shape)
+    entries = entries[:split] + [entries[split], None] + entries[split + 1:]
+  shape, dn = _routing.matrix_view(shape, dn)
+  ndim = len(shape)
   axes_of = [_spec_axes(e) for e in entries]
   batch, red, out = _routing.normalize_dimension_numbers(dn, ndim)
 

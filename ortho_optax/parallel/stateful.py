@@ -151,8 +151,9 @@ def working_dtype(dtype) -> jnp.dtype:
 
 def oriented_shape(shape, dn) -> tuple[int, int, int]:
   """``(batch, m, n)`` of a leaf's matrices once oriented wide (m <= n)."""
-  batch_axes, _, _ = _routing.normalize_dimension_numbers(dn, len(shape))
   fan_in, fan_out = _routing.fan_in_out(shape, dn)
+  shape, dn = _routing.matrix_view(shape, dn)  # the parts of a split
+  batch_axes, _, _ = _routing.normalize_dimension_numbers(dn, len(shape))
   batch = math.prod(shape[a] for a in batch_axes)
   return batch, min(fan_in, fan_out), max(fan_in, fan_out)
 

@@ -121,6 +121,7 @@ def resolve_norm(leaf, dn, norm: LMONorm) -> str:
 def _conv_geometry(shape, dn) -> tuple[int, int]:
   """``(in_channels, spatial size)`` of a leaf: the last fan-in axis is the
   input channels, the other fan-in axes are the kernel's spatial axes."""
+  shape, dn = _routing.matrix_view(shape, dn)  # one part of a split
   _, red, _ = _routing.normalize_dimension_numbers(dn, len(shape))
   in_ch = shape[red[-1]]
   return in_ch, math.prod(shape[a] for a in red[:-1])

@@ -33,9 +33,31 @@ def _is_masked(x) -> bool:
 
 
 def reduced_shape(shape, dn) -> tuple[int, ...]:
-  """``shape`` with the fan-in (reduction) axes of ``dn`` set to 1."""
+  """``shape`` with the fan-in (reduction) axes of ``dn`` set to 1.
+
+  A split fan-in axis (:class:`ortho_optax.SplitDimensionNumbers`) keeps
+  one entry per part: each part is a matrix with its own neurons.
+  """
+  view, vdn = _routing.matrix_view(shape, dn)
+  _, red, _ = _routing.normalize_dimension_numbers(vdn, len(view))
+  reduced = [1 if a in red else s for a, s in enumerate(view)]
+  axis, _ = _routing.split_of(dn)
+  if axis is None:
+    return tuple(reduced)
+  a = axis % len(shape)
+  return tuple(reduced[:a] + [reduced[a] * reduced[a + 1]] + reduced[a + 2:])
+
+
+def state_dimension_numbers(shape, dn):
+  """The dimension numbers of the state of :func:`reduced_shape`: ``dn``,
+  with a split fan-in axis cut into parts of size 1."""
+  axis, sizes = _routing.split_of(dn)
+  if axis is None:
+    return dn
   _, red, _ = _routing.normalize_dimension_numbers(dn, len(shape))
-  return tuple(1 if a in red else s for a, s in enumerate(shape))
+  if axis % len(shape) not in red:
+    return dn
+  return dn._replace(split_sizes=(1,) * len(sizes))
 
 
 def matrix_state(params, dns, make):
@@ -67,13 +89,15 @@ def map_with_state(fn, updates, nu, dns):
 
     def leaf_fn(x, v, dn=dn):
       wd = jnp.promote_types(x.dtype, jnp.float32)
+      # A per-neuron state (reduced_shape) or a per-element one (x.shape).
+      vdn = dn if v.shape == x.shape else state_dimension_numbers(x.shape, dn)
       y, v_new = fn(
           _routing.to_matrix(x.astype(wd), dn),
-          _routing.to_matrix(v.astype(real_dtype(wd)), dn),
+          _routing.to_matrix(v.astype(real_dtype(wd)), vdn),
       )
       return (
           _routing.from_matrix(y, dn, x.shape).astype(x.dtype),
-          _routing.from_matrix(v_new, dn, v.shape).astype(v.dtype),
+          _routing.from_matrix(v_new, vdn, v.shape).astype(v.dtype),
       )
 
     # The state keeps its own sharding (replicated: one value per neuron).
