@@ -48,14 +48,17 @@ def get_config() -> ml_collections.ConfigDict:
   config.threshold = 0.97
   config.threshold_step = 0.003
 
-  # ROGO: the relaxing space is searched after the first epoch of each task
-  # from the gradient on `gradient_samples` examples (reference: 125),
-  # keeping `gradient_threshold` of its energy (reference: 0.97 for the
-  # first layer, 0.99 for the others), with alignment `relax_threshold`
-  # (reference: 0.9).
+  # ROGO: the relaxing space is searched after each epoch of a task while
+  # the last search found new directions, from the gradient on
+  # `gradient_samples` examples (reference: 125), keeping
+  # `gradient_threshold` of its energy (reference: 0.97 for the first
+  # layer, 0.99 for the others), with alignment `relax_threshold`
+  # (reference: 0.9); the learning rate is divided by `relax_lr_factor`
+  # each time the space grows (reference: 2).
   config.gradient_samples = 125
   config.gradient_threshold = (0.97, 0.99)
   config.relax_threshold = 0.9
+  config.relax_lr_factor = 2.0
 
   # Write the plot of per-task accuracy.
   config.plot = True

@@ -174,14 +174,15 @@ def make_optimizer(name: str, learning_rate: float, weight_decay: float):
 
 
 @functools.partial(
-    jax.jit, static_argnames=("graphdef", "opt", "lr", "wd", "relaxed")
+    jax.jit, static_argnames=("graphdef", "opt", "wd", "relaxed")
 )
-def train_epoch(params, opt_state, xs, ys, head, bases, relax, *, graphdef,
-                opt, lr, wd, relaxed):
+def train_epoch(params, opt_state, xs, ys, head, bases, relax, lr, *,
+                graphdef, opt, wd, relaxed):
   """One epoch (``lax.scan`` over the batches) of the projected optimizer.
 
-  The bases are arguments (padded to a fixed width), so a method or a task
-  does not recompile the step.
+  The bases (padded to a fixed width) and the learning rate are arguments,
+  so a method, a task or ROGO's smaller learning rate does not recompile
+  the step.
   """
   tx = ortho_optax.with_gradient_projection(
       make_optimizer(opt, lr, wd), bases, relax=relax if relaxed else None
@@ -236,7 +237,7 @@ def run(config, benchmark: str, method: str, opt: str, seed: int) -> dict:
   empty = jax.tree.map(lambda w: jnp.zeros((w, 0)), widths)
   bases = None
   lr = config.learning_rate[opt]
-  kw = dict(graphdef=graphdef, opt=opt, lr=lr, wd=config.weight_decay)
+  kw = dict(graphdef=graphdef, opt=opt, wd=config.weight_decay)
   steps = min(len(t["train_y"]) for t in tasks) // config.batch_size
   rng = np.random.default_rng(seed + 1000)
   acc = np.full((len(tasks), len(tasks)), np.nan)
@@ -249,16 +250,18 @@ def run(config, benchmark: str, method: str, opt: str, seed: int) -> dict:
         make_optimizer(opt, lr, config.weight_decay), padded
     )
     opt_state = tx.init(params)
-    n_relaxed = 0
-    for epoch in range(config.epochs[benchmark]):
-      order = rng.permutation(len(task["train_y"]))[: steps * config.batch_size]
+    n_relaxed, found, search, lr_t = 0, None, method == "rogo", lr
+    for _ in range(config.epochs[benchmark]):
+      order = rng.permutation(len(task["train_y"]))[
+          : steps * config.batch_size
+      ]
       xs = task["train_x"][order].reshape(steps, config.batch_size, 64)
       ys = task["train_y"][order].reshape(steps, config.batch_size)
       params, opt_state, _ = train_epoch(
           params, opt_state, xs, ys, task["head"], padded, relax,
-          relaxed=method == "rogo", **kw,
+          jnp.float32(lr_t), relaxed=method == "rogo", **kw,
       )
-      if method == "rogo" and bases is not None and epoch == 0:
+      if search and bases is not None:
         idx = rng.permutation(len(task["train_y"]))[: config.gradient_samples]
         grads = jax.grad(functools.partial(_loss, graphdef))(
             params, task["train_x"][idx], task["train_y"][idx], task["head"]
@@ -274,9 +277,15 @@ def run(config, benchmark: str, method: str, opt: str, seed: int) -> dict:
           thresholds["head"] = config.gradient_threshold[1]
         found = ortho_optax.relaxing_bases(
             bases, g, threshold=thresholds,
-            relax_threshold=config.relax_threshold,
+            relax_threshold=config.relax_threshold, relaxed=found,
         )
-        n_relaxed = sum(int(x.shape[-1]) for x in jax.tree.leaves(found))
+        n = sum(int(x.shape[-1]) for x in jax.tree.leaves(found))
+        # As the reference: search again after the next epoch while the
+        # relaxing space grows, halving the learning rate each time.
+        search = n > n_relaxed
+        if search:
+          lr_t /= config.relax_lr_factor
+        n_relaxed = n
         relax = _pad(found, widths)
     relaxed_ranks.append(n_relaxed)
     for i in range(t + 1):

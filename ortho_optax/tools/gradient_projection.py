@@ -24,6 +24,19 @@ def _is_none(x) -> bool:
   return x is None
 
 
+def _to_array(x: np.ndarray, dtype):
+  """A JAX array, or NumPy's where JAX has no such dtype (float64 without
+  ``jax_enable_x64``)."""
+  if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+    return np.asarray(x, dtype)
+  return jnp.asarray(x, dtype)
+
+
+def _shape_str(shape) -> str:
+  """``(*shape, k)`` as text."""
+  return "(" + ", ".join([str(s) for s in shape] + ["k"]) + ")"
+
+
 def conv_patches(
     x: jax.Array,
     kernel_size: tuple[int, int],
@@ -152,7 +165,9 @@ def _gpm_step(r: np.ndarray, m: np.ndarray, threshold: float) -> np.ndarray:
   # The fewest new directions whose energy, with the basis', reaches the
   # threshold (all of them when rounding keeps it just short).
   k = int(np.searchsorted(energy, need * (1 - 1e-12))) + 1
-  rank = int(np.sum(s > s[0] * max(r.shape) * np.finfo(float).eps))
+  # Directions of the residual below 1e-6 of the representation's norm are
+  # rounding (of a float32 basis, say), not data.
+  rank = int(np.sum(s > 1e-6 * np.sqrt(total)))
   k = min(k, rank, r.shape[0] - m.shape[1])
   new = u[:, :k]
   # Re-orthogonalize against the basis: rounding of the SVD.
@@ -273,7 +288,7 @@ def update_bases(bases, representations, threshold, *, dtype=jnp.float32):
     if m.shape[:-1] != (*batch, d):
       raise ValueError(
           f"The basis at {where} has shape {m.shape}; the representation"
-          f" {r.shape} needs (*batch, fan_in, k) = {(*batch, d, 'k')}."
+          f" {r.shape} needs (*batch, fan_in, k) = {_shape_str((*batch, d))}."
       )
     nb = int(np.prod(batch))
     flat_r = r.reshape(nb, d, r.shape[-1])
@@ -286,12 +301,12 @@ def update_bases(bases, representations, threshold, *, dtype=jnp.float32):
     stack = np.zeros((len(news), d, k))
     for i, x in enumerate(news):
       stack[i, :, : x.shape[1]] = x
-    out.append(jnp.asarray(stack.reshape(*batch, d, k), dtype))
+    out.append(_to_array(stack.reshape(*batch, d, k), dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
-                   dtype=jnp.float32):
+                   relaxed=None, dtype=jnp.float32):
   r"""ROGO's relaxing space: frozen directions aligned with the new task.
 
   For each protected layer with frozen basis :math:`M` (``fan_in x k``)
@@ -310,8 +325,10 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
   ROGO's reference code finds them one at a time (the top eigenvector,
   then again in the rest of the frozen space, until the score falls below
   ``relax_threshold``); the eigenvectors of the one symmetric matrix are
-  the same directions. Pass the result as ``relax`` to
-  :func:`project_gradients`.
+  the same directions. It searches again after every epoch, in the frozen
+  directions not yet relaxed, while the last search found some (and halves
+  the learning rate each time): pass the previous result as ``relaxed``
+  for that. Pass the result as ``relax`` to :func:`project_gradients`.
 
   Args:
     bases: the frozen bases (:func:`update_bases`).
@@ -322,6 +339,9 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
       layer, 0.99 for the others), a float or a (prefix) tree.
     relax_threshold: the least alignment :math:`\tau` of a relaxed
       direction (reference: 0.9).
+    relaxed: ``None`` or the relaxing bases found before in this task
+      (a tree like ``bases``): the search is then in the rest of the frozen
+      space, and the result holds the old directions first.
     dtype: dtype of the returned bases.
 
   Returns:
@@ -354,8 +374,12 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
     thresholds = [threshold] * len(flat)
   else:
     thresholds = treedef.flatten_up_to(threshold)
+  if relaxed is None:
+    before = [None] * len(flat)
+  else:
+    before = treedef.flatten_up_to(relaxed)
   out = []
-  for (path, m), g, t in zip(flat, grads, thresholds):
+  for (path, m), g, t, old in zip(flat, grads, thresholds, before):
     if m is None:
       out.append(None)
       continue
@@ -372,24 +396,34 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
     nb = int(np.prod(m.shape[:-2]))
     flat_m = m.reshape(nb, d, m.shape[-1])
     flat_g = g.reshape(nb, d, g.shape[-1])
+    if old is None:
+      flat_old = np.zeros((nb, d, 0))
+    else:
+      old = np.asarray(old, np.float64)
+      flat_old = old.reshape(nb, d, old.shape[-1])
     rel = []
-    for mi, gi in zip(flat_m, flat_g):
-      mi = _effective_columns(mi)
+    for mi, gi, oi in zip(flat_m, flat_g, flat_old):
+      mi, oi = _effective_columns(mi), _effective_columns(oi)
+      if oi.shape[1]:
+        # The frozen directions not yet relaxed.
+        rest, sv, _ = np.linalg.svd(mi - oi @ (oi.T @ mi),
+                                    full_matrices=False)
+        mi = rest[:, sv > 0.5]
       u, s, _ = np.linalg.svd(gi, full_matrices=False)
       e = s * s
       if mi.shape[1] == 0 or e.sum() == 0:
-        rel.append(np.zeros((d, 0)))
+        rel.append(oi)
         continue
       r = int(np.searchsorted(np.cumsum(e), t * e.sum() * (1 - 1e-12))) + 1
       u = u[:, : min(r, u.shape[1])]
       b = mi.T @ u
       lam, x = np.linalg.eigh(b @ b.T)
-      rel.append(mi @ x[:, lam >= tau2])
+      rel.append(np.concatenate([oi, mi @ x[:, lam >= tau2]], axis=1))
     k = max((x.shape[1] for x in rel), default=0)
     stack = np.zeros((len(rel), d, k))
     for i, x in enumerate(rel):
       stack[i, :, : x.shape[1]] = x
-    out.append(jnp.asarray(stack.reshape(*m.shape[:-1], k), dtype))
+    out.append(_to_array(stack.reshape(*m.shape[:-1], k), dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

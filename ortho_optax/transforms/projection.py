@@ -111,7 +111,7 @@ def _check_shape(name, where, m, leaf, dn) -> None:
         f"`{name}` at {where} has shape {tuple(m.shape)}; the leaf there has"
         f" shape {shape} with dimension numbers {tuple(dn)}, so a basis is"
         f" (fan_in, k) = ({fan_in}, k) or (*batch, fan_in, k) ="
-        f" {(*batch_shape, fan_in, 'k')}."
+        f" ({', '.join(str(b) for b in batch_shape)}, {fan_in}, k)."
     )
   if m.shape[-1] > fan_in:
     raise ValueError(
