@@ -277,6 +277,14 @@ def test_protected_directions_get_no_update(name):
   for leaf, frac in _protected_fraction(bases, params, final).items():
     assert frac <= 1e-5, (name, leaf, frac)
   if name == "adamw":
+    # Projecting only the final update protects as exactly.
+    after = ortho_optax.with_gradient_projection(
+        OPTIMIZERS[name](), bases, project_before=False
+    )
+    for leaf, frac in _protected_fraction(
+        bases, params, _run_steps(after, params, steps=3)
+    ).items():
+      assert frac <= 1e-5, (leaf, frac)
     # Without the projection the protected directions do move.
     plain = _run_steps(OPTIMIZERS[name](), params, steps=2)
     assert max(_protected_fraction(bases, params, plain).values()) > 0.1
