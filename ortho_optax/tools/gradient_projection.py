@@ -58,9 +58,24 @@ def conv_patches(
     >>> ortho_optax.conv_patches(x, (3, 3)).shape
     (2, 8, 8, 27)
   """
-  kh, kw = kernel_size
+  if getattr(x, "ndim", None) != 4:
+    raise ValueError(
+        f"`x` must be an NHWC batch of images (rank 4), got shape"
+        f" {tuple(getattr(x, 'shape', ()))}."
+    )
+  pair = "a pair of ints >= 1"
+  if not (isinstance(kernel_size, (tuple, list)) and len(kernel_size) == 2):
+    raise TypeError(f"`kernel_size` must be {pair}, got {kernel_size!r}.")
+  for k in kernel_size:
+    _checks.check_int(k, "kernel_size", low=1)
   if isinstance(strides, int):
     strides = (strides, strides)
+  if not (isinstance(strides, (tuple, list)) and len(strides) == 2):
+    raise TypeError(f"`strides` must be an int or {pair}, got {strides!r}.")
+  for k in strides:
+    _checks.check_int(k, "strides", low=1)
+  _checks.check_choice(padding, "padding", ("SAME", "VALID"))
+  kh, kw = kernel_size
   p = jax.lax.conv_general_dilated_patches(
       x, (kh, kw), strides, padding,
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
@@ -176,10 +191,11 @@ def _gpm_step(r: np.ndarray, m: np.ndarray, threshold: float) -> np.ndarray:
   return np.concatenate([m, new], axis=1)
 
 
-def _check_threshold(value, where):
-  _checks.check_number(
-      value, f"threshold{where}", low=0.0, high=1.0, low_open=True
-  )
+def _check_threshold(value, where, name="threshold"):
+  try:
+    _checks.check_number(value, name, low=0.0, high=1.0, low_open=True)
+  except (TypeError, ValueError) as e:
+    raise type(e)(f"{e} ({where.strip()})" if where else str(e)) from e
   return float(value)
 
 
@@ -276,18 +292,18 @@ def update_bases(bases, representations, threshold, *, dtype=jnp.float32):
     r = np.asarray(r, np.float64)
     if r.ndim < 2:
       raise ValueError(
-          f"The representation at {where} has shape {r.shape}; expected"
+          f"`representations` at {where} has shape {r.shape}; expected"
           " (*batch, fan_in, n)."
       )
     batch, d = r.shape[:-2], r.shape[-2]
     if not np.all(np.isfinite(r)):
-      raise ValueError(f"The representation at {where} is not finite.")
+      raise ValueError(f"`representations` at {where} is not finite.")
     if m is None:
       m = np.zeros((*batch, d, 0))
     m = np.asarray(m, np.float64)
     if m.shape[:-1] != (*batch, d):
       raise ValueError(
-          f"The basis at {where} has shape {m.shape}; the representation"
+          f"`bases` at {where} has shape {m.shape}; the representation"
           f" {r.shape} needs (*batch, fan_in, k) = {_shape_str((*batch, d))}."
       )
     nb = int(np.prod(batch))
@@ -362,6 +378,7 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
     Continual Learning <https://arxiv.org/abs/2301.12131>`_, 2023
   """
   _checks.check_number(relax_threshold, "relax_threshold", low=0.0, high=1.0)
+  dtype = _checks.check_dtype(dtype)
   tau2 = float(relax_threshold) ** 2
   flat, treedef = jax.tree_util.tree_flatten_with_path(bases, is_leaf=_is_none)
   try:
@@ -377,7 +394,12 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
   if relaxed is None:
     before = [None] * len(flat)
   else:
-    before = treedef.flatten_up_to(relaxed)
+    try:
+      before = treedef.flatten_up_to(relaxed)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"`relaxed` must have the structure of `bases`: {e}"
+      ) from e
   out = []
   for (path, m), g, t, old in zip(flat, grads, thresholds, before):
     if m is None:
@@ -389,7 +411,7 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
     g = np.asarray(g, np.float64)
     if g.shape[:-1] != m.shape[:-1]:
       raise ValueError(
-          f"The gradient at {where} has shape {g.shape}; the basis"
+          f"`gradients` at {where} has shape {g.shape}; the basis"
           f" {m.shape} needs (*batch, {m.shape[-2]}, fan_out)."
       )
     d = m.shape[-2]
