@@ -129,7 +129,7 @@ def test_update_bases_errors():
       ortho_optax.update_bases(None, r, bad)
   with pytest.raises(ValueError, match=r"\['w'\].*not finite"):
     ortho_optax.update_bases(None, {"w": np.full((4, 3), np.nan)}, 0.9)
-  with pytest.raises(ValueError, match=r"basis at \['w'\] has shape"):
+  with pytest.raises(ValueError, match=r"`bases` at \['w'\] has shape"):
     ortho_optax.update_bases({"w": np.zeros((5, 1))}, r, 0.9)
 
 
@@ -635,8 +635,9 @@ def test_continual_example_smoke(tmp_path):
   # muon's composition is tested above; AdamW compiles faster.
   config.optimizers = ("adamw",)
   config.num_tasks = 2
-  config.hidden = 8
-  config.epochs = {"split": 1, "permuted": 2}
+  config.hidden = 16
+  config.epochs = {"split": 1, "permuted": 1}
+  config.learning_rate.adamw = 1e-2
   config.representation_samples = 50
   config.gradient_samples = 20
   config.plot = False
@@ -644,7 +645,8 @@ def test_continual_example_smoke(tmp_path):
   for key, runs in results.items():
     acc = np.asarray(runs[0]["acc"])
     assert acc.shape == (2, 2), key
-    assert np.all(acc[np.tril_indices(2)] > 0.3), (key, acc)
+    # Each task is learned (chance: 0.5 split, 0.1 permuted).
+    assert np.all(np.diag(acc) > 0.6), (key, acc)
   assert (tmp_path / "continual.md").exists()
   gpm = results["permuted/adamw/gpm"][0]
   assert gpm["ranks"][0]["['hidden_0']['kernel']"] > 0
