@@ -52,7 +52,8 @@ transform (not a matmul, so not in the FLOP count); and ``muon + gradient
 projection (rank 1/4)``, ``ortho_optax.with_gradient_projection(muon,
 bases)`` with a random orthonormal basis of ``min(fan_in, fan_out) / 4``
 columns for every hidden matrix (continual learning, issue 23: the
-projection before and after muon; its polar error is large by design).
+projection before and after muon; its polar error is large by design), and
+the same with ``project_before=False`` (``after only``).
 
 Usage::
 
@@ -124,6 +125,7 @@ def plain_products():
 
 
 PROJECTED = " + gradient projection (rank 1/4)"
+PROJECTED_AFTER = " + gradient projection (rank 1/4, after only)"
 
 
 def projection_bases(params, seed: int = 2) -> dict:
@@ -272,15 +274,20 @@ def benchmark(args) -> str:
   n_params = sum(x.size for x in jax.tree.leaves(params))
   txs = optimizers(states=args.state.split(","))
   if MUON in txs:
+    bases = projection_bases(params)
     txs[MUON + PROJECTED] = ortho_optax.with_gradient_projection(
-        ortho_optax.muon(0.02), projection_bases(params)
+        ortho_optax.muon(0.02), bases
+    )
+    txs[MUON + PROJECTED_AFTER] = ortho_optax.with_gradient_projection(
+        ortho_optax.muon(0.02), bases, project_before=False
     )
   if args.only:
     keep = set(args.only.split(","))
     txs = {
         k: v for k, v in txs.items()
         if k.split(" [")[0] in keep or k == BASELINE
-        or (k == MUON + PROJECTED and MUON in keep)
+        or (k in (MUON + PROJECTED, MUON + PROJECTED_AFTER)
+            and MUON in keep)
     }
 
   rows = {}
@@ -380,8 +387,9 @@ def benchmark(args) -> str:
       " relative to the same optimizer's float32 row of this run."
       f" `muon{PROJECTED}`: `with_gradient_projection(muon, bases)`, random"
       " orthonormal bases of min(fan_in, fan_out) / 4 columns on every"
-      " hidden matrix, projected before and after muon (its polar err is"
-      " not orthogonality: the update is projected on purpose)."
+      " hidden matrix, projected before and after muon (`after only`:"
+      " `project_before=False`, the final update only); their polar err is"
+      " not orthogonality (the update is projected on purpose)."
   )
   return caption + "\n\n" + "\n".join(lines) + "\n"
 

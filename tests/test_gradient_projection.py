@@ -507,16 +507,20 @@ def test_chain_jit_inject_orbax_and_wrappers():
   u, fs = jax.jit(finite.update)(nan, finite.init(params), params)
   chex.assert_tree_all_finite(u)
   assert int(fs.notfinite_count) == 1
-  # Orbax: the state and the bases (saved with the checkpoint) round trip.
+  # Orbax: the state and the bases (saved with the checkpoint, None leaves
+  # included) round trip, with a target or without one (the bases' ranks
+  # change from task to task).
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "ckpt")
-    tree = {"state": state, "bases": bases}
+    tree = {"state": state, "bases": dict(bases, head={"kernel": None})}
     with ocp.StandardCheckpointer() as ckpt:
       ckpt.save(path, tree)
       ckpt.wait_until_finished()
       target = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
       restored = ckpt.restore(path, target)
+      untargeted = ckpt.restore(path)
   chex.assert_trees_all_equal(restored, tree)
+  chex.assert_trees_all_equal(untargeted["bases"], tree["bases"])
   g = jax.tree.map(lambda x: x * 2, params)
   chex.assert_trees_all_close(
       step(params, restored["state"], g), step(params, state, g), atol=1e-6
