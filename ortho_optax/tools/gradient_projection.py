@@ -352,7 +352,7 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
       ``(*batch, fan_in, fan_out)`` of the protected leaves, reshaped as
       routing does (a Flax kernel as it is); ``None`` where unprotected.
     threshold: energy kept of the gradient (reference: 0.97 for the first
-      layer, 0.99 for the others), a float or a (prefix) tree.
+      layer, 0.99 for the others), a float or a tree like ``bases``.
     relax_threshold: the least alignment :math:`\tau` of a relaxed
       direction (reference: 0.9).
     relaxed: ``None`` or the relaxing bases found before in this task
@@ -387,10 +387,15 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
     raise ValueError(
         f"`gradients` must have the structure of `bases`: {e}"
     ) from e
-  if isinstance(threshold, (int, float)):
+  if np.ndim(threshold) == 0 and not isinstance(threshold, dict):
     thresholds = [threshold] * len(flat)
   else:
-    thresholds = treedef.flatten_up_to(threshold)
+    try:
+      thresholds = treedef.flatten_up_to(threshold)
+    except (ValueError, TypeError) as e:
+      raise ValueError(
+          f"`threshold` must be a number or a tree like `bases`: {e}"
+      ) from e
   if relaxed is None:
     before = [None] * len(flat)
   else:
@@ -447,18 +452,3 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
       stack[i, :, : x.shape[1]] = x
     out.append(_to_array(stack.reshape(*m.shape[:-1], k), dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
-
-
-def protected_fraction(basis, update) -> float:
-  r"""``||M^T dW|| / ||dW||`` of one update in a basis' frame (a check).
-
-  ``basis`` ``(*batch, fan_in, k)``, ``update`` ``(*batch, fan_in,
-  fan_out)`` (as routing reshapes the leaf). Zero for an update that does
-  not touch the protected input directions.
-  """
-  m = np.asarray(basis, np.float64)
-  u = np.asarray(update, np.float64)
-  num = np.linalg.norm(np.swapaxes(m, -1, -2) @ u)
-  den = np.linalg.norm(u)
-  return 0.0 if den == 0 else float(num / den)
-
