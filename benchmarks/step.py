@@ -50,7 +50,12 @@ Columns:
   rank-``r`` part of each matrix, so their errors are by design.
 
 Rows: also ``trion (dct=fft)``, Trion with its DCT as a fast cosine
-transform (not a matmul, so not in the FLOP count).
+transform (not a matmul, so not in the FLOP count); and ``muon + gradient
+projection (rank 1/4)``, ``ortho_optax.with_gradient_projection(muon,
+bases)`` with a random orthonormal basis of ``min(fan_in, fan_out) / 4``
+columns for every hidden matrix (continual learning, issue 23: the
+projection before and after muon; its polar error is large by design), and
+the same with ``project_before=False`` (``after only``).
 
 Usage::
 
@@ -138,6 +143,26 @@ def plain_products():
     yield
   finally:
     _symmetric.MIN_BLOCK = saved
+
+
+PROJECTED = " + gradient projection (rank 1/4)"
+PROJECTED_AFTER = " + gradient projection (rank 1/4, after only)"
+
+
+def projection_bases(params, seed: int = 2) -> dict:
+  """Random orthonormal bases ``(fan_in, min(fan_in, fan_out) // 4)`` of
+  the hidden matrices (attention and MLP kernels), float32."""
+  rng = np.random.default_rng(seed)
+
+  def basis(path, x):
+    names = jax.tree_util.keystr(path)
+    if x.ndim != 2 or "wte" in names or "lm_head" in names:
+      return None
+    k = min(x.shape) // 4
+    q, _ = np.linalg.qr(rng.standard_normal((x.shape[0], k)))
+    return jnp.asarray(q, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(basis, params)
 
 
 def gpt_shapes(layers: int, width: int, vocab: int) -> dict:
@@ -270,11 +295,21 @@ def benchmark(args) -> str:
   zeros = jax.tree.map(jnp.zeros_like, params)
   n_params = sum(x.size for x in jax.tree.leaves(params))
   txs = optimizers(states=args.state.split(","))
+  if MUON in txs:
+    bases = projection_bases(params)
+    txs[MUON + PROJECTED] = ortho_optax.with_gradient_projection(
+        ortho_optax.muon(0.02), bases
+    )
+    txs[MUON + PROJECTED_AFTER] = ortho_optax.with_gradient_projection(
+        ortho_optax.muon(0.02), bases, project_before=False
+    )
   if args.only:
     keep = set(args.only.split(","))
     txs = {
         k: v for k, v in txs.items()
         if k.split(" [")[0] in keep or k == BASELINE
+        or (k in (MUON + PROJECTED, MUON + PROJECTED_AFTER)
+            and MUON in keep)
     }
 
   rows = {}
@@ -374,6 +409,11 @@ def benchmark(args) -> str:
       " `name [q8]`/`[q4]` rows (`--state`) set `mu_dtype = nu_dtype` to"
       " that quantized format; their state / f32 and time / f32 are"
       " relative to the same optimizer's float32 row of this run."
+      f" `muon{PROJECTED}`: `with_gradient_projection(muon, bases)`, random"
+      " orthonormal bases of min(fan_in, fan_out) / 4 columns on every"
+      " hidden matrix, projected before and after muon (`after only`:"
+      " `project_before=False`, the final update only); their polar err is"
+      " not orthogonality (the update is projected on purpose)."
   )
   return caption + "\n\n" + "\n".join(lines) + "\n" + _symmetric_line(rows)
 

@@ -51,6 +51,14 @@ from ortho_optax.state.quantized import QuantFormat as QuantFormat
 from ortho_optax.state.quantized import QuantizedArray as QuantizedArray
 from ortho_optax.state.quantized import dequantize as dequantize
 from ortho_optax.state.quantized import quantize as quantize
+from ortho_optax.tools.gradient_projection import (
+    collect_representations as collect_representations,
+)
+from ortho_optax.tools.gradient_projection import conv_patches as conv_patches
+from ortho_optax.tools.gradient_projection import (
+    relaxing_bases as relaxing_bases,
+)
+from ortho_optax.tools.gradient_projection import update_bases as update_bases
 from ortho_optax.tools.pome import pome as pome
 from ortho_optax.tools.qk_clip import qk_clip as qk_clip
 from ortho_optax.transforms.dion import ScaleByDionState as ScaleByDionState
@@ -79,6 +87,12 @@ from ortho_optax.transforms.neuron_norm import (
 )
 from ortho_optax.transforms.orthogonalization import (
     scale_by_orthogonalization as scale_by_orthogonalization,
+)
+from ortho_optax.transforms.projection import (
+    project_gradients as project_gradients,
+)
+from ortho_optax.transforms.projection import (
+    with_gradient_projection as with_gradient_projection,
 )
 from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
@@ -109,8 +123,10 @@ __all__ = (
     "auon",
     "auon_orthogonalize",
     "clip_by_quantile",
+    "collect_representations",
     "collective_bytes",
     "compiled_matmul_flops",
+    "conv_patches",
     "count_matmul_flops",
     "dequantize",
     "dimension_numbers_tree",
@@ -127,9 +143,11 @@ __all__ = (
     "orthogonalize_flops",
     "polar_svd",
     "pome",
+    "project_gradients",
     "qk_clip",
     "quantize",
     "recommended_learning_rate",
+    "relaxing_bases",
     "root",
     "scale_by_dion",
     "scale_by_dion2",
@@ -147,4 +165,6 @@ __all__ = (
     "trion",
     "trust_region",
     "turbo_muon",
+    "update_bases",
+    "with_gradient_projection",
 )

@@ -109,6 +109,41 @@ CALLS = {
     "recommended_learning_rate": (
         lambda name="muon": oo.recommended_learning_rate(name)
     ),
+    "collect_representations": (
+        lambda fn=lambda m, x: {"k": x}, model=None, inputs=X, **kw:
+        oo.collect_representations(fn, model, inputs, **kw)
+    ),
+    "conv_patches": _abstract(
+        lambda x=None, kernel_size=(3, 3), **kw: oo.conv_patches(
+            jnp.ones((1, 4, 4, 2)) if x is None else x, kernel_size, **kw
+        )
+    ),
+    "update_bases": (
+        lambda bases=None, representations=None, threshold=0.9, **kw:
+        oo.update_bases(
+            bases,
+            {"w": np.ones((4, 3))} if representations is None
+            else representations,
+            threshold, **kw,
+        )
+    ),
+    "relaxing_bases": (
+        lambda bases=None, gradients=None, **kw: oo.relaxing_bases(
+            {"w": np.eye(4)[:, :2]} if bases is None else bases,
+            {"w": np.ones((4, 8))} if gradients is None else gradients, **kw,
+        )
+    ),
+    "project_gradients": (
+        lambda bases=None, **kw: oo.project_gradients(
+            {"w": jnp.eye(4)[:, :2]} if bases is None else bases, **kw
+        ).init(PARAMS)
+    ),
+    "with_gradient_projection": (
+        lambda tx=None, bases=None, **kw: oo.with_gradient_projection(
+            optax.sgd(0.1) if tx is None else tx,
+            {"w": jnp.eye(4)[:, :2]} if bases is None else bases, **kw,
+        ).init(PARAMS)
+    ),
     "dion": _lr(oo.dion),
     "dion2": _lr(oo.dion2),
     "trion": _lr(oo.trion),
@@ -401,6 +436,46 @@ BAD = {
         ("query_key", 3, T),
         ("key_key", "query", V),
     ],
+    "collect_representations": [
+        ("fn", 3, T),
+        ("batch_size", 0, V),
+        ("batch_ndim", -1, V),
+    ],
+    "conv_patches": [
+        ("x", jnp.ones((4, 4)), V),
+        ("kernel_size", (0, 3), V),
+        ("kernel_size", 3, T),
+        ("strides", 0, V),
+        ("padding", "same", V),
+    ],
+    "update_bases": [
+        ("bases", {"v": np.ones((4, 1))}, V),
+        ("representations", {"w": np.full((4, 3), np.nan)}, V),
+        ("threshold", 0.0, V),
+        ("dtype", "notadtype", T),
+    ],
+    "relaxing_bases": [
+        ("bases", {"v": np.eye(4)[:, :2]}, V),
+        ("gradients", {"w": np.ones((5, 8))}, V),
+        ("threshold", 1.5, V),
+        ("relax_threshold", 2.0, V),
+        ("relaxed", {"v": np.ones((4, 1))}, V),
+        ("dtype", "notadtype", T),
+    ],
+    "project_gradients": [
+        ("bases", {"w": jnp.ones((4, 2))}, V),
+        ("relax", {"w": jnp.eye(4)[:, 2:3]}, V),
+        ("dimension_numbers", "sideways", V),
+        ("rules", [("w", "sideways")], V),
+    ],
+    "with_gradient_projection": [
+        ("tx", lambda g: g, T),
+        ("bases", {"w": jnp.ones((4, 2))}, V),
+        ("relax", {"w": jnp.eye(4)[:, 2:3]}, V),
+        ("project_before", "yes", T),
+        ("dimension_numbers", "sideways", V),
+        ("rules", [("w", "sideways")], V),
+    ],
     "recommended_learning_rate": [
         ("name", "adam", V),
         ("name", ["muon"], T),
@@ -466,6 +541,8 @@ EXEMPT = {
     ("scion_norms", "params"): "any tree",
     ("scion_init", "params"): "any tree",
     ("qk_clip", "params"): "any tree; max_logits is checked against it",
+    ("collect_representations", "model"): "passed to the user's `fn`",
+    ("collect_representations", "inputs"): "passed to the user's `fn`",
     ("scale_by_orthogonalization", "engine_options"): "the engine's (below)",
     ("scale_by_lmo", "engine_options"): "the engine's (below)",
     ("scale_by_dion2", "engine_options"): "the engine's (below)",

@@ -297,6 +297,13 @@ PUBLIC_NAMES = (
     # Recommended learning rates, chosen over three tasks (issue 16).
     "RECOMMENDED_LEARNING_RATES",
     "recommended_learning_rate",
+    # Continual learning by gradient projection (issue 23).
+    "collect_representations",
+    "conv_patches",
+    "project_gradients",
+    "relaxing_bases",
+    "update_bases",
+    "with_gradient_projection",
 )
 
 
