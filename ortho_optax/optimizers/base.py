@@ -132,18 +132,7 @@ def check_beta(value, name: str) -> None:
 
 def check_mask(mask, name: str = "weight_decay_mask") -> None:
   """Raises unless ``mask`` is None, a callable or a tree of booleans."""
-  if mask is None or callable(mask):
-    return
-  for leaf in jax.tree.leaves(mask):
-    dtype = getattr(leaf, "dtype", None)
-    if isinstance(leaf, (bool, np.bool_)) or (
-        dtype is not None and jnp.dtype(dtype) == jnp.bool_
-    ):
-      continue
-    raise TypeError(
-        f"`{name}` must be None, a callable params -> tree of booleans, or a"
-        f" (prefix) tree of booleans; got the leaf {leaf!r}."
-    )
+  _weight_decay.check_mask(mask, name)
 
 
 # How a named optimizer applies both its weight decays (the matrices'

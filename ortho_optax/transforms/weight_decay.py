@@ -7,6 +7,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ortho_optax import checks as _checks
@@ -18,6 +19,22 @@ MODES = ("decoupled", "cautious")
 def check_mode(mode, name: str = "weight_decay_mode") -> str:
   """Raises unless ``mode`` is one of :data:`MODES`."""
   return _checks.check_choice(mode, name, MODES)
+
+
+def check_mask(mask, name: str = "mask") -> None:
+  """Raises unless ``mask`` is None, a callable or a tree of booleans."""
+  if mask is None or callable(mask):
+    return
+  for leaf in jax.tree.leaves(mask):
+    dtype = getattr(leaf, "dtype", None)
+    if isinstance(leaf, (bool, np.bool_)) or (
+        dtype is not None and jnp.dtype(dtype) == jnp.bool_
+    ):
+      continue
+    raise TypeError(
+        f"`{name}` must be None, a callable params -> tree of booleans, or a"
+        f" (prefix) tree of booleans; got the leaf {leaf!r}."
+    )
 
 
 def agrees(u: jax.Array, p: jax.Array) -> jax.Array:
@@ -93,12 +110,16 @@ def add_cautious_decayed_weights(
   """
   if not callable(weight_decay):
     _checks.check_number(weight_decay, "weight_decay", low=0.0)
+  check_mask(mask)
   # optax's own state (EmptyState, or a step count for a schedule).
   decoupled = optax.add_decayed_weights(weight_decay)
 
   def update_fn(updates, state, params=None):
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(
+          "add_cautious_decayed_weights needs the parameters: call"
+          " `update(updates, state, params)`."
+      )
     if callable(weight_decay):
       new_state = type(state)(optax.safe_increment(state.count))
       s = weight_decay(state.count)
