@@ -100,6 +100,9 @@ from ortho_optax.transforms.quantile_clip import (
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
 from ortho_optax.transforms.trion import ScaleByTrionState as ScaleByTrionState
 from ortho_optax.transforms.trion import scale_by_trion as scale_by_trion
+from ortho_optax.transforms.weight_decay import (
+    add_cautious_decayed_weights as add_cautious_decayed_weights,
+)
 
 __version__ = "0.1.0"
 
@@ -120,6 +123,7 @@ __all__ = (
     "ShardingOptions",
     "SplitDimensionNumbers",
     "adamuon",
+    "add_cautious_decayed_weights",
     "auon",
     "auon_orthogonalize",
     "clip_by_quantile",

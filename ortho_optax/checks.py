@@ -206,16 +206,27 @@ def _as_dtype(value, name: str, accepted: str):
     raise TypeError(f"`{name}` must be {accepted}, got {value!r}.") from e
 
 
-def check_state_dtype_for(dtype, leaf_dtype, name: str, where: str) -> None:
-  """Raises if a state buffer of ``dtype`` cannot hold a ``leaf_dtype`` leaf.
+def check_state_dtype_for(
+    dtype, leaf_dtype, name: str, where: str, *, real_values: bool = False
+) -> None:
+  """Raises if a state buffer of ``dtype`` cannot serve a ``leaf_dtype`` leaf.
 
-  A real buffer would silently drop a complex leaf's imaginary part.
+  A real buffer would silently drop a complex leaf's imaginary part (unless
+  the buffer holds real values, ``real_values``, as a second moment does);
+  a complex buffer for a real leaf is a mistake (twice the memory, and
+  optax's complex arithmetic on a real problem).
   """
-  if dtype is None or not jnp.issubdtype(leaf_dtype, jnp.complexfloating):
+  if dtype is None or not isinstance(dtype, np.dtype):
     return
-  if not (
-      isinstance(dtype, np.dtype) and jnp.issubdtype(dtype, jnp.complexfloating)
-  ):
+  leaf_complex = jnp.issubdtype(leaf_dtype, jnp.complexfloating)
+  buffer_complex = jnp.issubdtype(dtype, jnp.complexfloating)
+  if buffer_complex and not leaf_complex:
+    raise TypeError(
+        f"`{name}`={dtype} is complex, but the leaf at {where} is real"
+        f" ({leaf_dtype}): a complex `{name}` is for complex parameters."
+        f" Pass a floating `{name}` or None."
+    )
+  if leaf_complex and not buffer_complex and not real_values:
     raise TypeError(
         f"`{name}` {dtype} cannot hold the complex leaf at {where}"
         f" ({leaf_dtype}); pass a complex `{name}` or None."

@@ -782,5 +782,206 @@ class LeafKindsAndIdiomsTest(chex.TestCase):
       self.assertEqual(m.dtype, jnp.bfloat16)
 
 
+
+def _mu_dtypes(state) -> set:
+  """The dtypes of every first-moment buffer (a ``mu`` field) in ``state``."""
+  out = set()
+  for path, x in jax.tree_util.tree_leaves_with_path(state):
+    if any(getattr(k, "name", None) == "mu" for k in path):
+      out.add(jnp.dtype(x.dtype))
+  return out
+
+
+# optax's alias tests (optax/_src/alias_test.py), adapted: the targets of
+# `test_optimization` and contrib's matrix and mixed targets, complex as
+# optax makes them (the goal times 1 + 1j, gradients conjugated).
+def _optax_targets(dtype):
+  c = 1 + 1j if jnp.issubdtype(dtype, jnp.complexfloating) else 1.0
+  a = 1.0 * c
+  targets = {
+      "parabola": (
+          jnp.array([-1.0, 10.0, 1.0], dtype),
+          jnp.array([1.0, -1.0, 1.0], dtype) * c,
+      ),
+      "rosenbrock": (jnp.zeros(2, dtype), jnp.array([a, a**2], dtype)),
+      "matrix_parabola": (
+          jnp.zeros((2, 2), dtype),
+          jnp.array([[3.0, -2.0], [1.0, 4.0]], dtype) * c,
+      ),
+      "mixed": (
+          (jnp.zeros(3, dtype), jnp.zeros((2, 2), dtype)),
+          (
+              jnp.array([1.0, -1.0, 2.0], dtype) * c,
+              jnp.array([[1.0, 0.0], [-1.0, 1.0]], dtype) * c,
+          ),
+      ),
+  }
+
+  def loss(params):
+    total = 0.0
+    for key, (_, goal) in targets.items():
+      p = params[key]
+      if key == "rosenbrock":
+        total += _abs_sq(a - p[0]) + 100.0 * _abs_sq(p[1] - p[0] ** 2)
+      else:
+        total += sum(
+            jnp.sum(_abs_sq(x - g))
+            for x, g in zip(jax.tree.leaves(p), jax.tree.leaves(goal))
+        )
+    return total
+
+  init = {k: v[0] for k, v in targets.items()}
+  goal = {k: v[1] for k, v in targets.items()}
+  return init, goal, loss
+
+
+def _abs_sq(x):
+  return jnp.real(jnp.conj(x) * x)
+
+
+# Settings under which optax's targets are reachable. ROOT's reference
+# weight decay (0.1 on both branches) moves the optimum of the regularized
+# problem away from the targets, real or complex. Scion's constrained step
+# (SCG) keeps the iterates in a norm ball of radius 3, and the matrix
+# target's spectral norm is 4.5 (6.4 complex): see
+# test_scion_constrained_reaches_the_projection_on_complex_targets. Its
+# unconstrained steps are of fixed size, which (as optax says of sign_sgd)
+# needs a decaying learning rate in Rosenbrock's valley.
+_OPTAX_TARGET_KWARGS = {
+    "root": dict(weight_decay=0.0, adam_weight_decay=0.0),
+    "scion": dict(
+        constrained=False,
+        learning_rate=optax.cosine_decay_schedule(3e-3, 3000),
+    ),
+}
+
+
+class OptaxAliasTest(chex.TestCase):
+  """optax's alias tests on complex parameters and state dtypes, and the
+  weight decay modes, for every optimizer."""
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_weight_decay_mode(self, name):
+    """Cautious against decoupled decay on both branches: with ``d`` the
+    decoupled update, the update without decay is ``u0 = d + lr lam p``,
+    and the cautious one ``u0 - lr lam p`` only where the step and the
+    decay agree (``u0 * p <= 0``), ``u0`` elsewhere."""
+    params = _mixed_params()
+    grads = _grads_like(params, 1)
+    lam, lr = 0.5, REGISTRY[name].kwargs["learning_rate"]
+    has_matrix_decay = "weight_decay" in inspect.signature(
+        REGISTRY[name].factory
+    ).parameters
+    decay = dict(adam_weight_decay=lam)
+    if has_matrix_decay:
+      decay["weight_decay"] = lam
+    # Scion: its usual leaves to AdamW, so that both branches are seen.
+    common = dict(labels=ortho_optax.label_params, **decay)
+    out = {}
+    for mode in ("decoupled", "cautious"):
+      tx = _make(name, weight_decay_mode=mode, **common)
+      out[mode], _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    labels = ortho_optax.label_params(params)
+
+    def get(tree, path):
+      return functools.reduce(lambda t, k: t[k.key], path, tree)
+
+    masked = 0
+    for path, d in jax.tree_util.tree_leaves_with_path(out["decoupled"]):
+      p = np.asarray(get(params, path), np.float64)
+      decayed = has_matrix_decay or get(labels, path) == "adam"
+      step = lr * lam * p if decayed else 0.0 * p
+      u0 = np.asarray(d, np.float64) + step
+      # Zero entries (Dion2 updates some rows only) agree ("u p >= 0"); the
+      # sum above leaves them at rounding level, of either sign.
+      u0 = np.where(np.abs(u0) < 1e-8, 0.0, u0)
+      agree = u0 * p <= 0
+      masked += int(decayed) * int(np.sum(~agree))
+      with self.subTest(jax.tree_util.keystr(path)):
+        np.testing.assert_allclose(
+            get(out["cautious"], path), u0 - np.where(agree, step, 0),
+            atol=1e-6,
+        )
+    self.assertGreater(masked, 0)
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_explicit_dtype(self, name):
+    """optax's ``test_explicit_dtype``: ``mu_dtype`` bf16 / f32 / complex64
+    / None on bf16, f32 and complex64 parameters sets every first moment's
+    dtype; a complex ``mu_dtype`` on real parameters, and a real one on
+    complex parameters (it would drop the imaginary part), raise at init
+    naming the argument and the leaf."""
+    kinds = ("bfloat16", "float32", "complex64")
+    labels = ortho_optax.label_params  # Scion: an AdamW branch too.
+    for params_dtype, state_dtype in itertools.product(
+        kinds, kinds + (None,)
+    ):
+      params = {
+          "w": jnp.ones((4, 6), params_dtype),
+          "b": jnp.ones(6, params_dtype),
+      }
+      tx = _make(name, mu_dtype=state_dtype, labels=labels)
+      p_complex = jnp.issubdtype(params_dtype, jnp.complexfloating)
+      s_complex = state_dtype is not None and jnp.issubdtype(
+          state_dtype, jnp.complexfloating
+      )
+      with self.subTest(f"{params_dtype}-{state_dtype}"):
+        if state_dtype is not None and s_complex != p_complex:
+          with self.assertRaisesRegex(
+              TypeError, r"`mu_dtype`.*leaf at \['[wb]'\]"
+          ):
+            tx.init(params)
+          continue
+        # Updates with a complex state: test_optax_targets_complex (its
+        # scan also holds the state's types fixed).
+        want = jnp.dtype(state_dtype or params_dtype)
+        self.assertEqual(_mu_dtypes(tx.init(params)), {want})
+    # nu_dtype: AdamW's (and AdaMuon's) second moment is real-valued, so a
+    # real buffer serves complex leaves too; a complex one real leaves not.
+    real = {"w": jnp.ones((4, 6)), "b": jnp.ones(6)}
+    complex_ = jax.tree.map(lambda x: x.astype(jnp.complex64), real)
+    with self.assertRaisesRegex(TypeError, r"`nu_dtype`.*leaf at \['[wb]'\]"):
+      _make(name, nu_dtype="complex64", labels=labels).init(real)
+    for nu_dtype in ("complex64", "float32"):
+      state = _make(name, nu_dtype=nu_dtype, labels=labels).init(complex_)
+      nus = [
+          s.nu["b"] for s in jax.tree.leaves(
+              state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState)
+          ) if isinstance(s, optax.ScaleByAdamState)
+      ]
+      self.assertLen(nus, 1)
+      self.assertEqual(nus[0].dtype, jnp.dtype(nu_dtype))
+
+  @parameterized.named_parameters(_named(NAMES))
+  def test_optax_targets_complex(self, name):
+    """optax's optimization targets (parabola, Rosenbrock, the 2x2 matrix
+    parabola, mixed 1-D + 2-D), complex, with a complex ``mu_dtype``: each
+    reaches its goal at optax's tolerance."""
+    init, goal, loss = _optax_targets(jnp.complex64)
+    tx = _make(name, mu_dtype="complex64",
+               **_OPTAX_TARGET_KWARGS.get(name, {}))
+
+    def step(carry, _):
+      params, state = carry
+      grads = jax.tree.map(jnp.conj, jax.grad(loss)(params))
+      updates, state = tx.update(grads, state, params)
+      return (optax.apply_updates(params, updates), state), None
+
+    @jax.jit
+    def run(params):
+      (params, _), _ = jax.lax.scan(
+          step, (params, tx.init(params)), length=3000
+      )
+      return params
+
+    final = run(init)
+    for target in goal:
+      with self.subTest(target):
+        chex.assert_trees_all_equal_dtypes(final[target], init[target])
+        chex.assert_trees_all_close(
+            final[target], goal[target], rtol=3e-2, atol=3e-2
+        )
+
+
 if __name__ == "__main__":
   absltest.main()

@@ -57,6 +57,7 @@ CALLS = {
     "scion": _lr(oo.scion),
     "trust_region": _lr(oo.trust_region),
     "scale_by_momentum": oo.scale_by_momentum,
+    "add_cautious_decayed_weights": oo.add_cautious_decayed_weights,
     "scale_by_orthogonalization": oo.scale_by_orthogonalization,
     "scale_by_lmo": lambda norm="spectral", **kw: oo.scale_by_lmo(norm, **kw),
     "scale_by_shape": oo.scale_by_shape,
@@ -195,6 +196,8 @@ _OPTIMIZER_COMMON = [
     ("mu_dtype", jnp.int32, T),
     ("sharding", "everywhere", V),
     ("skip_nonfinite", "yes", T),
+    ("weight_decay_mode", "caution", V),
+    ("weight_decay_mode", None, V),
 ]
 _WEIGHT_DECAY = [("weight_decay", -1.0, V), ("weight_decay_mask", "yes", T)]
 _NU = [("nu_dtype", jnp.int8, T), ("nu_dtype", "q16", T)]
@@ -341,6 +344,11 @@ BAD = {
         ("ns_eps", -1.0, V),
     ],
     "scale_by_shape": _ROUTING + [("rule", "x", V), ("rms", -1.0, V)],
+    "add_cautious_decayed_weights": [
+        ("weight_decay", -0.1, V),
+        ("weight_decay", "lots", T),
+        ("mask", "yes", T),
+    ],
     "scale_by_neuron_norm": _ROUTING + [
         ("beta2", 1.0, V),
         ("eps", -1.0, V),
@@ -668,6 +676,20 @@ def test_mu_dtype_must_hold_complex_leaves():
   tx = oo.scale_by_momentum(mu_dtype=jnp.float32)
   with pytest.raises(TypeError, match=r"`mu_dtype`.*\['w'\]"):
     tx.init({"w": jnp.ones((2, 2), jnp.complex64)})
+
+
+@pytest.mark.parametrize("name", ["scale_by_momentum", "scale_by_dion2",
+                                  "scale_by_elementwise_norm"])
+def test_complex_state_dtype_refused_for_real_leaves(name):
+  """A complex ``mu_dtype`` / ``nu_dtype`` is for complex parameters: on a
+  real leaf it is refused at init, naming the argument and the leaf."""
+  arg = "nu_dtype" if name == "scale_by_elementwise_norm" else "mu_dtype"
+  tx = getattr(oo, name)(**{arg: jnp.complex64})
+  with pytest.raises(TypeError, match=rf"`{arg}`=complex64.*\['w'\].*real"):
+    tx.init({"w": jnp.ones((4, 6), jnp.float32)})
+  state = tx.init({"w": jnp.ones((4, 6), jnp.complex64)})
+  buffer = state.nu if arg == "nu_dtype" else state.mu
+  assert buffer["w"].dtype == jnp.complex64
 
 
 @pytest.mark.parametrize(

@@ -30,8 +30,12 @@ def test_as_storage_accepts(value, want):
 
 
 def test_complex_storage_where_the_transform_keeps_it():
-  assert S.as_storage(jnp.complex64, "mu_dtype", complex_ok=True) == (
-      np.dtype("complex64"))
+  assert S.as_storage(jnp.complex64, "mu_dtype") == np.dtype("complex64")
+  assert S.as_storage("complex128", "nu_dtype", second_moment=True) == (
+      np.dtype("complex128"))
+  with pytest.raises(TypeError, match="`mu_dtype` must be None, a floating"
+                     " dtype.*complex64"):
+    S.as_storage(jnp.complex64, "mu_dtype", complex_ok=False)
   assert S.as_storage("q8", "mu_dtype", complex_ok=True) == Q.QuantFormat(
       "q8")
   with pytest.raises(TypeError, match="`mu_dtype` must be None, a floating"
@@ -58,7 +62,6 @@ def test_second_moment_takes_the_unsigned_code():
         ("uint8", TypeError, "`mu_dtype`.*integer dtype uint8"),
         (jnp.int32, TypeError, "`mu_dtype`.*integer dtype int32"),
         (jnp.bool_, TypeError, "`mu_dtype`.*integer dtype bool"),
-        (jnp.complex64, TypeError, "`mu_dtype`.*complex64"),
         ("q16", TypeError, "`mu_dtype`.*'q16'"),
         (3, TypeError, "`mu_dtype`"),
         ("u8", ValueError, "`mu_dtype`.*unsigned"),
@@ -67,6 +70,38 @@ def test_second_moment_takes_the_unsigned_code():
 def test_as_storage_refuses(value, error, match):
   with pytest.raises(error, match=match):
     S.as_storage(value, "mu_dtype")
+
+
+@pytest.mark.parametrize(
+    "storage, leaf, real_values, match",
+    [
+        ("complex64", "float32", False, r"`mu_dtype`=complex64 is complex.*"
+         r"\['a'\]\['w'\] is real \(float32\)"),
+        ("complex64", "bfloat16", True, r"`mu_dtype`=complex64.*real"),
+        ("float32", "complex64", False, r"`mu_dtype` float32 cannot hold the"
+         r" complex leaf at \['a'\]\['w'\]"),
+        ("bfloat16", "complex128", False, "cannot hold the complex leaf"),
+        ("float32", "complex64", True, None),  # a real-valued moment
+        ("complex64", "complex64", False, None),
+        ("float32", "bfloat16", False, None),
+        (None, "complex64", False, None),
+    ],
+)
+def test_check_leaves(storage, leaf, real_values, match):
+  """A complex storage only for complex leaves; a real one for complex
+  leaves only when the buffer's values are real; errors name the argument
+  and the leaf."""
+  tree = {"a": {"w": jnp.ones((2, 3), leaf), "none": None},
+          "m": optax.MaskedNode()}
+  storage = S.as_storage(storage, "mu_dtype")
+  if match is None:
+    S.check_leaves(tree, storage, "mu_dtype", real_values=real_values)
+    z = S.zeros(tree, storage, "mu_dtype", real_values=real_values)
+    if storage is not None:
+      assert z["a"]["w"].dtype == storage
+  else:
+    with pytest.raises(TypeError, match=match):
+      S.zeros(tree, storage, "mu_dtype", real_values=real_values)
 
 
 # ------------------------------------------------------- zeros/load/store

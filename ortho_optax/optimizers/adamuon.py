@@ -32,6 +32,7 @@ def adamuon(
     compute_dtype=None,
     weight_decay: jax.typing.ArrayLike = 0.01,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -110,6 +111,9 @@ def adamuon(
     compute_dtype: dtype of the orthogonalization matmuls.
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
     adam_b1: AdamW's :math:`\beta_1`.
     adam_b2: AdamW's :math:`\beta_2`.
@@ -139,6 +143,7 @@ def adamuon(
   _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   _checks.check_bool(sign, "sign")
   _base.check_engine_args(
       method=method,
@@ -175,7 +180,9 @@ def adamuon(
       _elementwise_norm.scale_by_elementwise_norm(
           beta, eps, rms=rms, dimension_numbers=branch_dn, nu_dtype=nu_dtype
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -186,6 +193,7 @@ def adamuon(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

@@ -28,6 +28,7 @@ def auon(
     shape_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -80,6 +81,9 @@ def auon(
     shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
     adam_b1: AdamW's :math:`\beta_1`.
     adam_b2: AdamW's :math:`\beta_2`.
@@ -108,6 +112,7 @@ def auon(
   _base.check_static_steps(hybrid_steps, "hybrid_steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   _base.check_nonnegative(gamma, "gamma")
   if hybrid_steps is not None:
     _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
@@ -136,7 +141,9 @@ def auon(
           rms=0.2 if shape_rms is None else shape_rms,
           dimension_numbers=branch_dn,
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -147,6 +154,7 @@ def auon(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

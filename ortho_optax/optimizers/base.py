@@ -17,6 +17,7 @@ from ortho_optax.engines import normalization as _normalization
 from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.transforms import adam as _adam
 from ortho_optax.transforms import structure as _structure
+from ortho_optax.transforms import weight_decay as _weight_decay
 
 # Skipping a non-finite step forever (rather than after a few tries, optax's
 # default) is what "never a silent NaN parameter" means.
@@ -131,18 +132,43 @@ def check_beta(value, name: str) -> None:
 
 def check_mask(mask, name: str = "weight_decay_mask") -> None:
   """Raises unless ``mask`` is None, a callable or a tree of booleans."""
-  if mask is None or callable(mask):
-    return
-  for leaf in jax.tree.leaves(mask):
-    dtype = getattr(leaf, "dtype", None)
-    if isinstance(leaf, (bool, np.bool_)) or (
-        dtype is not None and jnp.dtype(dtype) == jnp.bool_
-    ):
-      continue
-    raise TypeError(
-        f"`{name}` must be None, a callable params -> tree of booleans, or a"
-        f" (prefix) tree of booleans; got the leaf {leaf!r}."
-    )
+  _weight_decay.check_mask(mask, name)
+
+
+# How a named optimizer applies both its weight decays (the matrices'
+# `weight_decay` and AdamW's `adam_weight_decay`). Every named optimizer takes
+# `weight_decay_mode: str = "decoupled"`, passes it to `decayed_weights` and to
+# `matrix_and_adam`, and documents it with this Args line:
+#   weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+#     the update and the parameter agree in sign), for ``weight_decay`` and
+#     ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
+WEIGHT_DECAY_MODES = _weight_decay.MODES
+
+
+def check_weight_decay_mode(mode) -> None:
+  """Raises unless ``mode`` is ``"decoupled"`` or ``"cautious"``."""
+  _weight_decay.check_mode(mode)
+
+
+def decayed_weights(
+    weight_decay, mask=None, mode: str = "decoupled"
+) -> optax.GradientTransformation:
+  """A named optimizer's weight decay step in ``mode``.
+
+  ``"decoupled"`` is ``optax.add_decayed_weights`` itself; ``"cautious"``
+  is :func:`add_cautious_decayed_weights
+  <ortho_optax.transforms.weight_decay.add_cautious_decayed_weights>`
+  (arXiv 2510.12402), with the same state.
+
+  Args:
+    weight_decay: a number >= 0 or a schedule.
+    mask: ``None``, a tree or a callable of booleans.
+    mode: ``"decoupled"`` or ``"cautious"``.
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  return _weight_decay.add_decayed_weights(weight_decay, mask, mode)
 
 
 def check_engine_args(
@@ -189,6 +215,7 @@ def matrix_and_adam(
     skip_nonfinite: bool = True,
     mu_dtype=None,
     nu_dtype=None,
+    weight_decay_mode: str = "decoupled",
     name: str = "optimizer",
 ) -> optax.GradientTransformation:
   """Sends matrices to ``matrix_tx`` and every other leaf to AdamW.
@@ -220,6 +247,8 @@ def matrix_and_adam(
     nu_dtype: storage of AdamW's second moment; a quantized format stores
       it in the unsigned code of its width (see :func:`scale_by_adam
       <ortho_optax.transforms.adam.scale_by_adam>`).
+    weight_decay_mode: how AdamW applies ``adam_weight_decay``:
+      ``"decoupled"`` or ``"cautious"`` (see :func:`decayed_weights`).
     name: the optimizer's name, for error messages.
 
   Returns:
@@ -237,8 +266,8 @@ def matrix_and_adam(
   _routing.check_rules(rules)
   _routing.check_dimension_numbers(dimension_numbers)
   _checks.check_bool(skip_nonfinite, "skip_nonfinite")
+  check_weight_decay_mode(weight_decay_mode)
   if other_tx is None:
-    check_nonnegative(adam_weight_decay, "adam_weight_decay")
     # optax.adamw's chain (the same state and, for float32 parameters, the
     # same arithmetic), with the moments in their storage and the
     # arithmetic in at least float32 (see scale_by_adam).
@@ -246,7 +275,7 @@ def matrix_and_adam(
         _adam.scale_by_adam(
             adam_b1, adam_b2, adam_eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype
         ),
-        optax.add_decayed_weights(adam_weight_decay),
+        decayed_weights(adam_weight_decay, mode=weight_decay_mode),
         optax.scale_by_learning_rate(adam_learning_rate),
     )
   if labels is None:

@@ -36,6 +36,7 @@ def dion2(
     shape_rms: float = 0.2,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -92,6 +93,9 @@ def dion2(
     shape_rms: target RMS of the ``"moonlight"`` rule.
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
     adam_b1: AdamW's :math:`\beta_1`.
     adam_b2: AdamW's :math:`\beta_2`.
@@ -129,6 +133,7 @@ def dion2(
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
   _checks.check_positive(shape_rms, "shape_rms")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   _base.check_engine_args(
       method=method,
       coeffs=coeffs,
@@ -164,7 +169,9 @@ def dion2(
       _shape.scale_by_shape(
           shape_rule, rms=shape_rms, dimension_numbers=branch_dn
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -175,6 +182,7 @@ def dion2(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

@@ -33,6 +33,7 @@ def muon(
     shape_rms: float = 0.2,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -104,6 +105,9 @@ def muon(
     weight_decay: decoupled weight decay of the matrices, multiplied by the
       learning rate (:math:`W \leftarrow W(1 - \eta\lambda)`).
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
     adam_b1: AdamW's :math:`\beta_1`.
     adam_b2: AdamW's :math:`\beta_2`.
@@ -149,6 +153,7 @@ def muon(
   _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   _checks.check_choice(momentum_form, "momentum_form", _momentum.FORMS)
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
   _checks.check_positive(shape_rms, "shape_rms")
@@ -189,7 +194,9 @@ def muon(
       _shape.scale_by_shape(
           shape_rule, rms=shape_rms, dimension_numbers=branch_dn
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -200,6 +207,7 @@ def muon(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

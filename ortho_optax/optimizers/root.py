@@ -33,6 +33,7 @@ def root(
     shape_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.1,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -95,6 +96,9 @@ def root(
     shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
     weight_decay: decoupled weight decay, multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
     adam_b1: AdamW's :math:`\beta_1`.
     adam_b2: AdamW's :math:`\beta_2`.
@@ -123,6 +127,7 @@ def root(
   _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
   _checks.check_positive(shape_rms, "shape_rms", optional=True)
   _base.check_engine_args(
@@ -161,7 +166,9 @@ def root(
           rms=0.2 if shape_rms is None else shape_rms,
           dimension_numbers=branch_dn,
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -172,6 +179,7 @@ def root(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

@@ -204,6 +204,7 @@ def scion(
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mode: str = "decoupled",
     labels=None,
     rules: _routing.Rules = None,
     dimension_numbers=None,
@@ -276,6 +277,11 @@ def scion(
     adam_b2: AdamW's :math:`\beta_2`.
     adam_eps: AdamW's epsilon.
     adam_weight_decay: AdamW's weight decay.
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign) for ``adam_weight_decay``;
+      see :func:`add_cautious_decayed_weights`. The constrained step's
+      decay (coefficient 1) stays decoupled: it is what keeps the iterates
+      in the norm ball.
     labels: ``None`` (every leaf gets its LMO) or a tree / callable of
       ``"orthogonalize"`` (LMO) and ``"adam"`` labels.
     rules: routing overrides, see :func:`label_params`.
@@ -301,6 +307,7 @@ def scion(
   _trust_region.check_alpha(alpha)
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
   _checks.check_bool(constrained, "constrained")
+  _base.check_weight_decay_mode(weight_decay_mode)
   _checks.check_nonnegative(eps, "eps")
   _lmo.check_norms(norms, "norms")
   _lmo.check_radius(radii, "radii")
@@ -355,6 +362,7 @@ def scion(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

@@ -40,6 +40,7 @@ def trust_region(
     alpha: jax.typing.ArrayLike = 0.1,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     eps: jax.typing.ArrayLike = 1e-8,
     method: str = "auto",
     coeffs=None,
@@ -106,6 +107,9 @@ def trust_region(
     weight_decay: decoupled weight decay :math:`\lambda` (trust-region
       centre shift), multiplied by the learning rate.
     weight_decay_mask: mask for the weight decay (tree or callable).
+    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
+      the update and the parameter agree in sign), for ``weight_decay`` and
+      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norm.
     coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
@@ -143,6 +147,7 @@ def trust_region(
   _base.check_static_steps(steps, "steps")
   _base.check_nonnegative(weight_decay, "weight_decay")
   _base.check_mask(weight_decay_mask)
+  _base.check_weight_decay_mode(weight_decay_mode)
   check_alpha(alpha)
   _lmo.check_norms(norm, "norm")
   _checks.check_nonnegative(eps, "eps")
@@ -172,7 +177,9 @@ def trust_region(
               method, coeffs, steps, normalization, ns_eps, compute_dtype
           ),
       ),
-      optax.add_decayed_weights(weight_decay, weight_decay_mask),
+      _base.decayed_weights(
+          weight_decay, weight_decay_mask, weight_decay_mode
+      ),
       optax.scale_by_learning_rate(learning_rate),
   )
   return _base.matrix_and_adam(
@@ -183,6 +190,7 @@ def trust_region(
       adam_b2=adam_b2,
       adam_eps=adam_eps,
       adam_weight_decay=adam_weight_decay,
+      weight_decay_mode=weight_decay_mode,
       labels=labels,
       dimension_numbers=dimension_numbers,
       rules=rules,

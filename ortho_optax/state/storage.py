@@ -4,6 +4,9 @@ A transform's ``mu_dtype`` / ``nu_dtype`` is one of
 
 * ``None``: the buffer takes the parameter's dtype;
 * a floating dtype (``jnp.float32``, ``jnp.bfloat16``, ``"float32"``, ...);
+* a complex dtype (``jnp.complex64``, ...), for complex parameters only
+  (:func:`check_leaves`: a real parameter's buffer must be real, and a
+  complex parameter's first moment complex);
 * a quantized format: ``"q8"``, ``"q4"`` or ``"n4"`` or a
   :class:`~ortho_optax.QuantFormat` (:mod:`ortho_optax.state.quantized`).
 
@@ -29,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ortho_optax import checks as _checks
 from ortho_optax.state import quantized as _quantized
 
 Storage = None | np.dtype | _quantized.QuantFormat
@@ -41,19 +45,20 @@ _INTEGER_HINT = (
 
 
 def as_storage(
-    value, name: str, *, second_moment: bool = False, complex_ok: bool = False
+    value, name: str, *, second_moment: bool = False, complex_ok: bool = True
 ) -> Storage:
   """Checks a ``mu_dtype``-like argument and returns its storage.
 
   Args:
-    value: ``None``, a floating dtype (or its name), ``"q8"``, ``"q4"``, ``"n4"`` or
-      a :class:`QuantFormat`; for a second moment also ``"u8"``, ``"u4"``.
+    value: ``None``, a floating or complex dtype (or its name), ``"q8"``,
+      ``"q4"``, ``"n4"`` or a :class:`QuantFormat`; for a second moment also
+      ``"u8"``, ``"u4"``.
     name: the argument's name, for errors.
     second_moment: the buffer is non-negative (Adam's ``v``): a signed
       quantized format is replaced by its unsigned counterpart of the same
       width, block size and rounding (``"q8"`` -> ``"u8"``).
-    complex_ok: a complex dtype is accepted too (a buffer the transform
-      keeps in that dtype, e.g. the low-rank transforms' momentum).
+    complex_ok: a complex dtype is accepted (the default; whether it fits
+      each leaf is checked at ``init``, see :func:`check_leaves`).
 
   Returns:
     ``None``, a ``numpy`` floating (or complex) dtype, or a
@@ -117,13 +122,65 @@ def _is_leaf_or_empty(x) -> bool:
   return _is_leaf(x) or not jax.tree.leaves(x, is_leaf=_is_leaf)
 
 
-def zeros(tree, storage: Storage, name: str = "mu_dtype"):
+def check_leaves(
+    tree, storage: Storage, name: str, *, real_values: bool = False
+) -> None:
+  """Raises unless a buffer in ``storage`` fits every leaf of ``tree``.
+
+  A complex storage serves complex leaves only. A complex leaf needs a
+  complex (or ``None``) storage, unless the buffer holds real values
+  (``real_values``: Adam's second moment): a real buffer would drop the
+  imaginary part of its moment.
+
+  Args:
+    tree: the parameters the buffers are for (``None`` and masked leaves
+      are skipped).
+    storage: from :func:`as_storage`.
+    name: the argument's name, for errors.
+    real_values: the buffer's values are real for any leaf.
+
+  Raises:
+    TypeError naming ``name`` and the leaf's path.
+  """
+  if storage is None or is_quantized(storage):
+    return
+  for path, x in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+      dtype = jnp.result_type(x)
+    _checks.check_state_dtype_for(
+        storage, dtype, name, jax.tree_util.keystr(path),
+        real_values=real_values,
+    )
+
+
+def zeros(
+    tree,
+    storage: Storage,
+    name: str = "mu_dtype",
+    *,
+    real_values: bool = False,
+    check: bool = True,
+):
   """A zero buffer for every array of ``tree`` (other nodes kept).
+
+  Args:
+    tree: the parameters (or arrays like the buffers).
+    storage: from :func:`as_storage`.
+    name: the argument's name, for errors.
+    real_values: the buffer's values are real even for a complex leaf (see
+      :func:`check_leaves`).
+    check: check the storage against ``tree``'s leaves
+      (:func:`check_leaves`); ``False`` when ``tree`` is not the
+      parameters and the caller checked them.
 
   Raises:
     TypeError naming ``name`` for a quantized storage of a leaf that is not
-    real floating (complex parameters need a float storage).
+    real floating (complex parameters need a float storage), and for a
+    float storage that does not fit a leaf (:func:`check_leaves`).
   """
+  if check:
+    check_leaves(tree, storage, name, real_values=real_values)
 
   def one(x):
     if not is_quantized(storage):

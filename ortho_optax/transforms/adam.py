@@ -81,7 +81,7 @@ def scale_by_adam(
     return optax.ScaleByAdamState(
         count=jnp.zeros([], jnp.int32),
         mu=_zeros(params, mu_storage, "mu_dtype"),
-        nu=_zeros(params, nu_storage, "nu_dtype"),
+        nu=_zeros(params, nu_storage, "nu_dtype", real_values=True),
     )
 
   def update_fn(updates, state, params=None):
@@ -170,7 +170,7 @@ def _widen(tree):
   )
 
 
-def _zeros(params, storage, name):
+def _zeros(params, storage, name, real_values=False):
   """Zero moments; a float16 parameter's default storage is float32.
 
   float16 holds neither Adam's second moment of gradients above about 256
@@ -184,4 +184,4 @@ def _zeros(params, storage, name):
         if getattr(x, "dtype", None) == jnp.float16 else x,
         params,
     )
-  return _storage.zeros(params, storage, name)
+  return _storage.zeros(params, storage, name, real_values=real_values)

@@ -82,7 +82,12 @@ def scale_by_elementwise_norm(
 
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
-    # |O|^2 is real: a complex leaf's moment is real too.
+    _storage.check_leaves(
+        _neuron_norm.matrix_state(params, dns, lambda x, dn: x),
+        storage, "nu_dtype", real_values=True,
+    )
+    # |O|^2 is real: a complex leaf's moment is real too (a complex
+    # `nu_dtype` keeps it with a zero imaginary part, as optax's Adam does).
     nu = _neuron_norm.matrix_state(
         params,
         dns,
@@ -90,7 +95,7 @@ def scale_by_elementwise_norm(
     )
     return ScaleByElementwiseNormState(
         count=_low_rank.zero_count(params),
-        nu=_storage.zeros(nu, storage, "nu_dtype"),
+        nu=_storage.zeros(nu, storage, "nu_dtype", check=False),
     )
 
   def normalize(o, v):

@@ -81,6 +81,10 @@ def momentum_state(params, dns, storage: _storage.Storage, check=None):
   """
 
   quantized = _storage.is_quantized(storage)
+  # A complex storage for complex matrices only, and no real one for them.
+  _storage.check_leaves(
+      matrix_state(params, dns, lambda i, x, dn: x), storage, "mu_dtype"
+  )
 
   def make(i, x, dn):
     del i

@@ -148,11 +148,7 @@ def scale_by_momentum(
   storage = _storage.as_storage(mu_dtype, "mu_dtype")
 
   def init_fn(params):
-    for path, x in jax.tree_util.tree_leaves_with_path(params):
-      _checks.check_state_dtype_for(
-          storage, jnp.result_type(x), "mu_dtype",
-          jax.tree_util.keystr(path),
-      )
+    # Raises for a storage that does not fit a leaf (storage.check_leaves).
     return ScaleByMomentumState(
         count=jnp.zeros([], jnp.int32),
         mu=_storage.zeros(params, storage, "mu_dtype"),
