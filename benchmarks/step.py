@@ -254,7 +254,8 @@ NAMED = (
     "hybrid_auon",
     "scion",
     "trust_region",
-    # Low-rank methods, at their default rank: 1/4 of the shorter side.
+    # Low-rank methods, at their default rank (1/4 of the shorter side, at
+    # least 128 directions: at width 768, 1/4).
     "dion",
     "dion2",
     "trion",

@@ -325,3 +325,30 @@ def test_mu_dtype():
   (_,), state = _steps(tx, [{"up": _normal(0, (6, 10))}])
   assert state.mu["up"].dtype == jnp.bfloat16
   assert state.q["up"].dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize(
+    "m, n, want",
+    [
+        (0, 5, 0),
+        (1, 7, 1),
+        (64, 256, 64),  # At most 128: full rank.
+        (128, 128, 128),
+        (300, 200, 128),  # The floor, above a quarter (50).
+        (512, 2048, 128),  # A quarter is the floor.
+        (3072, 768, 192),  # A quarter, above the floor.
+        (1001, 1001, 251),  # Rounded up.
+    ],
+)
+def test_default_rank_is_a_quarter_with_a_floor_of_128(m, n, want):
+  assert _low_rank.resolve_rank(None, m, n) == want
+  # An explicit fraction or int is unchanged by the default rule.
+  short = min(m, n)
+  quarter = max(1, -(-short // 4)) if short else 0
+  assert _low_rank.resolve_rank(0.25, m, n) == quarter
+  assert _low_rank.resolve_rank(2, m, n) == min(2, short)
+
+
+def test_traced_rank_names_static_args():
+  with pytest.raises(TypeError, match=r"static_args=\('rank',\)"):
+    ortho_optax.scale_by_dion(jnp.asarray(0.25))

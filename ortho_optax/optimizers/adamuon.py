@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -16,6 +14,7 @@ from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import orthogonalization as _orthogonalization
 
 
+@_base.document_shared_args
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -109,28 +108,12 @@ def adamuon(
       the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
-    weight_decay: decoupled weight decay, multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
     nu_dtype: storage of AdamW's second moment and of AdaMuon's
       elementwise one: ``None``, a
       floating dtype, or a quantized format (kept in the unsigned code of
       its width, ``"q8"`` -> ``"u8"``).
-    sharding: see :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps with non-finite gradients.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -139,26 +122,10 @@ def adamuon(
     Si et al., `AdaMuon: Adaptive Muon Optimizer
     <https://arxiv.org/abs/2507.11005>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_static_steps(steps, "steps")
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
+  shared = _base.shared_args(locals(), "adamuon")
   _checks.check_bool(sign, "sign")
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=ns_eps,
-      compute_dtype=compute_dtype,
-      eps_name="ns_eps",
-  )
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  engine = _base.engine_args(locals(), "ns_eps")
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
@@ -168,37 +135,12 @@ def adamuon(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=ns_eps,
-              compute_dtype=compute_dtype,
-          ),
+          **engine.options(),
       ),
       _elementwise_norm.scale_by_elementwise_norm(
           beta, eps, rms=rms, dimension_numbers=branch_dn, nu_dtype=nu_dtype
       ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="adamuon",
-  )
+  return shared.with_adam(matrix_tx)

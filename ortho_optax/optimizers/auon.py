@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -13,9 +11,9 @@ from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import orthogonalization as _orthogonalization
-from ortho_optax.transforms import shape as _shape
 
 
+@_base.document_shared_args
 def auon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -79,27 +77,8 @@ def auon(
     eps: added to the Frobenius norm (``None``: the paper's 1e-7).
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
-    weight_decay: decoupled weight decay, multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
-    sharding: see :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps with non-finite gradients.
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -108,22 +87,13 @@ def auon(
     Maity, `AuON: A Linear-time Alternative to Semi-Orthogonal Momentum
     Updates <https://arxiv.org/abs/2509.24320>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
+  shared = _base.shared_args(locals(), "auon")
   _base.check_static_steps(hybrid_steps, "hybrid_steps")
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
   _base.check_nonnegative(gamma, "gamma")
   if hybrid_steps is not None:
     _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
   _checks.check_number(eps, "eps", low=0.0, optional=True)
-  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
-  _checks.check_positive(shape_rms, "shape_rms", optional=True)
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
@@ -136,33 +106,11 @@ def auon(
           hybrid_steps=0 if hybrid_steps is None else hybrid_steps,
           eps=1e-7 if eps is None else eps,
       ),
-      _shape.scale_by_shape(
-          shape_rule,
-          rms=0.2 if shape_rms is None else shape_rms,
-          dimension_numbers=branch_dn,
-      ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      _base.shape_scaling(shape_rule, shape_rms, branch_dn),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="auon",
-  )
+  return shared.with_adam(matrix_tx)
 
 
 @_base.variant_of(auon, hybrid_steps=None)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import functools
 import inspect
+import re
+import textwrap
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -16,6 +19,7 @@ from ortho_optax.engines import coefficients as _coefficients
 from ortho_optax.engines import normalization as _normalization
 from ortho_optax.engines import orthogonalize as _orthogonalize
 from ortho_optax.transforms import adam as _adam
+from ortho_optax.transforms import shape as _shape
 from ortho_optax.transforms import structure as _structure
 from ortho_optax.transforms import weight_decay as _weight_decay
 
@@ -199,6 +203,91 @@ def check_engine_args(
     _checks.check_compute_dtype(compute_dtype, jnp.float32)
 
 
+class EngineArgs(NamedTuple):
+  """A named optimizer's orthogonalization arguments, checked
+  (:func:`engine_args`)."""
+
+  method: str
+  coeffs: object
+  steps: int | None
+  normalization: str | None
+  eps: float | None
+  compute_dtype: object
+
+  def options(self, recipe: dict | None = None, **defaults) -> dict:
+    """:func:`engine_options` of these arguments.
+
+    Args:
+      recipe: as in :func:`engine_options`.
+      **defaults: values of ``steps`` or ``eps`` for when they are unset
+        (a method's own, such as ROOT's five steps).
+
+    Returns:
+      The options to pass to the engine.
+    """
+    given = self._asdict()
+    for k, v in defaults.items():
+      if given[k] is None:
+        given[k] = v
+    method = given.pop("method")
+    return engine_options(method, recipe, **given)
+
+  def lmo_options(self) -> dict:
+    """:func:`lmo_engine_options` of these arguments."""
+    return lmo_engine_options(*self)
+
+
+def engine_args(arguments: dict, eps_name: str = "eps") -> EngineArgs:
+  """Checks a named optimizer's orthogonalization arguments.
+
+  Call it before the body assigns other names, with ``locals()``:
+  ``engine = _base.engine_args(locals(), "ns_eps")``.
+
+  Args:
+    arguments: the optimizer's arguments by name (``method``, ``coeffs``,
+      ``steps``, ``normalization``, ``compute_dtype`` and ``eps_name``).
+    eps_name: what the optimizer calls the engine's epsilon (``eps`` in
+      :func:`muon`, ``ns_eps`` where ``eps`` is another epsilon).
+
+  Returns:
+    An :class:`EngineArgs`.
+  """
+  engine = EngineArgs(
+      method=arguments["method"],
+      coeffs=arguments["coeffs"],
+      steps=arguments["steps"],
+      normalization=arguments["normalization"],
+      eps=arguments[eps_name],
+      compute_dtype=arguments["compute_dtype"],
+  )
+  check_static_steps(engine.steps, "steps")
+  check_engine_args(**engine._asdict(), eps_name=eps_name)
+  return engine
+
+
+def shape_scaling(
+    shape_rule: str, shape_rms, dimension_numbers
+) -> optax.GradientTransformation:
+  """A named optimizer's ``shape_rule``/``shape_rms`` step, checked.
+
+  Args:
+    shape_rule: see :func:`scale_by_shape
+      <ortho_optax.transforms.shape.scale_by_shape>`.
+    shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
+    dimension_numbers: the matrix branch's routing.
+
+  Returns:
+    The ``scale_by_shape`` transformation.
+  """
+  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
+  _checks.check_positive(shape_rms, "shape_rms", optional=True)
+  return _shape.scale_by_shape(
+      shape_rule,
+      rms=0.2 if shape_rms is None else shape_rms,
+      dimension_numbers=dimension_numbers,
+  )
+
+
 def matrix_and_adam(
     matrix_tx: optax.GradientTransformation,
     *,
@@ -289,6 +378,308 @@ def matrix_and_adam(
   if skip_nonfinite:
     tx = skip_nonfinite_steps(tx)
   return _structure.check_like_init(pass_non_float(tx), name)
+
+
+class SharedArg(NamedTuple):
+  """An argument every named optimizer takes.
+
+  ``annotation`` is the annotation as written in the signature (a string:
+  the modules use ``from __future__ import annotations``); ``doc`` is the
+  text of its ``Args:`` entry, after ``name:``.
+  """
+
+  name: str
+  annotation: str | None
+  default: object
+  doc: str
+
+
+# The arguments every named optimizer shares, in signature order: they close
+# each signature, keyword-only, after the method's own. Each optimizer spells
+# them out (for IDEs, type checkers and `help`), checks them with
+# `shared_args(locals(), name)` and gets their `Args:` lines from here through
+# `@document_shared_args` (see there for why). A weight-decay default may
+# differ (a method's reference value); everything else is the same across the
+# family, which tests/test_shared_args.py checks.
+SHARED_ARGS: tuple[SharedArg, ...] = (
+    SharedArg(
+        "weight_decay",
+        "jax.typing.ArrayLike",
+        0.0,
+        r"decoupled weight decay of the matrices, multiplied by the"
+        r" learning rate (:math:`W \leftarrow W(1 - \eta\lambda)`).",
+    ),
+    SharedArg(
+        "weight_decay_mask",
+        None,
+        None,
+        "mask for the weight decay (tree or callable).",
+    ),
+    SharedArg(
+        "weight_decay_mode",
+        "str",
+        "decoupled",
+        '``"decoupled"`` or ``"cautious"`` (decay only where the update and'
+        " the parameter agree in sign), for ``weight_decay`` and"
+        " ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.",
+    ),
+    SharedArg(
+        "adam_learning_rate",
+        "optax.ScalarOrSchedule | None",
+        None,
+        "AdamW's learning rate; ``None``: ``learning_rate``.",
+    ),
+    SharedArg(
+        "adam_b1", "jax.typing.ArrayLike", 0.9, r"AdamW's :math:`\beta_1`."
+    ),
+    SharedArg(
+        "adam_b2", "jax.typing.ArrayLike", 0.95, r"AdamW's :math:`\beta_2`."
+    ),
+    SharedArg("adam_eps", "jax.typing.ArrayLike", 1e-8, "AdamW's epsilon."),
+    SharedArg(
+        "adam_weight_decay",
+        "jax.typing.ArrayLike",
+        0.0,
+        "AdamW's weight decay.",
+    ),
+    SharedArg(
+        "labels",
+        None,
+        None,
+        'a tree or callable of ``"orthogonalize"``/``"adam"`` labels;'
+        " ``None`` for :func:`label_params`.",
+    ),
+    SharedArg(
+        "rules",
+        "_routing.Rules",
+        None,
+        "routing overrides, see :func:`label_params`.",
+    ),
+    SharedArg(
+        "dimension_numbers",
+        None,
+        None,
+        "optax-style routing (``MuonDimensionNumbers`` tree or callable),"
+        " see :func:`label_params`.",
+    ),
+    SharedArg(
+        "mu_dtype",
+        None,
+        None,
+        "storage of the momentum buffer and of AdamW's first moment:"
+        " ``None`` (the parameters' dtype), a floating dtype, or a quantized"
+        ' format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).',
+    ),
+    SharedArg(
+        "nu_dtype",
+        None,
+        None,
+        "storage of AdamW's second moment: ``None``, a floating dtype, or a"
+        " quantized format (kept in the unsigned code of its width,"
+        ' ``"q8"`` -> ``"u8"``).',
+    ),
+    SharedArg(
+        "sharding",
+        "str | _sharding.ShardingOptions | None",
+        None,
+        "how the matrices' work is spread over devices, see"
+        " :func:`scale_by_orthogonalization`.",
+    ),
+    SharedArg(
+        "skip_nonfinite",
+        "bool",
+        True,
+        "skip steps whose gradients are not finite instead of writing NaNs"
+        " into the parameters (``optax.apply_if_finite``).",
+    ),
+)
+
+SHARED_NAMES = tuple(a.name for a in SHARED_ARGS)
+
+# The shared arguments whose default a method may set to its reference's
+# value (and say so in its docstring); the others' defaults are the same in
+# every named optimizer.
+SHARED_HYPERPARAMETERS = (
+    "weight_decay",
+    "adam_b1",
+    "adam_b2",
+    "adam_eps",
+    "adam_weight_decay",
+)
+
+
+class Shared:
+  """A named optimizer's shared arguments, checked, and what it builds of
+  them: the routing of its matrix branch, the matrices' weight decay, and
+  the split between the matrices and AdamW.
+
+  Attributes:
+    name: the optimizer's name, for error messages.
+    learning_rate: the matrices' learning rate.
+    args: ``{name: value}`` of :data:`SHARED_ARGS` (the default where the
+      optimizer does not take one, as :func:`scion` takes no
+      ``weight_decay``).
+  """
+
+  def __init__(self, arguments: dict, name: str):
+    self.name = name
+    self.learning_rate = arguments["learning_rate"]
+    self.args = {
+        a.name: arguments.get(a.name, a.default) for a in SHARED_ARGS
+    }
+    a = self.args
+    check_learning_rate(self.learning_rate)
+    check_nonnegative(a["weight_decay"], "weight_decay")
+    check_mask(a["weight_decay_mask"])
+    check_weight_decay_mode(a["weight_decay_mode"])
+
+  def __getitem__(self, name: str):
+    return self.args[name]
+
+  @property
+  def branch_dimension_numbers(self):
+    """The routing of the matrix branch (:func:`branch_dimension_numbers
+    <ortho_optax.routing.branch_dimension_numbers>` with the optimizer's
+    ``dimension_numbers`` and ``rules``)."""
+    return functools.partial(
+        _routing.branch_dimension_numbers,
+        dimension_numbers=self.args["dimension_numbers"],
+        rules=self.args["rules"],
+    )
+
+  def matrix_decay(self) -> optax.GradientTransformation:
+    """The matrices' weight decay: :func:`decayed_weights` of
+    ``weight_decay``, ``weight_decay_mask`` and ``weight_decay_mode``."""
+    a = self.args
+    return decayed_weights(
+        a["weight_decay"], a["weight_decay_mask"], a["weight_decay_mode"]
+    )
+
+  def with_adam(
+      self,
+      matrix_tx: optax.GradientTransformation,
+      other_tx: optax.GradientTransformation | None = None,
+      **overrides,
+  ) -> optax.GradientTransformation:
+    """:func:`matrix_and_adam` of ``matrix_tx`` with the shared arguments.
+
+    Args:
+      matrix_tx: the matrices' transformation, learning rate included.
+      other_tx: replaces AdamW for the other leaves.
+      **overrides: shared arguments to replace (e.g. Scion's own
+        ``labels``).
+
+    Returns:
+      The named optimizer.
+    """
+    a = {**self.args, **overrides}
+    return matrix_and_adam(
+        matrix_tx,
+        learning_rate=self.learning_rate,
+        other_tx=other_tx,
+        name=self.name,
+        **{
+            k: a[k]
+            for k in SHARED_NAMES
+            if k not in ("weight_decay", "weight_decay_mask", "sharding")
+        },
+    )
+
+
+def shared_args(arguments: dict, name: str) -> Shared:
+  """Checks a named optimizer's shared arguments, given its ``locals()``.
+
+  Call it first in the optimizer's body, so that ``locals()`` holds only
+  the arguments: ``shared = _base.shared_args(locals(), "muon")``.
+
+  Args:
+    arguments: the optimizer's arguments by name (``learning_rate`` and
+      those of :data:`SHARED_ARGS` it takes; others are ignored).
+    name: the optimizer's name, for error messages.
+
+  Returns:
+    A :class:`Shared`.
+  """
+  return Shared(arguments, name)
+
+
+# The `Args:` entry a named optimizer's docstring writes in place of the
+# shared arguments' lines; `document_shared_args` replaces it.
+SHARED_ENTRY = "**shared"
+_ENTRY = re.compile(r"^    (\*{0,2}\w+):")
+
+
+def _args_section(lines: list[str]) -> tuple[int, int]:
+  """``(first, end)`` line indices of the entries of ``  Args:``."""
+  start = lines.index("  Args:") + 1
+  end = start
+  while end < len(lines) and lines[end].strip():
+    end += 1
+  return start, end
+
+
+def args_entries(doc: str) -> dict[str, str]:
+  """``{name: text}`` of the ``Args:`` section of a named optimizer's
+  (2-space indented) docstring, each text joined into one line."""
+  lines = doc.splitlines()
+  start, end = _args_section(lines)
+  entries: dict[str, list[str]] = {}
+  for line in lines[start:end]:
+    m = _ENTRY.match(line)
+    if m:
+      entries[m.group(1)] = [line[m.end():].strip()]
+    else:
+      entries[list(entries)[-1]].append(line.strip())
+  return {k: " ".join(v) for k, v in entries.items()}
+
+
+def document_shared_args(fn):
+  """Puts the shared arguments' ``Args:`` lines into ``fn``'s docstring.
+
+  The source docstring documents the optimizer's own arguments and, in
+  place of the shared ones, one entry ``**shared:``. This replaces that
+  entry with the lines of :data:`SHARED_ARGS` for the shared arguments
+  ``fn`` takes and does not document itself (a method with something to
+  add, such as Dion's right factors in ``mu_dtype``, writes its own entry),
+  and orders all entries as the signature. ``__doc__`` (what ``help``,
+  Sphinx's autodoc and the doctests read) is thus complete, while the
+  source shows each optimizer's own arguments and one definition of the
+  rest. The alternative, the lines repeated in every docstring and a test
+  comparing them, kept 15 identical entries in 11 files in step by hand.
+
+  Args:
+    fn: a named optimizer.
+
+  Returns:
+    ``fn``, with its docstring completed.
+  """
+  lines = fn.__doc__.splitlines()
+  start, end = _args_section(lines)
+  blocks: dict[str, list[str]] = {}
+  for line in lines[start:end]:
+    m = _ENTRY.match(line)
+    if m:
+      blocks[m.group(1)] = []
+    blocks[list(blocks)[-1]].append(line)
+  if SHARED_ENTRY not in blocks:
+    raise ValueError(f"{fn.__name__}'s Args has no {SHARED_ENTRY} entry.")
+  del blocks[SHARED_ENTRY]
+  params = list(inspect.signature(fn).parameters)
+  for arg in SHARED_ARGS:
+    if arg.name in params and arg.name not in blocks:
+      blocks[arg.name] = textwrap.wrap(
+          f"{arg.name}: {arg.doc}",
+          80,
+          initial_indent="    ",
+          subsequent_indent="      ",
+          break_on_hyphens=False,
+          break_long_words=False,
+      )
+  order = {p: i for i, p in enumerate(params)}
+  names = sorted(blocks, key=lambda k: order.get(k.lstrip("*"), len(order)))
+  entries = [line for k in names for line in blocks[k]]
+  fn.__doc__ = "\n".join(lines[:start] + entries + lines[end:])
+  return fn
 
 
 def _is_empty(x) -> bool:

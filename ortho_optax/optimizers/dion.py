@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
-from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import dion as _dion
-from ortho_optax.transforms import shape as _shape
 
 
+@_base.document_shared_args
 def dion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    rank: float | int = 0.25,
+    rank: float | int | None = None,
     beta: jax.typing.ArrayLike = 0.95,
     eps: float = 1e-8,
     seed: int = 0,
@@ -60,47 +57,43 @@ def dion(
   (see :func:`label_params`).
 
   Defaults follow microsoft/dion (:math:`\mu = 0.95`, ``eps`` 1e-8, AdamW
-  betas (0.9, 0.95)) except two: ``rank=0.25`` (the reference's
-  ``rank_fraction`` defaults to 1; 1/4 is the fraction the paper reports
-  as matching full rank at 3B parameters, and Dion2's default), and
-  ``weight_decay=0`` (the reference's 0.01; every optimizer here defaults
-  to 0). The reference's ``lr`` default is 0.01.
+  betas (0.9, 0.95)) except two: ``rank=None``, a quarter of the shorter
+  side but at least 128 directions (the reference's ``rank_fraction``
+  defaults to 1 and its 160M configuration uses 1/2; 1/4 is the fraction
+  the paper reports as matching full rank at 3B parameters; at the widths
+  of our examples a quarter kept 16-32 directions and trained far behind
+  Muon, issue 25), and ``weight_decay=0`` (the reference's 0.01; every
+  optimizer here defaults to 0). The reference's ``lr`` default is 0.01.
+
+  Compute: Dion runs no Newton-Schulz, so it saves matmul FLOPs against
+  :func:`muon` at every width, at full rank too. On a block of the
+  GPT-like tree (``benchmarks/rank_flops.py``, default rank) Muon's step
+  has 2.5x Dion's FLOPs at width 128 (full rank), 5x at 256, 7.7x at 768
+  and 7.4x at 1024.
 
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
       Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
       (:func:`~ortho_optax.recommended_learning_rate`).
-    rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
-      (static: list it in ``static_args`` of ``optax.inject_hyperparams``).
+    rank: ``None``, the default rule: a quarter of ``min(fan_in,
+      fan_out)``, rounded up, but at least 128 directions, capped at
+      ``min(fan_in, fan_out)`` (static under ``optax.inject_hyperparams``);
+      or a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
+      (static: list it in ``static_args``).
     beta: the error-feedback momentum :math:`\mu`.
     eps: the column normalization's epsilon.
     seed: seed of the initial right factors.
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
-    weight_decay: decoupled weight decay, multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
     mu_dtype: storage of the momentum buffer and of AdamW's first moment:
       ``None`` (the parameters' dtype), a floating dtype, or a quantized
       format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`). The right
       factors :math:`Q` take ``mu_dtype`` too (computed in float32
       beside a quantized one).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
     sharding: see :func:`scale_by_dion`.
-    skip_nonfinite: skip steps with non-finite gradients.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -119,17 +112,8 @@ def dion(
     Ahn et al., `Dion: Distributed Orthonormalized Updates
     <https://arxiv.org/abs/2504.05295>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
-  _checks.check_positive(shape_rms, "shape_rms")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  shared = _base.shared_args(locals(), "dion")
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _dion.scale_by_dion(
           rank,
@@ -140,28 +124,8 @@ def dion(
           dimension_numbers=branch_dn,
           sharding=sharding,
       ),
-      _shape.scale_by_shape(
-          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
-      ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      _base.shape_scaling(shape_rule, shape_rms, branch_dn),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="dion",
-  )
+  return shared.with_adam(matrix_tx)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -13,9 +11,9 @@ from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import orthogonalization as _orthogonalization
-from ortho_optax.transforms import shape as _shape
 
 
+@_base.document_shared_args
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -102,32 +100,8 @@ def muon(
     shape_rule: ``"muon"``, ``"moonlight"``, ``"spectral"`` or ``"none"``,
       see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
-    weight_decay: decoupled weight decay of the matrices, multiplied by the
-      learning rate (:math:`W \leftarrow W(1 - \eta\lambda)`).
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: a tree or callable of ``"orthogonalize"``/``"adam"`` labels;
-      ``None`` for :func:`label_params`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing (``MuonDimensionNumbers`` tree or
-      callable), see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
-    sharding: how the orthogonalization is spread over devices, see
-      :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps whose gradients are not finite instead of
-      writing NaNs into the parameters (``optax.apply_if_finite``).
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -149,27 +123,10 @@ def muon(
     Liu et al., `Muon is Scalable for LLM Training
     <https://arxiv.org/abs/2502.16982>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_static_steps(steps, "steps")
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
+  shared = _base.shared_args(locals(), "muon")
   _checks.check_choice(momentum_form, "momentum_form", _momentum.FORMS)
-  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
-  _checks.check_positive(shape_rms, "shape_rms")
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=eps,
-      compute_dtype=compute_dtype,
-  )
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  engine = _base.engine_args(locals())
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _momentum.scale_by_momentum(
           beta,
@@ -182,40 +139,13 @@ def muon(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=eps,
-              compute_dtype=compute_dtype,
-          ),
+          **engine.options(),
       ),
-      _shape.scale_by_shape(
-          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
-      ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      _base.shape_scaling(shape_rule, shape_rms, branch_dn),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="muon",
-  )
+  return shared.with_adam(matrix_tx)
 
 
 @_base.variant_of(

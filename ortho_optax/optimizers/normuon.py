@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -17,6 +15,7 @@ from ortho_optax.transforms import orthogonalization as _orthogonalization
 from ortho_optax.transforms import shape as _shape
 
 
+@_base.document_shared_args
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -103,27 +102,8 @@ def normuon(
       the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
-    weight_decay: decoupled weight decay, multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
-    sharding: see :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps with non-finite gradients.
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -132,31 +112,15 @@ def normuon(
     Li et al., `NorMuon: Making Muon more efficient and scalable
     <https://arxiv.org/abs/2510.05491>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_static_steps(steps, "steps")
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
+  shared = _base.shared_args(locals(), "normuon")
   _checks.check_choice(rescale, "rescale", _neuron_norm.RESCALES)
   _checks.check_choice(
       shape_rule, "shape_rule", (None,) + _shape.SHAPE_RULES
   )
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=ns_eps,
-      compute_dtype=compute_dtype,
-      eps_name="ns_eps",
-  )
+  engine = _base.engine_args(locals(), "ns_eps")
   if shape_rule is None:
     shape_rule = "muon" if rescale == "frobenius" else "none"
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
@@ -165,38 +129,13 @@ def normuon(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=ns_eps,
-              compute_dtype=compute_dtype,
-          ),
+          **engine.options(),
       ),
       _neuron_norm.scale_by_neuron_norm(
           beta2, eps, rescale=rescale, rms=rms, dimension_numbers=branch_dn
       ),
       _shape.scale_by_shape(shape_rule, dimension_numbers=branch_dn),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="normuon",
-  )
+  return shared.with_adam(matrix_tx)

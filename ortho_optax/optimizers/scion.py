@@ -184,6 +184,7 @@ def _lmo_arguments(preset, norms, radii, dimension_numbers, rules):
   return norms, radii, branch_dn
 
 
+@_base.document_shared_args
 def scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
@@ -199,12 +200,12 @@ def scion(
     normalization: str | None = None,
     ns_eps: float | None = None,
     compute_dtype=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
     adam_eps: jax.typing.ArrayLike = 1e-8,
     adam_weight_decay: jax.typing.ArrayLike = 0.0,
-    weight_decay_mode: str = "decoupled",
     labels=None,
     rules: _routing.Rules = None,
     dimension_numbers=None,
@@ -273,10 +274,8 @@ def scion(
     compute_dtype: dtype of the orthogonalization matmuls.
     adam_learning_rate: learning rate of the leaves that ``labels`` sends
       to AdamW (``None``: ``learning_rate``).
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
     weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
       the update and the parameter agree in sign) for ``adam_weight_decay``;
       see :func:`add_cautious_decayed_weights`. The constrained step's
@@ -284,16 +283,6 @@ def scion(
       in the norm ball.
     labels: ``None`` (every leaf gets its LMO) or a tree / callable of
       ``"orthogonalize"`` (LMO) and ``"adam"`` labels.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
-    sharding: see :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps with non-finite gradients.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -302,24 +291,14 @@ def scion(
     Pethick et al., `Training Deep Learning Models with Norm-Constrained
     LMOs <https://arxiv.org/abs/2502.07529>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_static_steps(steps, "steps")
+  shared = _base.shared_args(locals(), "scion")
   _trust_region.check_alpha(alpha)
   _checks.check_choice(preset, "preset", tuple(SCION_PRESETS))
   _checks.check_bool(constrained, "constrained")
-  _base.check_weight_decay_mode(weight_decay_mode)
   _checks.check_nonnegative(eps, "eps")
   _lmo.check_norms(norms, "norms")
   _lmo.check_radius(radii, "radii")
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=ns_eps,
-      compute_dtype=compute_dtype,
-      eps_name="ns_eps",
-  )
+  engine = _base.engine_args(locals(), "ns_eps")
   if constrained and not callable(learning_rate):
     # Traced under inject_hyperparams: not checked.
     too_large = not _checks.is_traced(learning_rate) and (
@@ -342,9 +321,7 @@ def scion(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.lmo_engine_options(
-              method, coeffs, steps, normalization, ns_eps, compute_dtype
-          ),
+          **engine.lmo_options(),
       ),
       optax.add_decayed_weights(1.0 if constrained else 0.0),
       optax.scale_by_learning_rate(learning_rate),
@@ -354,23 +331,7 @@ def scion(
       return jax.tree.map(
           lambda _: _routing.MATRIX, params, is_leaf=lambda x: x is None
       )
-  return _base.matrix_and_adam(
-      lmo_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="scion",
-  )
+  return shared.with_adam(lmo_tx, labels=labels)
 
 
 def scion_init(

@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
-from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
-from ortho_optax.transforms import shape as _shape
 from ortho_optax.transforms import trion as _trion
 
 
+@_base.document_shared_args
 def trion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    rank: float | int = 0.25,
+    rank: float | int | None = None,
     beta: jax.typing.ArrayLike = 0.95,
     dct: str = "matmul",
     method: str = "auto",
@@ -64,9 +61,16 @@ def trion(
   ``zeropower_via_newtonschulz5``) on the ``r x n`` projection only.
   Embeddings, heads and non-matrix leaves go to AdamW.
 
+  Compute: at full rank (a shorter side of at most 128, where the default
+  keeps every direction) the DCT projection makes the step dearer than
+  Muon's (Muon has 0.77x Trion's matmul FLOPs at width 128 on a block of
+  the GPT-like tree, ``benchmarks/rank_flops.py``); above it Trion saves
+  compute: 2.6x at width 256, 4.2x at 384, 4.1x at 768.
+
   Defaults follow IST-DASLab's ``Trion`` (momentum 0.95, weight decay 0,
   AdamW betas (0.9, 0.95) and epsilon 1e-10) except ``rank``, which the
-  reference requires (here 1/4 of the shorter side), and the shape rule,
+  reference requires (here a quarter of the shorter side but at least 128
+  directions, capped at the shorter side), and the shape rule,
   which it requires too (``"kj"``, ``"none"``, ``"kimi"`` or ``"dion"``;
   here ``"muon"``, its ``"kj"``). The reference's ``lr`` default is 0.02.
 
@@ -75,8 +79,11 @@ def trion(
       unless ``adam_learning_rate`` is given.
       Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
       (:func:`~ortho_optax.recommended_learning_rate`).
-    rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
-      (static).
+    rank: ``None``, the default rule: a quarter of ``min(fan_in,
+      fan_out)``, rounded up, but at least 128 directions, capped at
+      ``min(fan_in, fan_out)`` (static under ``optax.inject_hyperparams``);
+      or a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
+      (static: list it in ``static_args``).
     beta: the error-feedback momentum :math:`\mu`.
     dct: ``"matmul"`` or ``"fft"``, see :func:`scale_by_trion`.
     method: orthogonalization engine, see :func:`orthogonalize`.
@@ -87,27 +94,9 @@ def trion(
     compute_dtype: dtype of the orthogonalization matmuls.
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
-    weight_decay: decoupled weight decay, multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
     sharding: see :func:`scale_by_trion`.
-    skip_nonfinite: skip steps with non-finite gradients.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -125,26 +114,9 @@ def trion(
     Adaptive Optimization of Large Language Models
     <https://arxiv.org/abs/2505.17967>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _checks.check_choice(shape_rule, "shape_rule", _shape.SHAPE_RULES)
-  _checks.check_positive(shape_rms, "shape_rms")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=ns_eps,
-      compute_dtype=compute_dtype,
-      eps_name="ns_eps",
-  )
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  shared = _base.shared_args(locals(), "trion")
+  engine = _base.engine_args(locals(), "ns_eps")
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _trion.scale_by_trion(
           rank,
@@ -154,37 +126,10 @@ def trion(
           dimension_numbers=branch_dn,
           mu_dtype=mu_dtype,
           sharding=sharding,
-          **_base.engine_options(
-              method,
-              coeffs=coeffs,
-              steps=steps,
-              normalization=normalization,
-              eps=ns_eps,
-              compute_dtype=compute_dtype,
-          ),
+          **engine.options(),
       ),
-      _shape.scale_by_shape(
-          shape_rule, rms=shape_rms, dimension_numbers=branch_dn
-      ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      _base.shape_scaling(shape_rule, shape_rms, branch_dn),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="trion",
-  )
+  return shared.with_adam(matrix_tx)

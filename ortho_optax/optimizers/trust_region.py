@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import optax
 
@@ -33,14 +31,12 @@ def _unit_norms(norm):
   return jax.tree.map(convert, norm, is_leaf=_lmo.is_norm_value)
 
 
+@_base.document_shared_args
 def trust_region(
     learning_rate: optax.ScalarOrSchedule,
     *,
     norm="spectral",
     alpha: jax.typing.ArrayLike = 0.1,
-    weight_decay: jax.typing.ArrayLike = 0.0,
-    weight_decay_mask=None,
-    weight_decay_mode: str = "decoupled",
     eps: jax.typing.ArrayLike = 1e-8,
     method: str = "auto",
     coeffs=None,
@@ -48,6 +44,9 @@ def trust_region(
     normalization: str | None = None,
     ns_eps: float | None = None,
     compute_dtype=None,
+    weight_decay: jax.typing.ArrayLike = 0.0,
+    weight_decay_mask=None,
+    weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
     adam_b2: jax.typing.ArrayLike = 0.95,
@@ -106,10 +105,8 @@ def trust_region(
       (1: no momentum).
     weight_decay: decoupled weight decay :math:`\lambda` (trust-region
       centre shift), multiplied by the learning rate.
-    weight_decay_mask: mask for the weight decay (tree or callable).
-    weight_decay_mode: ``"decoupled"`` or ``"cautious"`` (decay only where
-      the update and the parameter agree in sign), for ``weight_decay`` and
-      ``adam_weight_decay``; see :func:`add_cautious_decayed_weights`.
+    **shared: the weight decay, AdamW, routing, state, sharding and
+      skipping arguments of ``base.SHARED_ARGS``.
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norm.
     coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
@@ -118,22 +115,6 @@ def trust_region(
       the coefficients were designed for (Frobenius for ``"muon"``).
     ns_eps: the engine's normalization epsilon.
     compute_dtype: dtype of the orthogonalization matmuls.
-    adam_learning_rate: AdamW's learning rate; ``None``: ``learning_rate``.
-    adam_b1: AdamW's :math:`\beta_1`.
-    adam_b2: AdamW's :math:`\beta_2`.
-    adam_eps: AdamW's epsilon.
-    adam_weight_decay: AdamW's weight decay.
-    labels: as in :func:`muon`.
-    rules: routing overrides, see :func:`label_params`.
-    dimension_numbers: optax-style routing, see :func:`label_params`.
-    mu_dtype: storage of the momentum buffer and of AdamW's first moment:
-      ``None`` (the parameters' dtype), a floating dtype, or a quantized
-      format (``"q8"``, ``"q4"``, ``"n4"``, a :class:`QuantFormat`).
-    nu_dtype: storage of AdamW's second moment: ``None``, a
-      floating dtype, or a quantized format (kept in the unsigned code of
-      its width, ``"q8"`` -> ``"u8"``).
-    sharding: see :func:`scale_by_orthogonalization`.
-    skip_nonfinite: skip steps with non-finite gradients.
 
   Returns:
     An ``optax.GradientTransformation``.
@@ -143,28 +124,12 @@ def trust_region(
     via Non-Euclidean Trust-Region Optimization
     <https://arxiv.org/abs/2503.12645>`_, 2025
   """
-  _base.check_learning_rate(learning_rate)
-  _base.check_static_steps(steps, "steps")
-  _base.check_nonnegative(weight_decay, "weight_decay")
-  _base.check_mask(weight_decay_mask)
-  _base.check_weight_decay_mode(weight_decay_mode)
+  shared = _base.shared_args(locals(), "trust_region")
   check_alpha(alpha)
   _lmo.check_norms(norm, "norm")
   _checks.check_nonnegative(eps, "eps")
-  _base.check_engine_args(
-      method=method,
-      coeffs=coeffs,
-      steps=steps,
-      normalization=normalization,
-      eps=ns_eps,
-      compute_dtype=compute_dtype,
-      eps_name="ns_eps",
-  )
-  branch_dn = functools.partial(
-      _routing.branch_dimension_numbers,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-  )
+  engine = _base.engine_args(locals(), "ns_eps")
+  branch_dn = shared.branch_dimension_numbers
   matrix_tx = optax.chain(
       _momentum.scale_by_average(alpha, mu_dtype=mu_dtype),
       _lmo.scale_by_lmo(
@@ -173,29 +138,9 @@ def trust_region(
           method=method,
           dimension_numbers=branch_dn,
           sharding=sharding,
-          **_base.lmo_engine_options(
-              method, coeffs, steps, normalization, ns_eps, compute_dtype
-          ),
+          **engine.lmo_options(),
       ),
-      _base.decayed_weights(
-          weight_decay, weight_decay_mask, weight_decay_mode
-      ),
+      shared.matrix_decay(),
       optax.scale_by_learning_rate(learning_rate),
   )
-  return _base.matrix_and_adam(
-      matrix_tx,
-      learning_rate=learning_rate,
-      adam_learning_rate=adam_learning_rate,
-      adam_b1=adam_b1,
-      adam_b2=adam_b2,
-      adam_eps=adam_eps,
-      adam_weight_decay=adam_weight_decay,
-      weight_decay_mode=weight_decay_mode,
-      labels=labels,
-      dimension_numbers=dimension_numbers,
-      rules=rules,
-      skip_nonfinite=skip_nonfinite,
-      mu_dtype=mu_dtype,
-      nu_dtype=nu_dtype,
-      name="trust_region",
-  )
+  return shared.with_adam(matrix_tx)

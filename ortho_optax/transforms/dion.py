@@ -67,7 +67,7 @@ def column_normalize(r: jax.Array, eps) -> jax.Array:
 
 
 def scale_by_dion(
-    rank: float | int = 0.25,
+    rank: float | int | None = None,
     *,
     beta: jax.typing.ArrayLike = 0.95,
     eps: float = 1e-8,
@@ -121,8 +121,10 @@ def scale_by_dion(
   results all-gathered); ``"gather"`` runs every QR on every device.
 
   Args:
-    rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int.
-      Static (pass it in ``static_args`` of ``optax.inject_hyperparams``).
+    rank: ``None`` (a quarter of ``min(fan_in, fan_out)`` but at least
+      128, capped at it, see :func:`dion`), a fraction in ``(0, 1]`` of
+      ``min(fan_in, fan_out)`` or an int. Static (pass a number in
+      ``static_args`` of ``optax.inject_hyperparams``).
     beta: the error-feedback momentum :math:`\mu` of the paper, in
       ``[0, 1)``.
     eps: the column normalization's epsilon (relative, see above).

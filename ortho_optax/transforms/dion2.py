@@ -31,7 +31,7 @@ class ScaleByDion2State(NamedTuple):
 
 
 def scale_by_dion2(
-    rank: float | int = 0.25,
+    rank: float | int | None = None,
     *,
     beta: jax.typing.ArrayLike = 0.95,
     method: str = "auto",
@@ -77,8 +77,10 @@ def scale_by_dion2(
   the update and the error feedback to its own shard.
 
   Args:
-    rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` (the
-      reference's ``fraction``) or an int. Static.
+    rank: ``None`` (a quarter of ``min(fan_in, fan_out)`` but at least
+      128, capped at it, see :func:`dion2`), a fraction in ``(0, 1]`` of
+      ``min(fan_in, fan_out)`` (the reference's ``fraction``) or an int.
+      Static.
     beta: the error-feedback decay of the selected rows (the reference's
       ``ef_decay``), in ``[0, 1)``.
     method: the orthogonalization engine, see :func:`orthogonalize`.

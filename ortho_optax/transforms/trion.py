@@ -107,7 +107,7 @@ def project(x: jax.Array, second: bool, dct: str) -> jax.Array:
 
 
 def scale_by_trion(
-    rank: float | int = 0.25,
+    rank: float | int | None = None,
     *,
     beta: jax.typing.ArrayLike = 0.95,
     dct: str = "matmul",
@@ -166,8 +166,9 @@ def scale_by_trion(
   never communicated.
 
   Args:
-    rank: a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int.
-      Static.
+    rank: ``None`` (a quarter of ``min(fan_in, fan_out)`` but at least
+      128, capped at it, see :func:`trion`), a fraction in ``(0, 1]`` of
+      ``min(fan_in, fan_out)`` or an int. Static.
     beta: the error-feedback momentum :math:`\mu`, in ``[0, 1)``.
     dct: ``"matmul"`` or ``"fft"``.
     method: the orthogonalization engine, see :func:`orthogonalize`.
