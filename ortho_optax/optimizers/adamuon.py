@@ -126,7 +126,7 @@ def adamuon(
   _checks.check_bool(sign, "sign")
   engine = _base.engine_args(locals(), "ns_eps")
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
       ),
@@ -140,7 +140,4 @@ def adamuon(
       _elementwise_norm.scale_by_elementwise_norm(
           beta, eps, rms=rms, dimension_numbers=branch_dn, nu_dtype=nu_dtype
       ),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

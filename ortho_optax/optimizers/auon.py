@@ -94,7 +94,7 @@ def auon(
     _checks.check_int(hybrid_steps, "hybrid_steps", low=0)
   _checks.check_number(eps, "eps", low=0.0, optional=True)
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
       ),
@@ -107,10 +107,7 @@ def auon(
           eps=1e-7 if eps is None else eps,
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)
 
 
 @_base.variant_of(auon, hybrid_steps=None)

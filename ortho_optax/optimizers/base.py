@@ -555,6 +555,28 @@ class Shared:
         a["weight_decay"], a["weight_decay_mask"], a["weight_decay_mode"]
     )
 
+  def chain(self, *steps) -> optax.GradientTransformation:
+    """The named optimizer of the matrices' ``steps``.
+
+    The matrices get ``optax.chain(*steps, weight decay, learning rate)``
+    (:meth:`matrix_decay`, ``optax.scale_by_learning_rate``), every other
+    leaf AdamW (:meth:`with_adam`).
+
+    Args:
+      *steps: the method's transformations of the matrices' gradients,
+        from the gradient to the direction of the update.
+
+    Returns:
+      The named optimizer.
+    """
+    return self.with_adam(
+        optax.chain(
+            *steps,
+            self.matrix_decay(),
+            optax.scale_by_learning_rate(self.learning_rate),
+        )
+    )
+
   def with_adam(
       self,
       matrix_tx: optax.GradientTransformation,

@@ -114,7 +114,7 @@ def dion(
   """
   shared = _base.shared_args(locals(), "dion")
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _dion.scale_by_dion(
           rank,
           beta=beta,
@@ -125,7 +125,4 @@ def dion(
           sharding=sharding,
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

@@ -121,7 +121,7 @@ def dion2(
   shared = _base.shared_args(locals(), "dion2")
   engine = _base.engine_args(locals(), "ns_eps")
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _dion2.scale_by_dion2(
           rank,
           beta=beta,
@@ -132,7 +132,4 @@ def dion2(
           **engine.options(DION2_RECIPE, eps=DION2_NS_EPS),
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

@@ -127,7 +127,7 @@ def muon(
   _checks.check_choice(momentum_form, "momentum_form", _momentum.FORMS)
   engine = _base.engine_args(locals())
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_momentum(
           beta,
           nesterov=nesterov,
@@ -142,10 +142,7 @@ def muon(
           **engine.options(),
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)
 
 
 @_base.variant_of(

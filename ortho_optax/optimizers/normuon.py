@@ -121,7 +121,7 @@ def normuon(
   if shape_rule is None:
     shape_rule = "muon" if rescale == "frobenius" else "none"
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
       ),
@@ -135,7 +135,4 @@ def normuon(
           beta2, eps, rescale=rescale, rms=rms, dimension_numbers=branch_dn
       ),
       _shape.scale_by_shape(shape_rule, dimension_numbers=branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

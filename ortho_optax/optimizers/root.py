@@ -105,7 +105,7 @@ def root(
   shared = _base.shared_args(locals(), "root")
   engine = _base.engine_args(locals())
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="sum", mu_dtype=mu_dtype
       ),
@@ -117,7 +117,4 @@ def root(
           **engine.options(steps=5, eps=1e-7),
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

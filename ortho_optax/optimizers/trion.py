@@ -117,7 +117,7 @@ def trion(
   shared = _base.shared_args(locals(), "trion")
   engine = _base.engine_args(locals(), "ns_eps")
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _trion.scale_by_trion(
           rank,
           beta=beta,
@@ -129,7 +129,4 @@ def trion(
           **engine.options(),
       ),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)

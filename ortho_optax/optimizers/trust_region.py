@@ -130,7 +130,7 @@ def trust_region(
   _checks.check_nonnegative(eps, "eps")
   engine = _base.engine_args(locals(), "ns_eps")
   branch_dn = shared.branch_dimension_numbers
-  matrix_tx = optax.chain(
+  return shared.chain(
       _momentum.scale_by_average(alpha, mu_dtype=mu_dtype),
       _lmo.scale_by_lmo(
           _unit_norms(norm),
@@ -140,7 +140,4 @@ def trust_region(
           sharding=sharding,
           **engine.lmo_options(),
       ),
-      shared.matrix_decay(),
-      optax.scale_by_learning_rate(learning_rate),
   )
-  return shared.with_adam(matrix_tx)
