@@ -4,8 +4,11 @@ On each task (``--task``; by default every task of ``TASKS``) and for every
 optimizer:
 
 1. its default learning rate (``examples/optimizers.py``) on every seed;
-2. a learning-rate sweep (``--lr_factors`` times the default) on the first
-   seed;
+2. a learning-rate sweep (``--lr_factors`` times the default: by default
+   octaves, x1/8 to x8) on the first seed; a best rate at an edge of the
+   grid is swept past, one more step of the grid at a time, until it is
+   not at the edge (at most ``--extend_edges`` steps; a best still at the
+   edge is marked "(edge)" in the table);
 3. the best swept learning rate on the other seeds;
 4. any other run of that grid already finished in the workdir (a rate
    that was once the default or the best), so that no rate is scored on
@@ -117,11 +120,12 @@ class TaskSpec:
 # The tasks differ in model, depth, context and schedule: a 2-layer
 # byte-level LM with context 64 and a cosine schedule; a 4-layer one with
 # context 128 and warmup-stable-decay; a CNN on 8x8 digits (cosine, no
-# warmup, no clipping). One task's full comparison (14 optimizers, 3
-# learning rates, 2 seeds: 56 runs, and up to 14 more where a default is
-# not the best) is about an hour on 2 idle CPU cores for the LM (about 60 s
-# a run), less for the others (the deep LM's runs about 35 s, the digits'
-# about 6 s).
+# warmup, no clipping). One task's full comparison (14 optimizers, 7
+# learning rates on seed 0 and the default on seed 1: 112 runs, up to 14
+# more where a default is not the best and up to 3 more per optimizer past
+# a best rate at an edge) is about 2 to 2.5 hours on 2 idle CPU cores for
+# the LM (about 60 s a run), less for the others (the deep LM's runs about
+# 35 s, the digits' about 6 s).
 TASKS = {
     "lm": TaskSpec("lm", "configs/lm.py", "loss"),
     "lm_deep": TaskSpec("lm_deep", "configs/lm_deep.py", "loss"),
@@ -161,6 +165,10 @@ optimizers, so a default is a number per optimizer, not per model):
 FLAGS = flags.FLAGS
 
 
+# The learning-rate grid: seven octaves around each default.
+OCTAVES = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+
+
 def _define_flags():
   """Defined only when run as a script, so that importing has no effects."""
   flags.DEFINE_string("workdir", None, "Directory for the runs (and results).")
@@ -171,12 +179,15 @@ def _define_flags():
                     " files.")
   flags.DEFINE_list("optimizers", list(DEFAULT_OPTIMIZERS),
                     "Optimizer names (see examples/optimizers.py).")
-  flags.DEFINE_list("lr_factors", ["0.5", "1", "2"],
+  flags.DEFINE_list("lr_factors", [str(f) for f in OCTAVES],
                     "Learning rates swept: these times each default.")
   # Two seeds keep a task's comparison near an hour on 2 cores; the paired
   # differences are steady across seeds, but AdamW's best (the target of
   # the steps column) moved by 0.036 nats/byte between seeds {0, 1} and
   # {2, 3} on the LM (measured), so --seeds=0,1,2,3 is the careful choice.
+  flags.DEFINE_integer("extend_edges", 3,
+                       "Grid steps to sweep past a best rate at an edge of"
+                       " the grid (0: none).")
   flags.DEFINE_list("seeds", ["0", "1"],
                     "Seeds; the sweep runs on the first one.")
   flags.DEFINE_integer("steps", None, "Training steps (default: each"
@@ -350,6 +361,7 @@ def _run_values(summary: dict, rdir, metric: str) -> dict:
 def compare(
     config, workdir, names, lr_factors, seeds, results_dir=None, *,
     metric: str = "loss", task: str = "", reuse_only: bool = False,
+    extend_edges: int = 0,
 ) -> dict:
   """Runs one task's defaults, sweep and seeds; writes and returns the table.
 
@@ -366,6 +378,9 @@ def compare(
     task: the task's name, for the caption.
     reuse_only: train nothing; report the finished runs (a row needs its
       default on the first seed).
+    extend_edges: while the best rate on the first seed is the lowest or
+      the highest swept, sweep one more rate beyond it (the grid's ratio at
+      that edge), at most this many times per optimizer.
 
   Returns:
     ``{"markdown": the table, "rows": one dict per optimizer, "task",
@@ -432,6 +447,13 @@ def compare(
     for lr in res["lrs"]:
       if (lr, seeds[0]) not in res["runs"]:
         res["runs"][(lr, seeds[0])] = one(name, lr, seeds[0])
+  for name, res in results.items():  # 2b. Past a best rate at an edge.
+    for _ in range(0 if reuse_only else extend_edges):
+      lr = _past_the_edge(res, seeds[0], key)
+      if lr is None:
+        break
+      res["lrs"] = sorted(res["lrs"] + [lr])
+      res["runs"][(lr, seeds[0])] = one(name, lr, seeds[0])
   for name, res in results.items():  # 3. The best rate, every seed.
     swept = {lr: res["runs"].get((lr, seeds[0])) for lr in res["lrs"]}
     swept = {lr: r for lr, r in swept.items() if r is not None}
@@ -465,6 +487,21 @@ def compare(
   print(f"Wrote {out / 'compare.md'} and {out / 'compare.png'}.")
   return table | {"task": task, "metric": metric, "missing": missing,
                   "about": about}
+
+
+def _past_the_edge(res, seed, key) -> float | None:
+  """The rate beyond the best of ``seed``'s sweep when it is at an edge of
+  the grid (times the grid's ratio at that edge), else ``None``."""
+  swept = {lr: res["runs"].get((lr, seed)) for lr in res["lrs"]}
+  swept = sorted(lr for lr, r in swept.items() if r is not None)
+  if len(swept) < 2:
+    return None
+  best = min(swept, key=lambda lr: key(res["runs"][(lr, seed)]))
+  if best == swept[0]:
+    return best * best / swept[1]
+  if best == swept[-1]:
+    return best * best / swept[-2]
+  return None
 
 
 def _finite(x) -> float:
@@ -965,7 +1002,8 @@ def recommend_defaults(tables: list[dict], current=None) -> dict:
 
 
 def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
-                  *, steps=None, quick=False, reuse_only=False) -> dict:
+                  *, steps=None, quick=False, reuse_only=False,
+                  extend_edges=0) -> dict:
   """Runs ``compare`` on every task, then the summary and recommendation.
 
   Args:
@@ -976,7 +1014,7 @@ def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
       ``defaults.md`` go here; ``None`` is ``workdir``.
     steps: training steps of every task (``None``: each task's own).
     quick: the smoke-test sizes of ``comparison_config``.
-    reuse_only: as in ``compare``.
+    reuse_only, extend_edges: as in ``compare``.
 
   Returns:
     ``{"tables": the tasks' compare results, "summary": Markdown,
@@ -990,7 +1028,7 @@ def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
     tables.append(compare(
         config, workdir / spec.name, names, lr_factors, seeds,
         out / spec.name, metric=spec.metric, task=spec.name,
-        reuse_only=reuse_only,
+        reuse_only=reuse_only, extend_edges=extend_edges,
     ))
   tables = [t for t in tables if t["rows"]]
   return {"tables": tables} | write_summary(tables, out)
@@ -1056,7 +1094,7 @@ def main(argv):
       tasks, FLAGS.workdir, FLAGS.optimizers,
       [float(f) for f in factors], [int(s) for s in seeds],
       FLAGS.results_dir, steps=FLAGS.steps, quick=FLAGS.quick,
-      reuse_only=FLAGS.reuse_only,
+      reuse_only=FLAGS.reuse_only, extend_edges=FLAGS.extend_edges,
   )
 
 

@@ -232,6 +232,49 @@ def test_compare_tasks_sweep_reuse_and_missing_runs(tmp_path):
   assert again["missing"] == ["optax_muon lr=0.08 seed=0"]
   assert again["rows"][0]["swept_lrs"] == [0.02, 0.04]
   assert "Not run yet (1): optax_muon lr=0.08 seed=0" in again["markdown"]
+  # Two rates: the best is at an edge, so one more rate is swept past it
+  # (the grid's ratio, 2), and the best of the three is marked if it is
+  # still at an edge.
+  extended = compare.compare(config, workdir, ["optax_muon"], [1.0, 2.0],
+                             [0, 1], metric="accuracy", task="digits_cnn",
+                             extend_edges=1)
+  row = extended["rows"][0]
+  beyond = 0.01 if best == 0.02 else 0.08
+  assert row["swept_lrs"] == sorted([0.02, 0.04, beyond])
+  swept = {x["lr"]: x for x in row["runs"] if x["seed"] == 0}
+  at_edge = row["best_lr"] in (min(swept), max(swept))
+  assert row["edge_of_sweep"] == at_edge
+  assert ("(edge)" in extended["markdown"]) == at_edge
+
+
+def test_sweep_is_in_octaves_and_goes_past_a_best_edge():
+  """The default grid is x1/8 .. x8 (7 rates); a best rate at an edge of
+  the first seed's sweep gives the next rate beyond it, at the grid's
+  ratio there; a best inside the grid, or a single rate, gives none."""
+  compare = _compare()
+  assert compare.OCTAVES == tuple(2.0**k for k in range(-3, 4))
+  key = compare._sort_key("loss")
+
+  def res(losses, seed=0):
+    runs = {(lr, seed): None if x is None else {"loss": x}
+            for lr, x in losses.items()}
+    return {"lrs": sorted(losses), "runs": runs}
+
+  past = compare._past_the_edge
+  assert past(res({0.01: 1.0, 0.02: 2.0, 0.04: 3.0}), 0, key) == \
+      pytest.approx(0.005)
+  assert past(res({0.01: 3.0, 0.02: 2.0, 0.04: 1.0}), 0, key) == \
+      pytest.approx(0.08)
+  assert past(res({0.01: 3.0, 0.03: 2.0, 0.09: 1.0}), 0, key) == \
+      pytest.approx(0.27)
+  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: 2.0}), 0, key) is None
+  assert past(res({0.02: 1.0}), 0, key) is None
+  # A rate not run (None) is not part of the sweep: the best, 0.02, is now
+  # the top edge.
+  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: None}), 0, key) == \
+      pytest.approx(0.04)
+  # Only the given seed's runs count.
+  assert past(res({0.01: 1.0, 0.02: 2.0}, seed=1), 0, key) is None
 
 
 def test_recommend_defaults_takes_the_best_mean_over_tasks(tmp_path):
