@@ -198,6 +198,8 @@ _OPTIMIZER_COMMON = [
     ("skip_nonfinite", "yes", T),
     ("weight_decay_mode", "caution", V),
     ("weight_decay_mode", None, V),
+    ("update_rms", -0.2, V),
+    ("update_rms", 0.0, V),
 ]
 _WEIGHT_DECAY = [("weight_decay", -1.0, V), ("weight_decay_mask", "yes", T)]
 _NU = [("nu_dtype", jnp.int8, T), ("nu_dtype", "q16", T)]

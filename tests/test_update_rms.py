@@ -8,10 +8,14 @@ import math
 import pathlib
 import re
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import ortho_optax
 from examples import update_rms
+from ortho_optax.transforms import shape
 
 DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs" / "optimizers.rst"
 # Seeded, so the measurement is deterministic up to the backend's float32
@@ -68,3 +72,62 @@ def test_muon_and_dion_match_the_docs_and_the_analytic_scale():
 @pytest.mark.slow
 def test_every_named_optimizer_matches_the_docs():
   _check(update_rms.NAMED)
+
+
+def _rms(tx, grads):
+  return update_rms.update_rms(tx, grads)
+
+
+@pytest.mark.parametrize("rms", [0.2, 1.0])
+def test_scale_to_rms_matches_numpy(rms):
+  """Per matrix of a stacked leaf (float64 NumPy reference); a zero matrix
+  stays zero; vectors pass; bfloat16 keeps its dtype."""
+  rng = np.random.default_rng(1)
+  w = rng.standard_normal((3, 5, 7)).astype(np.float32)
+  w[1] = 0.0
+  updates = {"w": jnp.asarray(w), "b": jnp.ones(7)}
+  dns = {"w": ortho_optax.DimensionNumbers(1, 2), "b": None}
+  tx = shape.scale_to_rms(rms, dimension_numbers=dns)
+  out, _ = tx.update(updates, tx.init(updates))
+  x = w.astype(np.float64)
+  r = np.sqrt(np.mean(x**2, axis=(1, 2), keepdims=True))
+  want = np.where(r > 0, x * rms / np.where(r > 0, r, 1), 0)
+  np.testing.assert_allclose(out["w"], want, rtol=1e-6, atol=1e-7)
+  np.testing.assert_array_equal(out["b"], updates["b"])
+  half = {"w": jnp.asarray(w[0], jnp.bfloat16)}
+  tx = shape.scale_to_rms(rms)
+  out, _ = tx.update(half, tx.init(half))
+  assert out["w"].dtype == jnp.bfloat16
+  got = np.sqrt(np.mean(np.asarray(out["w"], np.float64) ** 2))
+  assert got == pytest.approx(rms, rel=1e-2)
+
+
+def _check_update_rms(names):
+  grads = update_rms.gaussian_grads()
+  for name in names:
+    tx = getattr(ortho_optax, name)(1.0, update_rms=0.2)
+    for k, v in _rms(tx, grads).items():
+      assert v == pytest.approx(0.2, rel=1e-5), (name, k)
+
+
+def test_update_rms_gives_one_scale():
+  """``update_rms=0.2``: every matrix step of RMS 0.2 at learning rate 1,
+  whatever the method's own scale (the table's spread is 100x)."""
+  _check_update_rms(("muon", "auon", "scion"))
+
+
+@pytest.mark.slow
+def test_update_rms_gives_one_scale_everywhere():
+  _check_update_rms(update_rms.NAMED)
+
+
+def test_update_rms_default_is_the_paper_scale():
+  """``None`` adds no step: the optimizer, its state included, is the one
+  without the argument."""
+  grads = update_rms.gaussian_grads()
+  params = jax.tree.map(jnp.zeros_like, grads)
+  plain = ortho_optax.dion(1.0)
+  explicit = ortho_optax.dion(1.0, update_rms=None)
+  assert jax.tree.structure(plain.init(params)) == jax.tree.structure(
+      explicit.init(params)
+  )

@@ -29,6 +29,7 @@ def adamuon(
     normalization: str | None = None,
     ns_eps: float | None = None,
     compute_dtype=None,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.01,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -24,6 +24,7 @@ def auon(
     eps: float | None = None,
     shape_rule: str = "muon",
     shape_rms: float | None = None,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -403,6 +403,19 @@ class SharedArg(NamedTuple):
 # family, which tests/test_shared_args.py checks.
 SHARED_ARGS: tuple[SharedArg, ...] = (
     SharedArg(
+        "update_rms",
+        "float | None",
+        None,
+        "``None``, the method's own scale (its paper's); or the RMS to"
+        " which each matrix's update is rescaled before the weight decay and"
+        " the learning rate (:func:`scale_to_rms"
+        " <ortho_optax.transforms.shape.scale_to_rms>`): ``0.2`` is"
+        " Moonlight's match of AdamW's RMS, under which one learning rate"
+        " serves every named optimizer. It replaces any per-matrix scalar"
+        " the method computes (AuON's cosh-RMS factor; see the docs'"
+        ' "Scale of a step").',
+    ),
+    SharedArg(
         "weight_decay",
         "jax.typing.ArrayLike",
         0.0,
@@ -532,6 +545,7 @@ class Shared:
     check_nonnegative(a["weight_decay"], "weight_decay")
     check_mask(a["weight_decay_mask"])
     check_weight_decay_mode(a["weight_decay_mode"])
+    _checks.check_positive(a["update_rms"], "update_rms", optional=True)
 
   def __getitem__(self, name: str):
     return self.args[name]
@@ -547,6 +561,19 @@ class Shared:
         rules=self.args["rules"],
     )
 
+  def rescale(self) -> tuple[optax.GradientTransformation, ...]:
+    """The ``update_rms`` step: ``()`` for ``None`` (the method's own
+    scale, and its state unchanged), else :func:`scale_to_rms
+    <ortho_optax.transforms.shape.scale_to_rms>` on the matrix branch."""
+    rms = self.args["update_rms"]
+    if rms is None:
+      return ()
+    return (
+        _shape.scale_to_rms(
+            rms, dimension_numbers=self.branch_dimension_numbers
+        ),
+    )
+
   def matrix_decay(self) -> optax.GradientTransformation:
     """The matrices' weight decay: :func:`decayed_weights` of
     ``weight_decay``, ``weight_decay_mask`` and ``weight_decay_mode``."""
@@ -558,9 +585,10 @@ class Shared:
   def chain(self, *steps) -> optax.GradientTransformation:
     """The named optimizer of the matrices' ``steps``.
 
-    The matrices get ``optax.chain(*steps, weight decay, learning rate)``
-    (:meth:`matrix_decay`, ``optax.scale_by_learning_rate``), every other
-    leaf AdamW (:meth:`with_adam`).
+    The matrices get ``optax.chain(*steps, rescale, weight decay, learning
+    rate)`` (:meth:`rescale`, :meth:`matrix_decay`,
+    ``optax.scale_by_learning_rate``), every other leaf AdamW
+    (:meth:`with_adam`).
 
     Args:
       *steps: the method's transformations of the matrices' gradients,
@@ -572,6 +600,7 @@ class Shared:
     return self.with_adam(
         optax.chain(
             *steps,
+            *self.rescale(),
             self.matrix_decay(),
             optax.scale_by_learning_rate(self.learning_rate),
         )
@@ -603,7 +632,13 @@ class Shared:
         **{
             k: a[k]
             for k in SHARED_NAMES
-            if k not in ("weight_decay", "weight_decay_mask", "sharding")
+            if k
+            not in (
+                "update_rms",
+                "weight_decay",
+                "weight_decay_mask",
+                "sharding",
+            )
         },
     )
 

@@ -21,6 +21,7 @@ def dion(
     seed: int = 0,
     shape_rule: str = "spectral",
     shape_rms: float = 0.2,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -31,6 +31,7 @@ def dion2(
     compute_dtype=None,
     shape_rule: str = "spectral",
     shape_rms: float = 0.2,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

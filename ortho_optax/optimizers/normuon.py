@@ -32,6 +32,7 @@ def normuon(
     normalization: str | None = None,
     ns_eps: float | None = None,
     compute_dtype=None,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -28,6 +28,7 @@ def root(
     compute_dtype=None,
     shape_rule: str = "moonlight",
     shape_rms: float | None = None,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.1,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -200,6 +200,7 @@ def scion(
     normalization: str | None = None,
     ns_eps: float | None = None,
     compute_dtype=None,
+    update_rms: float | None = None,
     weight_decay_mode: str = "decoupled",
     adam_learning_rate: optax.ScalarOrSchedule | None = None,
     adam_b1: jax.typing.ArrayLike = 0.9,
@@ -323,6 +324,7 @@ def scion(
           sharding=sharding,
           **engine.lmo_options(),
       ),
+      *shared.rescale(),
       optax.add_decayed_weights(1.0 if constrained else 0.0),
       optax.scale_by_learning_rate(learning_rate),
   )

@@ -26,6 +26,7 @@ def trion(
     compute_dtype=None,
     shape_rule: str = "muon",
     shape_rms: float = 0.2,
+    update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
     weight_decay_mode: str = "decoupled",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import jax.numpy as jnp
 import optax
 
 from ortho_optax import checks as _checks
@@ -80,6 +81,62 @@ def scale_by_shape(
     def scale(m):
       f = shape_factor(m.shape[-2], m.shape[-1], rule, rms)
       return (m * f).astype(m.dtype)
+
+    return _routing.map_matrices(scale, updates, dns), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def scale_to_rms(
+    rms,
+    *,
+    dimension_numbers=None,
+    rules: _routing.Rules = None,
+) -> optax.GradientTransformation:
+  r"""Rescales each matrix update to the RMS ``rms``.
+
+  :math:`U \leftarrow \mathrm{rms} \cdot U / \mathrm{RMS}(U)` with
+  :math:`\mathrm{RMS}(U) = \|U\|_F / \sqrt{mn}` per matrix (of a batched or
+  stacked leaf too), computed in at least float32; a zero update stays
+  zero. The named optimizers' ``update_rms`` (Moonlight's convention of
+  matching AdamW's RMS, 0.2, applied to whatever direction a method
+  produces). Non-matrix leaves pass through unchanged.
+
+  Args:
+    rms: the target RMS, > 0 (a number or a traced scalar).
+    dimension_numbers: as in :func:`scale_by_orthogonalization`.
+    rules: routing overrides, see :func:`label_params`.
+
+  Returns:
+    An ``optax.GradientTransformation`` with an empty state.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> from ortho_optax.transforms.shape import scale_to_rms
+    >>> tx = scale_to_rms(0.2)
+    >>> u = {"w": jnp.arange(12.0).reshape(3, 4)}
+    >>> out, _ = tx.update(u, tx.init(u))
+    >>> round(float(jnp.sqrt(jnp.mean(out["w"] ** 2))), 6)
+    0.2
+  """
+  _checks.check_positive(rms, "update_rms")
+  _routing.check_dimension_numbers(dimension_numbers)
+  _routing.check_rules(rules)
+
+  def init_fn(params):
+    _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
+
+    def scale(m):
+      x = m.astype(jnp.promote_types(m.dtype, jnp.float32))
+      r = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(x)), axis=(-2, -1),
+                            keepdims=True))
+      f = jnp.where(r > 0, rms / jnp.where(r > 0, r, 1), 1)
+      return (x * f).astype(m.dtype)
 
     return _routing.map_matrices(scale, updates, dns), state
 
