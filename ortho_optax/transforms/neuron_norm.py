@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -43,7 +44,7 @@ def matrix_state(params, dns, make):
   """A tree like ``params``: ``make(leaf, dn)`` on matrices, else masked."""
   leaves, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
   dn_leaves = treedef.flatten_up_to(dns)
-  out = []
+  out: list[Any] = []
   for x, dn in zip(leaves, dn_leaves):
     if x is None:
       out.append(None)
