@@ -21,6 +21,11 @@ def _strip(spec: P) -> P:
 
 
 def _leaf_sharding(path, x, s):
+  if not (hasattr(x, "shape") and hasattr(x, "dtype")):
+    raise TypeError(
+        "`params` must be a tree of arrays or jax.ShapeDtypeStructs; the leaf"
+        f" at {jax.tree_util.keystr(path)} is {x!r}."
+    )
   if s is None:
     s = getattr(x, "sharding", None)
   if not isinstance(s, NamedSharding):
@@ -70,7 +75,8 @@ def state_shardings(
     states stay as they are).
 
   Raises:
-    TypeError: a parameter without a ``NamedSharding``.
+    TypeError: ``tx`` without ``init``, a parameter that is not an array,
+      or one without a ``NamedSharding``.
     ValueError: shardings on different meshes.
 
   Examples:
@@ -89,6 +95,11 @@ def state_shardings(
     >>> [s.spec for s in jax.tree.leaves(out)]  # counters, moments, momentum
     [P(), P(), P(), P(), P(), P(), P(), P('fsdp',)]
   """
+  if not callable(getattr(tx, "init", None)):
+    raise TypeError(
+        "`tx` must be an optax.GradientTransformation (an object with an"
+        f" `init` method); got {tx!r}."
+    )
   if param_shardings is None:
     param_shardings = jax.tree.map(lambda x: None, params)
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(
