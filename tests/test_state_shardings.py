@@ -182,10 +182,14 @@ def test_orbax_restores_onto_the_mesh():
 def test_refuses_unplaced_parameters_and_two_meshes():
   mesh, params, param_shardings = _placed("auto")
   tx = ortho_optax.muon(0.02)
-  with pytest.raises(TypeError, match=r"NamedSharding.*\['b'\] \(shape \(8,\)\)"):
+  with pytest.raises(
+      TypeError, match=r"NamedSharding.*\['b'\] \(shape \(8,\)\)"
+  ):
     ortho_optax.state_shardings(
         tx, params, {**param_shardings, "b": P("model")}
     )
+  with pytest.raises(ValueError, match="structure of `params`"):
+    ortho_optax.state_shardings(tx, params, [param_shardings])
   other = jax.make_mesh((8,), ("x",), axis_types=(AxisType.Auto,))
   with pytest.raises(ValueError, match="one mesh"):
     ortho_optax.state_shardings(

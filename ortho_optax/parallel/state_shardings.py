@@ -77,7 +77,8 @@ def state_shardings(
   Raises:
     TypeError: ``tx`` without ``init``, a parameter that is not an array,
       or one without a ``NamedSharding``.
-    ValueError: shardings on different meshes.
+    ValueError: ``param_shardings`` not of the structure of ``params``,
+      shardings on different meshes, or no array parameter.
 
   Examples:
     >>> import jax
@@ -105,7 +106,13 @@ def state_shardings(
   paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(
       params, is_leaf=_routing._is_masked
   )
-  given = treedef.flatten_up_to(param_shardings)
+  try:
+    given = treedef.flatten_up_to(param_shardings)
+  except (ValueError, TypeError) as e:
+    raise ValueError(
+        "`param_shardings` must be a tree of the structure of `params` (a"
+        f" NamedSharding per parameter): {e}"
+    ) from None
   shardings = [
       None if _routing._is_masked(x) else _leaf_sharding(path, x, s)
       for (path, x), s in zip(paths_leaves, given, strict=True)
@@ -116,10 +123,14 @@ def state_shardings(
         "`param_shardings` must all be on one mesh; got"
         f" {len(meshes)}: {sorted(map(str, meshes))}."
     )
-  if not meshes:  # No array parameter: nothing to place.
-    return jax.eval_shape(tx.init, params)
+  if not meshes:
+    raise ValueError(
+        "`params` holds no array, so no mesh to place the state on."
+    )
   (mesh,) = meshes
-  explicit = mesh.update(axis_types=(AxisType.Explicit,) * len(mesh.axis_names))
+  explicit = mesh.update(
+      axis_types=(AxisType.Explicit,) * len(mesh.axis_names)
+  )
   abstract = [
       x if s is None else jax.ShapeDtypeStruct(
           x.shape, x.dtype, sharding=NamedSharding(explicit, s.spec)
