@@ -118,6 +118,9 @@ def test_two_processes_equal_one_and_resume(tmp_path):
       _start(one, tmp_path / "one.log", 4)
   ]
   _wait(procs, tmp_path)
+  # One job of 4 devices, not two of 2: the processes found each other.
+  log = (tmp_path / "two_0.log").read_text()
+  assert "devices: 4 x cpu (2 processes)" in log
   got, got_records = _results(two)
   want, want_records = _results(one)
   assert got["final_step"] == 4 and got["start_step"] == 0
