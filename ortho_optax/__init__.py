@@ -43,6 +43,9 @@ from ortho_optax.optimizers.trust_region import trust_region as trust_region
 from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
 from ortho_optax.parallel.hlo import matmul_flops as compiled_matmul_flops
 from ortho_optax.parallel.sharding import ShardingOptions as ShardingOptions
+from ortho_optax.parallel.state_shardings import (
+    state_shardings as state_shardings,
+)
 from ortho_optax.routing import DimensionNumbers as DimensionNumbers
 from ortho_optax.routing import SplitDimensionNumbers as SplitDimensionNumbers
 from ortho_optax.routing import dimension_numbers_tree as dimension_numbers_tree
@@ -166,6 +169,7 @@ __all__ = (
     "scion_init",
     "scion_norms",
     "select_method",
+    "state_shardings",
     "trion",
     "trust_region",
     "turbo_muon",

@@ -282,6 +282,7 @@ PUBLIC_NAMES = (
     "scion_init",
     "scion_norms",
     "select_method",
+    "state_shardings",
     "trust_region",
     "turbo_muon",
     # Low-rank methods (issue 14).

@@ -151,7 +151,8 @@ def scion_norms(
       roles[unplaced.pop(0)] = "input"
     if unplaced and "output" not in has and output_pattern is None:
       roles[unplaced[-1]] = "output"
-  norms, radii = [], []
+  norms: list[_lmo.LMONorm | None] = []
+  radii: list[float | None] = []
   for role in roles:
     if role == "masked":
       norms.append(None)
