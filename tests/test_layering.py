@@ -296,6 +296,8 @@ PUBLIC_NAMES = (
     # Recommended learning rates, chosen over three tasks (issue 16).
     "RECOMMENDED_LEARNING_RATES",
     "recommended_learning_rate",
+    # Cautious weight decay (issue 24).
+    "add_cautious_decayed_weights",
 )
 
 
