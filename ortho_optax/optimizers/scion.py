@@ -233,11 +233,11 @@ def scion(
   ``scale_by_learning_rate``): the iterates started in the ball of radius
   :math:`\rho` stay there (needs :math:`\gamma \le 1`). A minimizer
   outside the ball is out of reach, for real and complex parameters alike:
-  SCG approaches the minimizer over the ball instead (for |X - T|^2, the
-  target's projection on the ball; exactly with ``method="polar_svd"``,
-  while Newton-Schulz's approximate polar factor stops short of it), and
-  uSCG (``constrained=False``) is the unconstrained method. Unlike the Muon
-  family, Scion applies an LMO to *every* parameter (embeddings, heads,
+  SCG approaches the minimizer over the ball instead (for
+  :math:`\|X - T\|_F^2`, the target's projection on the ball; exactly with
+  ``method="polar_svd"``, while Newton-Schulz's approximate polar factor
+  stops short of it), and uSCG (``constrained=False``) is the
+  unconstrained method. Unlike the Muon family, Scion applies an LMO to *every* parameter (embeddings, heads,
   biases), with the norms and radii of ``preset`` (see
   :func:`scion_norms`) unless ``norms`` / ``radii`` are given.
 
