@@ -237,9 +237,10 @@ def scion(
   :math:`\|X - T\|_F^2`, the target's projection on the ball; exactly with
   ``method="polar_svd"``, while Newton-Schulz's approximate polar factor
   stops short of it), and uSCG (``constrained=False``) is the
-  unconstrained method. Unlike the Muon family, Scion applies an LMO to *every* parameter (embeddings, heads,
-  biases), with the norms and radii of ``preset`` (see
-  :func:`scion_norms`) unless ``norms`` / ``radii`` are given.
+  unconstrained method. Unlike the Muon family, Scion applies an LMO to
+  *every* parameter (embeddings, heads, biases), with the norms and radii
+  of ``preset`` (see :func:`scion_norms`) unless ``norms`` / ``radii`` are
+  given.
 
   :func:`scion_init` draws a model's matrices on the spheres of these
   norms (the reference's ``Scion.init()``), so SCG starts on the boundary
