@@ -305,6 +305,8 @@ PUBLIC_NAMES = (
     "relaxing_bases",
     "update_bases",
     "with_gradient_projection",
+    # Cautious weight decay (issue 24).
+    "add_cautious_decayed_weights",
 )
 
 
