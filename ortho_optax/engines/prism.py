@@ -244,7 +244,7 @@ def prism(
       symmetric=symmetric,
   )
   wd = _normalization.working_dtype(cdt)
-  eye = jnp.eye(m, dtype=wd)
+  eye = jnp.broadcast_to(jnp.eye(m, dtype=wd), x.shape[:-1] + (m,))
   low, high = POLAR_ALPHA_RANGE
 
   def step(x, a, t):
