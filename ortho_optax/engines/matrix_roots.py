@@ -17,6 +17,7 @@ distributed Shampoo's ``matrix_epsilon``.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -38,6 +39,10 @@ DEFAULT_POWER_ITERATIONS = 100
 # Stopping tolerance on ||M - I||_F / sqrt(n) (distributed Shampoo: 1e-6 on
 # max |M - I|).
 DEFAULT_TOL = 1e-6
+# Matmuls in full float32: a TPU's default (bfloat16 passes) or a GPU's
+# TF32 would resolve the small eigenvalues to ~1e-3 of the largest, far
+# above the epsilon (distributed Shampoo passes HIGHEST as well).
+PRECISION = jax.lax.Precision.HIGHEST
 # An iterate whose residual grows past this factor of the last one is
 # rejected and the iteration stops (distributed Shampoo's guard: the
 # residual may grow a little before it falls).
@@ -113,8 +118,16 @@ def root_from_eigh(
       shifted > 0, jnp.where(shifted > 0, shifted, 1) ** (-1.0 / p), 0
   )
   scaled = eigenvectors * inv[..., None, :].astype(eigenvectors.dtype)
-  return _normalization.hermitian(
-      scaled, eigenvectors, eigenvectors.dtype, symmetric=symmetric
+  return _hermitian(scaled, eigenvectors, symmetric)
+
+
+def _hermitian(p, q, symmetric, q_hermitian=False):
+  """``P Q^H`` (``P Q`` if ``q_hermitian``) for a Hermitian result, in
+  full precision (:data:`PRECISION`), one triangle of blocks when
+  ``symmetric``."""
+  return _symmetric.hermitian_product(
+      p, q, functools.partial(jnp.matmul, precision=PRECISION),
+      symmetric=symmetric, q_hermitian=q_hermitian,
   )
 
 
@@ -194,6 +207,9 @@ def inverse_root(
   (:func:`default_steps`). They need :math:`A_\epsilon` positive
   definite: with ``eps=0`` a singular ``a`` gives large finite entries,
   not the zeros ``"eigh"`` gives its null space.
+
+  Every matmul of this module runs at ``precision=HIGHEST`` (full float32
+  on a TPU or a GPU, whose defaults are bfloat16 passes or TF32).
 
   Accuracy in float32: the eigenvalues of :math:`A_\epsilon` are resolved
   to about :math:`u\lambda_{max}` (:math:`u = 6 \cdot 10^{-8}`), so an
@@ -317,7 +333,7 @@ def _lambda_max(a: jax.Array, iterations: int) -> jax.Array:
   v = jnp.broadcast_to((v / jnp.linalg.norm(v)).astype(a.dtype), a.shape[:-1])
 
   def matvec(v):
-    return jnp.einsum("...ij,...j->...i", a, v)
+    return jnp.einsum("...ij,...j->...i", a, v, precision=PRECISION)
 
   def body(_, v):
     w = matvec(v)
@@ -362,9 +378,7 @@ def _coupled_newton(
   x = eye * jnp.where(pos, c ** (-1.0 / p), 0).astype(dt)
 
   def herm(u, v):  # u v for commuting Hermitian u, v: Hermitian
-    return _normalization.hermitian(
-        u, v, dt, symmetric=symmetric, q_hermitian=True
-    )
+    return _hermitian(u, v, symmetric, q_hermitian=True)
 
   def power(t):
     result, base, e = None, t, p
@@ -385,7 +399,7 @@ def _coupled_newton(
     if method == "newton":
       return eye + r / p
     s = _prism.sketch(seed, t, n, sketch_size, dt)
-    z = _prism.residual_powers(r, s, p + 1)
+    z = _prism.residual_powers(r, s, p + 1, precision=PRECISION)
     # h(r) = 1 - (1 - r)(1 + alpha r)^p = r - sum_j C(p, j) alpha^j
     # (r^j - r^{j+1}).
     pieces = [z[1]] + [

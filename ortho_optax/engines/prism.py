@@ -72,15 +72,17 @@ def sketch(seed: int, step, n: int, size: int, dtype) -> jax.Array:
   return jax.random.normal(key, (n, size), dtype=real).astype(dtype)
 
 
-def residual_powers(r: jax.Array, s: jax.Array, degree: int) -> list:
+def residual_powers(
+    r: jax.Array, s: jax.Array, degree: int, precision=None
+) -> list:
   """``[S^T, R S^T, ..., R^degree S^T]``, each ``(..., n, size)``.
 
   ``degree`` products of ``R`` with an ``n x size`` matrix, in ``r``'s
-  dtype (``2 n^2 size`` FLOPs each).
+  dtype (``2 n^2 size`` FLOPs each) and ``precision``.
   """
   z = [jnp.broadcast_to(s, r.shape[:-2] + s.shape)]
   for _ in range(degree):
-    z.append(jnp.matmul(r, z[-1]))
+    z.append(jnp.matmul(r, z[-1], precision=precision))
   return z
 
 
