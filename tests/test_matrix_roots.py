@@ -371,3 +371,15 @@ def test_muon_with_prism():
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   s = np.linalg.svd(np.asarray(updates["w"]), compute_uv=False)
   assert np.isfinite(s).all() and s.max() / s.min() < 1 + 1e-4
+
+
+@pytest.mark.slow
+def test_traced_eps():
+  """eps may be traced (optax.inject_hyperparams under jit): the default
+  steps are then float32's floor's, and the root is the concrete eps's."""
+  x = jnp.asarray(_batch()[3, 1].astype(np.float32))
+  ref = _reference(x, 4, 1e-6)
+  for method in ("newton", "prism"):
+    out = jax.jit(lambda a, e, m=method: mr.inverse_root(
+        a, 4, method=m, eps=e))(x, 1e-6)
+    assert _rel(out, ref) <= 1e-3, method

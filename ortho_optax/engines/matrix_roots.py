@@ -224,9 +224,11 @@ def inverse_root(
       preconditioner of a matrix).
     method: ``"eigh"``, ``"newton"`` or ``"prism"``.
     eps: regularization relative to the largest eigenvalue (distributed
-      Shampoo's ``matrix_epsilon``).
+      Shampoo's ``matrix_epsilon``); may be traced
+      (``optax.inject_hyperparams``).
     steps: the matmul methods' number of steps; ``None``:
-      :func:`default_steps`.
+      :func:`default_steps` (for a traced ``eps``, that of float32's
+      resolution, :math:`2^{-24}`).
     tol: the matmul methods' stopping tolerance on
       :math:`\|M - I\|_F / \sqrt{n}`.
     bound: ``"power"`` or ``"frobenius"``, the matmul methods' :math:`c`.
@@ -286,10 +288,11 @@ def inverse_root(
     lam, u = eigh(scaled)
     root = root_from_eigh(lam, u, p, eps, symmetric=symmetric)
   else:
-    if steps is None:
-      steps = default_steps(p, eps, method)
+    traced = _checks.is_traced(eps)  # inject_hyperparams under jit
+    if steps is None:  # a traced eps may be tiny: float32's floor
+      steps = default_steps(p, 0.0 if traced else eps, method)
     root = _coupled_newton(
-        symmetrize(scaled), p, method=method, eps=float(eps), steps=steps,
+        symmetrize(scaled), p, method=method, eps=eps, steps=steps,
         tol=float(tol), bound=bound, power_iterations=power_iterations,
         sketch_size=sketch_size, seed=seed, symmetric=symmetric,
     )
@@ -361,7 +364,7 @@ def _coupled_newton(
   if n == 0:
     return a
   eye = jnp.broadcast_to(jnp.eye(n, dtype=dt), a.shape)
-  if bound == "power" or eps > 0:
+  if bound == "power" or _checks.is_traced(eps) or eps > 0:
     lam = _lambda_max(a, power_iterations)
   else:
     lam = jnp.zeros(a.shape[:-2] + (1, 1), real)
