@@ -211,12 +211,15 @@ def inverse_root(
   Every matmul of this module runs at ``precision=HIGHEST`` (full float32
   on a TPU or a GPU, whose defaults are bfloat16 passes or TF32).
 
-  Accuracy in float32: the eigenvalues of :math:`A_\epsilon` are resolved
-  to about :math:`u\lambda_{max}` (:math:`u = 6 \cdot 10^{-8}`), so an
-  eigenvalue near :math:`\epsilon\lambda_{max}` has a relative error of
-  about :math:`u / \epsilon` and its inverse root :math:`u / (p \epsilon)`
-  (eigh included): ``eps=1e-6`` (condition number of :math:`A_\epsilon`
-  up to :math:`10^6`) gives about 1e-2, ``eps=1e-4`` 1e-4.
+  Accuracy in float32: float32 resolves the eigenvalues of
+  :math:`A_\epsilon` to about :math:`u\lambda_{max}` (:math:`u = 6 \cdot
+  10^{-8}`), so the inverse root of one near :math:`\epsilon\lambda_{max}`
+  is uncertain by up to about :math:`u / (p \epsilon)`. Measured against
+  float64 (32 x 32, log-uniform spectra, ``p = 4``): with ``eps=1e-6``
+  (condition number of :math:`A_\epsilon` up to :math:`10^6`) ``newton``
+  and ``prism`` are within 7e-4 up to a condition number of 1e6 of ``a``
+  and within 1.8e-3 at 1e8; with ``eps=1e-5`` within 2e-4 at every
+  condition number (float32 ``eigh``: 2.4e-2 and 4.8e-3).
 
   Args:
     a: array of shape ``(..., n, n)``; leading axes are batch axes.
