@@ -296,6 +296,10 @@ PUBLIC_NAMES = (
     # Recommended learning rates, chosen over three tasks (issue 16).
     "RECOMMENDED_LEARNING_RATES",
     "recommended_learning_rate",
+    # Matrix roots and PRISM (issue 22).
+    "inverse_root",
+    "inverse_root_flops",
+    "prism_orthogonalize",
 )
 
 
