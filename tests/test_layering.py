@@ -307,6 +307,10 @@ PUBLIC_NAMES = (
     "with_gradient_projection",
     # Cautious weight decay (issue 24).
     "add_cautious_decayed_weights",
+    # Matrix roots and PRISM (issue 22).
+    "inverse_root",
+    "inverse_root_flops",
+    "prism_orthogonalize",
 )
 
 
