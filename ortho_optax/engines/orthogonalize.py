@@ -160,7 +160,7 @@ def orthogonalize_flops(
     backend: str | None = None,
     **options,
 ) -> int:
-  r"""Matmul FLOPs of ``orthogonalize(x, method, **options)`` for real ``x``.
+  r"""Matmul FLOPs of ``orthogonalize(x, method, **options)``.
 
   With ``m <= n`` the sides after orientation and ``B`` the batch size:
 
@@ -209,6 +209,13 @@ def orthogonalize_flops(
   dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
     raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
+  flops = _real_flops(shape, method, dtype, backend, options)
+  # A complex product is four real ones (count_matmul_flops counts so).
+  return 4 * flops if jnp.issubdtype(dtype, jnp.complexfloating) else flops
+
+
+def _real_flops(shape, method, dtype, backend, options) -> int:
+  """:func:`orthogonalize_flops` of the real arithmetic."""
   options = dict(options)
   options["symmetric"] = _symmetric.resolve_symmetric(
       options.get("symmetric"), backend
