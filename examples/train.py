@@ -600,7 +600,10 @@ def train_and_evaluate(
     the run resumed from, 0 if fresh), ``final_step``, ``best_eval_loss``,
     ``final_eval`` (the last evaluation's metrics), ``sec_per_step`` (training
     wall time per step, without compilation and evaluation), ``wall_sec``
-    (the whole call, this invocation) and ``num_params``.
+    (the whole call, this invocation) and ``num_params``. Under
+    ``jax.distributed`` process 0 alone writes ``workdir``'s files (the
+    checkpoints are written together); the others return the same summary
+    but for ``best_eval_loss``, which covers only their own evaluations.
 
   Raises:
     cli.ConfigError: a setting that cannot run, named (a missing
@@ -667,9 +670,17 @@ def train_and_evaluate(
     workdir.mkdir(parents=True, exist_ok=True)
     if mngr is None and config.save_checkpoints:
       mngr = _checkpoint_manager(workdir, config.max_checkpoints_to_keep)
-    _reset_metrics(workdir, start_step if start_step else None)
+    # Under jax.distributed every process runs this loop on the same
+    # workdir; process 0 alone writes the files beside the checkpoints
+    # (Orbax coordinates the checkpoints' own writes).
+    primary = jax.process_index() == 0
+    if primary:
+      _reset_metrics(workdir, start_step if start_step else None)
     saved_config = _config_json(config)
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+    if primary:
+      (workdir / "config.json").write_text(
+          config.to_json_best_effort(indent=2)
+      )
 
     if verbose:
       if start_step >= total:
@@ -703,14 +714,15 @@ def train_and_evaluate(
         make_train_step(task.loss_fn),
         shardings=None if mesh is None else state_shardings(model, optimizer),
     )
-    metrics_file = (workdir / METRICS_FILE).open("a")
+    metrics_file = (workdir / METRICS_FILE).open("a") if primary else None
 
     def write(record):
-      metrics_file.write(json.dumps(record) + "\n")
-      metrics_file.flush()
+      if metrics_file is not None:
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
 
     best_eval = math.inf
-    for r in read_metrics(workdir):
+    for r in read_metrics(workdir) if primary else ():
       if r["split"] == "eval":
         best_eval = min(best_eval, r["loss"])
     last_train, last_eval = None, {}
@@ -764,7 +776,8 @@ def train_and_evaluate(
           timer.start()
     finally:
       bar.close()
-      metrics_file.close()
+      if metrics_file is not None:
+        metrics_file.close()
       if mngr is not None:
         mngr.wait_until_finished()
         mngr.close()
@@ -789,6 +802,8 @@ def train_and_evaluate(
       "wall_sec": time.perf_counter() - t_call,
       "num_params": num_params,
   }
+  if jax.process_index() != 0:
+    return summary
   (workdir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
   if config.plot:
     what = config.model.name

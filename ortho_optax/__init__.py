@@ -12,6 +12,10 @@ from ortho_optax.engines.coefficients import (
 )
 from ortho_optax.engines.flops import count_matmul_flops as count_matmul_flops
 from ortho_optax.engines.gram import gram_newton_schulz as gram_newton_schulz
+from ortho_optax.engines.matrix_roots import inverse_root as inverse_root
+from ortho_optax.engines.matrix_roots import (
+    inverse_root_flops as inverse_root_flops,
+)
 from ortho_optax.engines.newton_schulz import newton_schulz as newton_schulz
 from ortho_optax.engines.orthogonalize import orthogonalize as orthogonalize
 from ortho_optax.engines.orthogonalize import (
@@ -20,6 +24,7 @@ from ortho_optax.engines.orthogonalize import (
 from ortho_optax.engines.orthogonalize import select_method as select_method
 from ortho_optax.engines.polar import orthogonality_error as orthogonality_error
 from ortho_optax.engines.polar import polar_svd as polar_svd
+from ortho_optax.engines.prism import prism as prism_orthogonalize
 from ortho_optax.optimizers.adamuon import adamuon as adamuon
 from ortho_optax.optimizers.auon import auon as auon
 from ortho_optax.optimizers.auon import hybrid_auon as hybrid_auon
@@ -43,6 +48,9 @@ from ortho_optax.optimizers.trust_region import trust_region as trust_region
 from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
 from ortho_optax.parallel.hlo import matmul_flops as compiled_matmul_flops
 from ortho_optax.parallel.sharding import ShardingOptions as ShardingOptions
+from ortho_optax.parallel.state_shardings import (
+    state_shardings as state_shardings,
+)
 from ortho_optax.routing import DimensionNumbers as DimensionNumbers
 from ortho_optax.routing import SplitDimensionNumbers as SplitDimensionNumbers
 from ortho_optax.routing import dimension_numbers_tree as dimension_numbers_tree
@@ -138,6 +146,8 @@ __all__ = (
     "dion2",
     "gram_newton_schulz",
     "hybrid_auon",
+    "inverse_root",
+    "inverse_root_flops",
     "label_params",
     "muon",
     "newton_schulz",
@@ -147,6 +157,7 @@ __all__ = (
     "orthogonalize_flops",
     "polar_svd",
     "pome",
+    "prism_orthogonalize",
     "project_gradients",
     "qk_clip",
     "quantize",
@@ -166,6 +177,7 @@ __all__ = (
     "scion_init",
     "scion_norms",
     "select_method",
+    "state_shardings",
     "trion",
     "trust_region",
     "turbo_muon",

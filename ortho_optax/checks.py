@@ -48,7 +48,7 @@ def check_matrix(x, name: str = "x") -> jax.Array:
   return x
 
 
-def check_choice(value, name: str, choices: Iterable) -> str:
+def check_choice(value, name: str, choices: Iterable) -> str | None:
   """Raises unless ``value`` is one of ``choices`` (strings, maybe None)."""
   choices = tuple(choices)
   if not (

@@ -475,7 +475,7 @@ def dimension_numbers_tree(
     user = _broadcast_prefix(dn_tree, params)
   else:
     user = None
-  out = []
+  out: list[Any] = []
   for i, (path, leaf) in enumerate(leaves_with_path):
     if leaf is None:
       out.append(None)

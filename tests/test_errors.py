@@ -25,6 +25,13 @@ ATTN = {"a": {"query": {"kernel": jnp.ones((4, 2, 3))},
               "key": {"kernel": jnp.ones((4, 2, 3))}}}
 
 
+_REPLICATED = {
+    k: jax.NamedSharding(jax.make_mesh((jax.device_count(),), ("x",)),
+                         jax.P())
+    for k in PARAMS
+}
+
+
 @functools.cache
 def _hlo():
   return jax.jit(jnp.sin).lower(X).compile().as_text()
@@ -157,6 +164,12 @@ CALLS = {
     "dequantize": _abstract(
         lambda q=..., **kw: oo.dequantize(
             oo.quantize(X) if q is ... else q, **kw
+        )
+    ),
+    "state_shardings": (
+        lambda tx=..., params=PARAMS, param_shardings=...: oo.state_shardings(
+            oo.muon(0.01) if tx is ... else tx, params,
+            _REPLICATED if param_shardings is ... else param_shardings,
         )
     ),
     "CoefficientTable": (
@@ -490,6 +503,11 @@ BAD = {
         ("name", "adam", V),
         ("name", ["muon"], T),
     ],
+    "state_shardings": [
+        ("tx", optax.adam, T),
+        ("params", {"w": "kernel", "b": jnp.zeros(8)}, T),
+        ("param_shardings", {"w": jax.P(), "b": jax.P()}, T),
+    ],
     "QuantFormat": [
         ("code", "q3", V),
         ("block_size", 0, V),
@@ -581,10 +599,21 @@ NAMED = {
 }
 
 
+def _value_id(value) -> str:
+  """A test id that is the same in every process: a function's repr holds
+  its address, which differs between pytest-xdist workers (and then the
+  workers refuse to run, having collected different tests)."""
+  if callable(value) and hasattr(value, "__name__"):
+    return value.__name__
+  return repr(value)
+
+
 def _cases():
   for fn, rows in BAD.items():
     for arg, value, error in rows:
-      yield pytest.param(fn, arg, value, error, id=f"{fn}-{arg}-{value!r}")
+      yield pytest.param(
+          fn, arg, value, error, id=f"{fn}-{arg}-{_value_id(value)}"
+      )
 
 
 @pytest.mark.parametrize("fn, arg, value, error", _cases())

@@ -282,6 +282,7 @@ PUBLIC_NAMES = (
     "scion_init",
     "scion_norms",
     "select_method",
+    "state_shardings",
     "trust_region",
     "turbo_muon",
     # Low-rank methods (issue 14).
@@ -304,6 +305,12 @@ PUBLIC_NAMES = (
     "relaxing_bases",
     "update_bases",
     "with_gradient_projection",
+    # Cautious weight decay (issue 24).
+    "add_cautious_decayed_weights",
+    # Matrix roots and PRISM (issue 22).
+    "inverse_root",
+    "inverse_root_flops",
+    "prism_orthogonalize",
 )
 
 

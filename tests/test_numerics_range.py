@@ -35,6 +35,7 @@ ENGINES = [
     ("polar_svd", "polar_svd", {}),
     ("auon", "auon", {}),
     ("hybrid_auon", "auon", dict(hybrid_steps=1)),
+    ("prism", "prism", {}),
 ]
 ENGINE_IDS = [e[0] for e in ENGINES]
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16,
@@ -193,6 +194,35 @@ def test_issue_examples_engines():
     want = _f64(f(h))
     assert np.isfinite(got).all(), (method, options)
     assert _rel_dist(got, want) < 2e-2, (method, options)
+
+
+# --------------------------------------------------------------- matrix roots
+
+
+@pytest.mark.parametrize("method", ["newton", "prism"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_inverse_root_does_not_depend_on_the_scale(method, dtype):
+  """``inverse_root(c A) = c^{-1/4} inverse_root(A)`` for ``c = 2^{4k}``
+  from the dtype's smallest normal number to its largest over ``max|A|``
+  (``A = B B^T`` with small-integer ``B``, so ``c A`` is exact), in one
+  batch: finite, and equal to the unit-scale root to float32 rounding.
+  (bfloat16 has float32's range; the eigh method passes too, measured.)"""
+  dt = DTYPES[dtype]
+  fi = jnp.finfo(dt)
+  b = np.random.default_rng(4).integers(-2, 3, (6, 8)).astype(np.float64)
+  a = b @ b.T
+  lo = int(np.ceil(np.log2(float(fi.tiny)) / 4))
+  hi = int(np.floor(np.log2(float(fi.max) / np.abs(a).max()) / 4))
+  ks = np.unique(np.linspace(lo, hi, 7).astype(int))
+  cs = 2.0 ** (4.0 * ks)
+  batch = jnp.asarray((cs[:, None, None] * a).astype(np.float32)).astype(dt)
+  np.testing.assert_array_equal(_f64(batch), cs[:, None, None] * a)
+  out = np.asarray(oo.inverse_root(batch, 4, method=method, eps=1e-4),
+                   np.float64)
+  assert np.isfinite(out).all()
+  unit = out * cs[:, None, None] ** 0.25
+  assert _rel_dist(unit, unit[:1]).max() <= 1e-5, (ks, _rel_dist(unit,
+                                                                 unit[:1]))
 
 
 # ------------------------------------------------------------------ transforms

@@ -80,7 +80,7 @@ def test_as_storage_refuses(value, error, match):
         ("complex64", "bfloat16", True, r"`mu_dtype`=complex64.*real"),
         ("float32", "complex64", False, r"`mu_dtype` float32 cannot hold the"
          r" complex leaf at \['a'\]\['w'\]"),
-        ("bfloat16", "complex128", False, "cannot hold the complex leaf"),
+        ("bfloat16", "complex64", False, "cannot hold the complex leaf"),
         ("float32", "complex64", True, None),  # a real-valued moment
         ("complex64", "complex64", False, None),
         ("float32", "bfloat16", False, None),

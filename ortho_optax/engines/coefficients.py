@@ -269,4 +269,4 @@ def _rows_from_array(coeffs) -> tuple[tuple[float, float, float], ...]:
     )
   if not np.all(np.isfinite(arr)):
     raise ValueError(f"`coeffs` must be finite; got {coeffs!r}.")
-  return tuple(tuple(float(v) for v in row) for row in arr)
+  return tuple((float(a), float(b), float(c)) for a, b, c in arr)

@@ -15,15 +15,20 @@ from ortho_optax.engines import gram as _gram
 from ortho_optax.engines import newton_schulz as _newton_schulz
 from ortho_optax.engines import normalization as _normalization
 from ortho_optax.engines import polar as _polar
+from ortho_optax.engines import prism as _prism
 from ortho_optax.engines import symmetric as _symmetric
 
-METHODS = ("auto", "newton_schulz", "gram_newton_schulz", "polar_svd", "auon")
+METHODS = (
+    "auto", "newton_schulz", "gram_newton_schulz", "polar_svd", "auon",
+    "prism",
+)
 
 _ENGINES = {
     "newton_schulz": _newton_schulz.newton_schulz,
     "gram_newton_schulz": _gram.gram_newton_schulz,
     "polar_svd": _polar.polar_svd,
     "auon": _auon.auon,
+    "prism": _prism.prism,
 }
 
 # Half-precision Gram iterations amplify round-off in R (Gram-NS README and
@@ -73,7 +78,8 @@ def orthogonalize(x: jax.Array, method: str = "auto", **options) -> jax.Array:
   Args:
     x: array of shape ``(..., m, n)``; leading axes are batch axes.
     method: ``"auto"``, ``"newton_schulz"``, ``"gram_newton_schulz"``,
-      ``"polar_svd"`` or ``"auon"``.
+      ``"polar_svd"``, ``"auon"`` or ``"prism"`` (PRISM's per-step fitted
+      quintic, :func:`ortho_optax.engines.prism.prism`).
     **options: keyword arguments of the chosen engine (for ``"auto"``: those
       of :func:`newton_schulz`, plus ``restarts`` for the Gram form).
 
@@ -154,7 +160,7 @@ def orthogonalize_flops(
     backend: str | None = None,
     **options,
 ) -> int:
-  r"""Matmul FLOPs of ``orthogonalize(x, method, **options)`` for real ``x``.
+  r"""Matmul FLOPs of ``orthogonalize(x, method, **options)``.
 
   With ``m <= n`` the sides after orientation and ``B`` the batch size:
 
@@ -203,6 +209,13 @@ def orthogonalize_flops(
   dtype = _checks.check_dtype(dtype)
   if len(shape) < 2:
     raise ValueError(f"`shape` must have rank >= 2, got {shape}.")
+  flops = _real_flops(shape, method, dtype, backend, options)
+  # A complex product is four real ones (count_matmul_flops counts so).
+  return 4 * flops if jnp.issubdtype(dtype, jnp.complexfloating) else flops
+
+
+def _real_flops(shape, method, dtype, backend, options) -> int:
+  """:func:`orthogonalize_flops` of the real arithmetic."""
   options = dict(options)
   options["symmetric"] = _symmetric.resolve_symmetric(
       options.get("symmetric"), backend
@@ -222,6 +235,17 @@ def orthogonalize_flops(
   step = herm(n) + herm(m) + 2 * m * m * n  # X X^H, A^2, B X
   if method == "auon":
     return batch * options.get("hybrid_steps", 0) * step
+  if method == "prism":
+    normalization = options.get("normalization") or "schatten4"
+    extra = 0
+    if normalization == "spectral":
+      extra = _normalization.spectral_estimate_flops(m)
+    steps = options.get("steps") or _prism.DEFAULT_STEPS
+    sketch = _prism.sketch_flops(
+        m, _prism.POLAR_RESIDUAL_DEGREE,
+        options.get("sketch_size", _prism.DEFAULT_SKETCH_SIZE),
+    )
+    return batch * (steps * (step + sketch) + extra)
   rows, _ = _coefficients.resolve_coefficients(
       options.get("coeffs", "polar_express"), shape, options.get("steps")
   )

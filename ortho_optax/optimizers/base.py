@@ -943,7 +943,7 @@ def variant_of(base, **defaults):
         ) from None
       return fn(*args, **kwargs)
 
-    wrapper.__signature__ = signature
+    setattr(wrapper, "__signature__", signature)  # noqa: B010
     return wrapper
 
   return decorate

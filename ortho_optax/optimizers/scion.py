@@ -151,7 +151,8 @@ def scion_norms(
       roles[unplaced.pop(0)] = "input"
     if unplaced and "output" not in has and output_pattern is None:
       roles[unplaced[-1]] = "output"
-  norms, radii = [], []
+  norms: list[_lmo.LMONorm | None] = []
+  radii: list[float | None] = []
   for role in roles:
     if role == "masked":
       norms.append(None)
@@ -233,10 +234,16 @@ def scion(
   starts at zero. The constrained step is decoupled weight decay with
   coefficient 1 (``optax.add_decayed_weights(1.0)`` before
   ``scale_by_learning_rate``): the iterates started in the ball of radius
-  :math:`\rho` stay there (needs :math:`\gamma \le 1`). Unlike the Muon
-  family, Scion applies an LMO to *every* parameter (embeddings, heads,
-  biases), with the norms and radii of ``preset`` (see
-  :func:`scion_norms`) unless ``norms`` / ``radii`` are given.
+  :math:`\rho` stay there (needs :math:`\gamma \le 1`). A minimizer
+  outside the ball is out of reach, for real and complex parameters alike:
+  SCG approaches the minimizer over the ball instead (for
+  :math:`\|X - T\|_F^2`, the target's projection on the ball; exactly with
+  ``method="polar_svd"``, while Newton-Schulz's approximate polar factor
+  stops short of it), and uSCG (``constrained=False``) is the
+  unconstrained method. Unlike the Muon family, Scion applies an LMO to
+  *every* parameter (embeddings, heads, biases), with the norms and radii
+  of ``preset`` (see :func:`scion_norms`) unless ``norms`` / ``radii`` are
+  given.
 
   :func:`scion_init` draws a model's matrices on the spheres of these
   norms (the reference's ``Scion.init()``), so SCG starts on the boundary

@@ -25,7 +25,8 @@ def _unit_norms(norm):
 
   def convert(n):
     if isinstance(n, str):
-      return _lmo.LMONorm(_lmo.as_norm(n).name, unit=True)
+      _checks.check_choice(n, "norm", _lmo.NORMS)
+      return _lmo.LMONorm(n, unit=True)
     return _lmo.as_norm(n)
 
   return jax.tree.map(convert, norm, is_leaf=_lmo.is_norm_value)

@@ -77,7 +77,8 @@ class CollectiveStats(NamedTuple):
 
   total: int
   by_op: dict
-  count: dict
+  # Hides the tuple's count method (type checkers flag it); public.
+  count: dict  # type: ignore[assignment]
   static_total: int
   unknown_trip_counts: int
 

@@ -586,7 +586,7 @@ def map_matrix_groups(
         if s is None and _same_mesh(r, mesh) else s
         for s, r in zip(known, (recorded[i] for i in index))
     ]
-  layouts = [
+  specs = [
       None if s is None else matrix_spec(x.shape, dn, s.spec)
       for s, x, dn in zip(known, mats, mat_dns)
   ]
@@ -605,12 +605,12 @@ def map_matrix_groups(
     results = [None] * len(mats)
     for key in sorted(buckets):
       for layout, members in _plan(
-          buckets[key], layouts, options.strategy, axes, inner_mesh
+          buckets[key], specs, options.strategy, axes, inner_mesh
       ):
         parts = []
         for j in members:
           part = pieces[j][0][0].stack
-          if layout is not None and layouts[j] != layout:
+          if layout is not None and specs[j] != layout:
             part = _constrain(part, inner_mesh, _p((), *layout))
           parts.append(part)
         stack = parts[0] if len(parts) == 1 else jnp.concatenate(parts)

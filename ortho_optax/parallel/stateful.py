@@ -239,7 +239,7 @@ def map_matrix_groups(
         if s is None and _sharding._same_mesh(r, mesh) else s
         for s, r in zip(known, (recorded[i] for i in index))
     ]
-  layouts = [
+  specs = [
       None if s is None else _sharding.matrix_spec(x.shape, dn, s.spec)
       for s, x, dn in zip(known, gs, mat_dns)
   ]
@@ -258,8 +258,8 @@ def map_matrix_groups(
     for key in sorted(buckets):
       m, n, wd, transposed = key
       members = buckets[key]
-      layout = layouts[members[0]]
-      if any(layouts[j] != layout for j in members):
+      layout = specs[members[0]]
+      if any(specs[j] != layout for j in members):
         layout = None
       placement = Placement(
           options.strategy if inner_mesh is not None else None,

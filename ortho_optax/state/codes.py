@@ -104,15 +104,15 @@ def dynamic_exponent(bits: int, signed: bool) -> np.ndarray:
     The ``2**bits`` sorted values, float32 (computed in float64).
   """
   e = bits - 1
-  values = [0.0, 1.0]
+  parts = [np.array([0.0, 1.0])]
   for i in range(e):
     n = 2**i if signed else 2 ** (i + 1)
     edges = np.linspace(0.1, 1.0, n + 1)
     mids = 10.0 ** (i - e + 1) * (edges[:-1] + edges[1:]) / 2
-    values.extend(mids)
+    parts.append(mids)
     if signed:
-      values.extend(-mids)
-  values = np.sort(np.asarray(values, np.float64))
+      parts.append(-mids)
+  values = np.sort(np.concatenate(parts).astype(np.float64))
   assert values.size == 2**bits, values.size
   return values.astype(np.float32)
 

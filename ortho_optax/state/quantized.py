@@ -431,7 +431,7 @@ def _explicit_sharding(x):
   if not isinstance(s, jax.sharding.NamedSharding):
     return None
   explicit = set(_explicit_axes(s.mesh))
-  used = set()
+  used: set[str] = set()
   for entry in s.spec:
     used.update((entry,) if isinstance(entry, str) else entry or ())
   return s if used & explicit else None

@@ -109,6 +109,11 @@ def is_quantized(storage: Storage) -> bool:
   return isinstance(storage, _quantized.QuantFormat)
 
 
+def float_dtype(storage: Storage) -> np.dtype | None:
+  """A float storage's dtype; ``None`` for ``None`` and quantized ones."""
+  return None if isinstance(storage, _quantized.QuantFormat) else storage
+
+
 def _is_array_like(x) -> bool:
   """An array, or a wrapper of one that has its shape and dtype."""
   return hasattr(x, "shape") and hasattr(x, "dtype") and not _is_leaf(x)
@@ -183,7 +188,7 @@ def zeros(
     check_leaves(tree, storage, name, real_values=real_values)
 
   def one(x):
-    if not is_quantized(storage):
+    if not isinstance(storage, _quantized.QuantFormat):
       return jnp.zeros_like(x, dtype=storage)
     if not jnp.issubdtype(x.dtype, jnp.floating):
       raise TypeError(
@@ -257,7 +262,7 @@ def store(tree, storage: Storage, like, count=None, salt: int = 0):
   Returns:
     A tree like ``like``.
   """
-  if is_quantized(storage):
+  if isinstance(storage, _quantized.QuantFormat):
     key = None
     if storage.stochastic:
       if count is None:

@@ -27,7 +27,7 @@ def _is_none(x) -> bool:
 def _to_array(x: np.ndarray, dtype):
   """A JAX array, or NumPy's where JAX has no such dtype (float64 without
   ``jax_enable_x64``)."""
-  if jnp.dtype(dtype).itemsize == 8 and not jax.config.jax_enable_x64:
+  if jnp.dtype(dtype).itemsize == 8 and not jax.config.read("jax_enable_x64"):
     return np.asarray(x, dtype)
   return jnp.asarray(x, dtype)
 
@@ -282,7 +282,7 @@ def update_bases(bases, representations, threshold, *, dtype=jnp.float32):
           "`threshold` must be a number or a (prefix) tree of"
           " `representations`."
       )
-  out = []
+  out: list = []
   for (path, r), m, t in zip(reps, old, thresholds):
     if r is None:
       out.append(None if m is None else m)
@@ -405,7 +405,7 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
       raise ValueError(
           f"`relaxed` must have the structure of `bases`: {e}"
       ) from e
-  out = []
+  out: list = []
   for (path, m), g, t, old in zip(flat, grads, thresholds, before):
     if m is None:
       out.append(None)
@@ -437,11 +437,12 @@ def relaxing_bases(bases, gradients, *, threshold=0.97, relax_threshold=0.9,
                                     full_matrices=False)
         mi = rest[:, sv > 0.5]
       u, s, _ = np.linalg.svd(gi, full_matrices=False)
-      e = s * s
-      if mi.shape[1] == 0 or e.sum() == 0:
+      energy = s * s
+      if mi.shape[1] == 0 or energy.sum() == 0:
         rel.append(oi)
         continue
-      r = int(np.searchsorted(np.cumsum(e), t * e.sum() * (1 - 1e-12))) + 1
+      cut = t * energy.sum() * (1 - 1e-12)
+      r = int(np.searchsorted(np.cumsum(energy), cut)) + 1
       u = u[:, : min(r, u.shape[1])]
       b = mi.T @ u
       lam, x = np.linalg.eigh(b @ b.T)

@@ -26,7 +26,9 @@ class ScaleByDion2State(NamedTuple):
       (``QuantizedArray`` leaves for a quantized ``mu_dtype``).
   """
 
-  count: jax.Array  # shape (), dtype int32
+  # Shape (), dtype int32. The field of optax's states (it hides the
+  # tuple's count method, which type checkers flag).
+  count: jax.Array  # type: ignore[assignment]
   mu: optax.Updates
 
 

@@ -25,7 +25,9 @@ class ScaleByElementwiseNormState(NamedTuple):
   dtype); leaves that are not matrices hold ``optax.MaskedNode()``.
   """
 
-  count: jax.Array
+  # The field of optax's states (it hides the tuple's count method,
+  # which type checkers flag).
+  count: jax.Array  # type: ignore[assignment]
   nu: optax.Updates
 
 

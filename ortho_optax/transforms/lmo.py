@@ -329,7 +329,7 @@ def scale_by_lmo(
         norm, LMONorm
     ) else norm
     norms = [as_norm(n) for n in per_leaf(tree, updates, is_norm_value)]
-    out = []
+    out: list[tuple[Any, Any, LMONorm | None, str | None]] = []
     for x, dn, n in zip(leaves, dn_leaves, norms):
       if _is_masked(x) or n is None:
         out.append((x, None, None, None))

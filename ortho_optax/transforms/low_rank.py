@@ -8,8 +8,8 @@ picked out of a larger matrix. Where their per-matrix work runs is
 
 from __future__ import annotations
 
-import functools
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -117,7 +117,9 @@ def momentum_state(params, dns, storage: _storage.Storage, check=None):
     if check is not None:
       check(x, dn)
     # A quantized buffer is made below, from the leaf itself.
-    return x if quantized else jnp.zeros_like(x, dtype=storage or x.dtype)
+    if quantized:
+      return x
+    return jnp.zeros_like(x, dtype=_storage.float_dtype(storage) or x.dtype)
 
   tree = matrix_state(params, dns, make)
   if not quantized:
@@ -154,7 +156,7 @@ def matrix_state(params, dns, make):
   ``optax.MaskedNode()`` (``None`` leaves stay ``None``)."""
   leaves, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
   dn_leaves = treedef.flatten_up_to(dns)
-  out = []
+  out: list[Any] = []
   for i, (x, dn) in enumerate(zip(leaves, dn_leaves)):
     if x is None:
       out.append(None)
@@ -175,13 +177,15 @@ def orthogonalizer(method: str, engine_options: dict):
   _checks.check_choice(method, "method", _orthogonalize.METHODS)
   jax.eval_shape(
       lambda: _orthogonalize.orthogonalize(
-          jnp.zeros((2, 3)), method, **engine_options
+          jnp.zeros((2, 3)), method=method, **engine_options
       )
   )
-  engine = functools.partial(
-      _orthogonalize.orthogonalize, method=method, **engine_options
-  )
-  return lambda x: engine(x / max_abs(x))
+  def engine(x):
+    return _orthogonalize.orthogonalize(
+        x / max_abs(x), method=method, **engine_options
+    )
+
+  return engine
 
 
 def take_rows(x: jax.Array, idx: jax.Array) -> jax.Array:

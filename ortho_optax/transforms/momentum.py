@@ -19,7 +19,9 @@ FORMS = ("ema", "sum")
 class ScaleByMomentumState(NamedTuple):
   """State of :func:`scale_by_momentum`."""
 
-  count: jax.Array  # shape (), dtype int32
+  # Shape (), dtype int32. The field of optax's states (it hides the
+  # tuple's count method, which type checkers flag).
+  count: jax.Array  # type: ignore[assignment]
   mu: optax.Updates
 
 

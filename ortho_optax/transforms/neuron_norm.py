@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -10,6 +11,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.parallel import stateful as _stateful
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import structure as _structure
 
@@ -64,7 +66,7 @@ def matrix_state(params, dns, make):
   """A tree like ``params``: ``make(leaf, dn)`` on matrices, else masked."""
   leaves, treedef = jax.tree.flatten(params, is_leaf=_is_masked)
   dn_leaves = treedef.flatten_up_to(dns)
-  out = []
+  out: list[Any] = []
   for x, dn in zip(leaves, dn_leaves):
     if x is None:
       out.append(None)
@@ -103,8 +105,27 @@ def map_with_state(fn, updates, nu, dns):
     # The state keeps its own sharding (replicated: one value per neuron).
     y, v_new = _routing.keep_sharding(leaf_fn, x, v, like=(x, v))
     out.append(y)
+    v_new = _replicated_on_auto_mesh(v_new, x)
     new_nu.append(v_new)
   return jax.tree.unflatten(treedef, out), jax.tree.unflatten(treedef, new_nu)
+
+
+def _replicated_on_auto_mesh(v_new, x):
+  """``v_new`` constrained replicated where the update ``x`` is on Auto axes.
+
+  Under Explicit axes :func:`routing.keep_sharding` keeps the state's type;
+  on Auto axes XLA would split the new state along the update's sharded
+  output axis, so the state's sharding would change after the first step
+  (a second compilation of the step) and differ from
+  :func:`ortho_optax.state_shardings`.
+  """
+  s = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(s, "mesh", None)
+  if mesh is None or not mesh.axis_names or mesh.are_all_axes_explicit:
+    return v_new
+  return jax.lax.with_sharding_constraint(
+      v_new, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  )
 
 
 def abs_sq(x):
@@ -181,8 +202,9 @@ def scale_by_neuron_norm(
         nu=matrix_state(
             params,
             dns,
-            lambda x, dn: jnp.zeros(
-                reduced_shape(x.shape, dn), real_dtype(x.dtype)
+            # Replicated on the parameters' mesh, where they have one.
+            lambda x, dn: _stateful.like_params_mesh(
+                jnp.zeros(reduced_shape(x.shape, dn), real_dtype(x.dtype)), x
             ),
         )
     )

@@ -18,7 +18,8 @@ MODES = ("decoupled", "cautious")
 
 def check_mode(mode, name: str = "weight_decay_mode") -> str:
   """Raises unless ``mode`` is one of :data:`MODES`."""
-  return _checks.check_choice(mode, name, MODES)
+  _checks.check_choice(mode, name, MODES)
+  return mode
 
 
 def check_mask(mask, name: str = "mask") -> None:
