@@ -81,7 +81,9 @@ CALLS = {
     ),
     "select_method": lambda shape=(4, 8), **kw: oo.select_method(shape, **kw),
     "inverse_root": _abstract(
-        lambda a=jnp.eye(3), p=4, **kw: oo.inverse_root(a, p, **kw)
+        lambda a=None, p=4, **kw: oo.inverse_root(
+            jnp.eye(3) if a is None else a, p, **kw
+        )
     ),
     "inverse_root_flops": (
         lambda shape=(3, 3), method="newton", **kw: oo.inverse_root_flops(
