@@ -80,6 +80,17 @@ CALLS = {
         lambda shape=(4, 8), **kw: oo.orthogonalize_flops(shape, **kw)
     ),
     "select_method": lambda shape=(4, 8), **kw: oo.select_method(shape, **kw),
+    "inverse_root": _abstract(
+        lambda a=None, p=4, **kw: oo.inverse_root(
+            jnp.eye(3) if a is None else a, p, **kw
+        )
+    ),
+    "inverse_root_flops": (
+        lambda shape=(3, 3), method="newton", **kw: oo.inverse_root_flops(
+            shape, method, **kw
+        )
+    ),
+    "prism_orthogonalize": _x(oo.prism_orthogonalize),
     "orthogonality_error": _abstract(
         lambda y=X, x=X: oo.orthogonality_error(y, x)
     ),
@@ -411,6 +422,43 @@ BAD = {
         ("method", "qr", V),
         ("dtype", "notadtype", T),
         ("backend", ("gpu",), T),
+    ],
+    "inverse_root": [
+        ("a", jnp.ones(3), V),
+        ("a", jnp.ones((3, 4)), V),
+        ("p", 0, V),
+        ("method", "svd", V),
+        ("eps", -1.0, V),
+        ("steps", 0, V),
+        ("tol", -1.0, V),
+        ("bound", "trace", V),
+        ("power_iterations", -1, V),
+        ("sketch_size", 0, V),
+        ("seed", "s", T),
+        ("symmetric", "on", T),
+    ],
+    "inverse_root_flops": [
+        ("shape", (3, 4), V),
+        ("method", "svd", V),
+        ("p", 0, V),
+        ("eps", -1.0, V),
+        ("steps", 0, V),
+        ("bound", "trace", V),
+        ("power_iterations", -1, V),
+        ("sketch_size", 0, V),
+        ("symmetric", "on", T),
+        ("dtype", "notadtype", T),
+        ("unused_options", {"steps_": 3}, T),
+    ],
+    "prism_orthogonalize": [
+        ("x", jnp.ones(3), V),
+        ("steps", -1, V),
+        ("normalization", "x", V),
+        ("eps", -1.0, V),
+        ("compute_dtype", "x", T),
+        ("symmetric", "on", T),
+        ("sketch_size", 0, V),
+        ("seed", "s", T),
     ],
     "select_method": [
         ("shape", (4,), V),

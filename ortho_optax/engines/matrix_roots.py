@@ -499,6 +499,19 @@ def inverse_root_flops(
   p = check_power(p)
   _checks.check_choice(bound, "bound", BOUNDS)
   dtype = _checks.check_dtype(dtype)
+  _checks.check_number(eps, "eps", low=0.0)
+  steps = _checks.check_int(steps, "steps", low=1, optional=True)
+  power_iterations = _checks.check_int(
+      power_iterations, "power_iterations", low=0
+  )
+  sketch_size = _checks.check_int(sketch_size, "sketch_size", low=1)
+  symmetric = _checks.check_bool(symmetric, "symmetric")
+  unknown = sorted(set(unused_options) - {"tol", "seed"})
+  if unknown:
+    raise TypeError(
+        f"`unused_options`: unknown option(s) {unknown} of inverse_root;"
+        " the others are tol and seed."
+    )
   batch = math.prod(shape[:-2])
   n = shape[-1]
   herm = _symmetric.product_flops(n, n, symmetric)
