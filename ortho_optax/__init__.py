@@ -38,6 +38,7 @@ from ortho_optax.optimizers.root import root as root
 from ortho_optax.optimizers.scion import scion as scion
 from ortho_optax.optimizers.scion import scion_init as scion_init
 from ortho_optax.optimizers.scion import scion_norms as scion_norms
+from ortho_optax.optimizers.soap import soap as soap
 from ortho_optax.optimizers.trion import trion as trion
 from ortho_optax.optimizers.trust_region import trust_region as trust_region
 from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
@@ -83,6 +84,8 @@ from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
 )
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
+from ortho_optax.transforms.soap import ScaleBySoapState as ScaleBySoapState
+from ortho_optax.transforms.soap import scale_by_soap as scale_by_soap
 from ortho_optax.transforms.trion import ScaleByTrionState as ScaleByTrionState
 from ortho_optax.transforms.trion import scale_by_trion as scale_by_trion
 
@@ -101,6 +104,7 @@ __all__ = (
     "ScaleByMomentumState",
     "DimensionNumbers",
     "ScaleByNeuronNormState",
+    "ScaleBySoapState",
     "ScaleByTrionState",
     "ShardingOptions",
     "adamuon",
@@ -137,11 +141,13 @@ __all__ = (
     "scale_by_neuron_norm",
     "scale_by_orthogonalization",
     "scale_by_shape",
+    "scale_by_soap",
     "scale_by_trion",
     "scion",
     "scion_init",
     "scion_norms",
     "select_method",
+    "soap",
     "trion",
     "trust_region",
     "turbo_muon",
