@@ -76,6 +76,7 @@ _BUILTIN = {
 ORTHO_OPTAX_NAMES = (
     "muon", "turbo_muon", "normuon", "adamuon", "root", "auon", "hybrid_auon",
     "scion", "trust_region", "dion", "dion2", "trion", "soap",
+    "shampoo",
 )
 
 

@@ -59,6 +59,7 @@ REGISTRY = {
     "trion": Entry(ortho_optax.trion, _LR, ("rank",)),
     # Second-order: integer periods and sizes default to None (static).
     "soap": Entry(ortho_optax.soap, _LR),
+    "shampoo": Entry(ortho_optax.shampoo, _LR),
 }
 
 
@@ -566,7 +567,7 @@ STRATEGIES = [dict(sharding=s) for s in ("none", "gather", "distribute")]
 FULL_RANK = [
     dict(name=n) for n in (
         "muon", "turbo_muon", "normuon", "adamuon", "root", "auon",
-        "hybrid_auon", "scion", "trust_region", "soap",
+        "hybrid_auon", "scion", "trust_region", "soap", "shampoo",
     )
 ]
 

@@ -15,7 +15,7 @@ from examples import optimizers as example_optimizers  # noqa: E402
 NAMED = (
     "muon", "turbo_muon", "normuon", "adamuon", "root", "auon",
     "hybrid_auon", "scion", "trust_region", "dion", "dion2", "trion",
-    "soap",
+    "soap", "shampoo",
 )
 
 

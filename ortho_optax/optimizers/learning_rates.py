@@ -50,10 +50,12 @@ RECOMMENDED_LEARNING_RATES: dict[str, float] = {
     # Provisional (PROVISIONAL): the reference's default (nikhilvyas/SOAP),
     # not yet chosen on the tasks.
     "soap": 0.003,
+    # Provisional: the update is grafted onto Adam's norm, so Adam's rate.
+    "shampoo": 0.003,
 }
 
 # Entries not yet chosen on CHOSEN_ON: their docstrings say "provisional".
-PROVISIONAL = ("soap",)
+PROVISIONAL = ("soap", "shampoo")
 
 
 def recommended_learning_rate(name: str) -> float:
