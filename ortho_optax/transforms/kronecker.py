@@ -165,11 +165,22 @@ def owners(placement):
   return placement._replace(layout=None)
 
 
-def store_basis(tree, storage: _storage.Storage, like, count, salt: int):
-  """Eigenvector stacks in ``storage`` (quantized: block codes)."""
-  if _storage.is_quantized(storage):
-    return _storage.store(tree, storage, like, count, salt=salt)
-  return tree
+def store_basis(
+    tree, storage: _storage.Storage, like, count, salt: int, refresh=None
+):
+  """Eigenvector stacks in ``storage`` (quantized: block codes).
+
+  A quantized basis is written only on ``refresh`` steps (a traced bool;
+  ``None``: always): in between, the codes of ``like`` are kept as they
+  are, so that the basis read back and rectified each step is never
+  quantized again (round-off would accumulate).
+  """
+  if not _storage.is_quantized(storage):
+    return tree
+  new = _storage.store(tree, storage, like, count, salt=salt)
+  if refresh is None or like is None:
+    return new
+  return jax.tree.map(lambda n, o: jnp.where(refresh, n, o), new, like)
 
 
 def load_basis(tree, bjorck_steps: int):

@@ -322,13 +322,14 @@ def scale_by_shampoo(
     nu = _storage.store(
         nu, nu_storage, state.nu, count, salt=_storage.SHAMPOO_NU_SALT
     )
+    refresh = (count - 1) % precondition_every == 0
     root_left = _kron.store_basis(
         root_left, pstorage, state.root_left, count,
-        _storage.PRECOND_LEFT_SALT,
+        _storage.PRECOND_LEFT_SALT, refresh,
     )
     root_right = _kron.store_basis(
         root_right, pstorage, state.root_right, count,
-        _storage.PRECOND_RIGHT_SALT,
+        _storage.PRECOND_RIGHT_SALT, refresh,
     )
     return updates, ScaleByShampooState(
         count=count, mu=mu, nu=nu, left=left, right=right,

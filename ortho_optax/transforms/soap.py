@@ -314,11 +314,14 @@ def scale_by_soap(
     nu = _storage.store(
         nu, nu_storage, state.nu, count, salt=_storage.SOAP_NU_SALT
     )
+    refresh = (count - 1) % precondition_every == 0
     q_left = _kron.store_basis(
-        q_left, pstorage, state.q_left, count, _storage.PRECOND_LEFT_SALT
+        q_left, pstorage, state.q_left, count, _storage.PRECOND_LEFT_SALT,
+        refresh,
     )
     q_right = _kron.store_basis(
-        q_right, pstorage, state.q_right, count, _storage.PRECOND_RIGHT_SALT
+        q_right, pstorage, state.q_right, count,
+        _storage.PRECOND_RIGHT_SALT, refresh,
     )
     return updates, ScaleBySoapState(
         count=count, mu=mu, nu=nu, left=left, right=right,
