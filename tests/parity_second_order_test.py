@@ -246,12 +246,12 @@ def test_soap_step_by_step_on_a_two_sided_non_square_matrix():
   for t, g in enumerate(_grads({"w": shape}, seed=11, steps=8)):
     g = g["w"]
     if ref is not None:
-      # Our state, as the reference keeps it (first moment projected).
+      # Our state, as the reference keeps it.
       ref.q = [np.asarray(state.q_left["w"][0], np.float64),
                np.asarray(state.q_right["w"][0], np.float64)]
       ref.gg = [np.asarray(state.left["w"][0], np.float64),
                 np.asarray(state.right["w"][0], np.float64)]
-      ref.exp_avg = ref.project(np.asarray(state.mu["w"], np.float64))
+      ref.exp_avg = np.asarray(state.mu["w"], np.float64)
       ref.exp_avg_sq = np.asarray(state.nu["w"][0], np.float64)
       ref.step = t - 1
     else:

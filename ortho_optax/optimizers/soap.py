@@ -47,18 +47,19 @@ def soap(
   (:func:`scale_by_soap`):
 
   .. math::
-    M \leftarrow \beta_1 M + (1 - \beta_1) G, \quad
-    V \leftarrow \beta_2 V + (1 - \beta_2) (Q_L^T G Q_R)^{\odot 2}, \\
+    G' = Q_L^T G Q_R, \quad
+    M \leftarrow \beta_1 M + (1 - \beta_1) G', \quad
+    V \leftarrow \beta_2 V + (1 - \beta_2) G'^{\odot 2}, \\
     W \leftarrow W - \eta \left(
       \frac{\sqrt{1 - \beta_2^t}}{1 - \beta_1^t}\,
-      Q_L \frac{Q_L^T M Q_R}{\sqrt{V} + \epsilon} Q_R^T + \lambda W
+      Q_L \frac{M}{\sqrt{V} + \epsilon} Q_R^T + \lambda W
     \right), \\
     L \leftarrow \beta_s L + (1 - \beta_s) G G^T, \quad
     R \leftarrow \beta_s R + (1 - \beta_s) G^T G,
 
   the bases refreshed every ``precondition_every`` steps by one power
   iteration and a QR (``eigh`` on the first step, which only
-  initializes). The update has Adam's scale, so no shape factor is applied.
+  initializes), the moments rotated and permuted to the new bases. The update has Adam's scale, so no shape factor is applied.
   Embeddings, heads and non-matrix leaves go to AdamW (see
   :func:`label_params`; the reference preconditions embeddings too, with
   the identity on the vocabulary side).

@@ -25,6 +25,7 @@ import optax
 from ortho_optax import checks as _checks
 from ortho_optax.engines import lapack as _lapack
 from ortho_optax.engines import matrix_roots as _matrix_roots
+from ortho_optax.engines import symmetric as _symmetric
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
 
@@ -93,14 +94,29 @@ def ht(x: jax.Array) -> jax.Array:
   return jnp.swapaxes(x, -1, -2).conj()
 
 
-def gram_left(g: jax.Array) -> jax.Array:
-  """:math:`G G^H` of each ``(B, m, n)`` matrix."""
-  return g @ ht(g)
+def gram(g: jax.Array, side: int) -> jax.Array:
+  """:math:`G G^H` (``side`` 0) or :math:`G^H G` (``side`` 1) of each
+  ``(B, m, n)`` matrix, one triangle of blocks computed
+  (:mod:`ortho_optax.engines.symmetric`)."""
+  x = g if side == 0 else ht(g)
+  return _symmetric.hermitian_product(x, x, jnp.matmul)
 
 
-def gram_right(g: jax.Array) -> jax.Array:
-  """:math:`G^H G` of each ``(B, m, n)`` matrix."""
-  return ht(g) @ g
+def rebuild(lam: jax.Array, q: jax.Array) -> jax.Array:
+  """:math:`Q \\mathrm{diag}(\\lambda) Q^H` (``lam`` ``(B, k)``)."""
+  return (q * lam[:, None, :].astype(q.dtype)) @ ht(q)
+
+
+# Benchmarks only (benchmarks/step.py): ``True`` / ``False`` traces every
+# step as a refresh step / as a step between refreshes, without the
+# ``lax.cond`` (whose FLOPs count as its costlier branch), so that the FLOPs
+# of each kind of step can be counted. ``None``: the real, traced choice.
+FORCE_REFRESH = None
+
+
+def refresh_predicate(traced):
+  """``traced``, or the benchmarks' forced value (:data:`FORCE_REFRESH`)."""
+  return traced if FORCE_REFRESH is None else FORCE_REFRESH
 
 
 def project(x: jax.Array, ql: jax.Array, qr: jax.Array) -> jax.Array:
@@ -140,11 +156,17 @@ def power_qr(s: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
   """SOAP's refresh of an eigenbasis ``q`` of ``s``: the columns sorted by
   their Rayleigh quotients (descending), one power-iteration step and a
   Householder QR. Returns the new basis and the sorting permutation
-  (``(B, k)``)."""
-  idx = jnp.argsort(-rayleigh(s, q), axis=-1)
-  q = jnp.take_along_axis(q, idx[:, None, :], axis=-1)
-  # The product is brought to order one: the QR does not see the scale.
+  (``(B, k)``).
+
+  One product :math:`S Q` serves both: the Rayleigh quotients are
+  :math:`\\mathrm{diag}(Q^H (S Q))`, and sorting the columns of :math:`Q`
+  sorts those of :math:`S Q` alike.
+  """
   p = s @ q
+  est = jnp.sum(q.conj() * p, axis=-2).real
+  idx = jnp.argsort(-est, axis=-1)
+  p = jnp.take_along_axis(p, idx[:, None, :], axis=-1)
+  # The product is brought to order one: the QR does not see the scale.
   return _lapack.qr_q(p / _low_rank.max_abs(p)), idx
 
 
