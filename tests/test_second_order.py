@@ -140,11 +140,12 @@ def test_quantized_codes_change_on_refresh_steps_only(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("code, tol", [("q8", 0.02), ("q4", 0.15)])
+@pytest.mark.parametrize("code, tol", [("q8", 0.006), ("q4", 0.08)])
 def test_quantized_shampoo_tracks_float32(code, tol):
   """Refreshed every step, the quantized preconditioner updates its
   statistics every step too: the trajectory stays near float32's
-  (measured relative displacement error: q8 about 5e-3, q4 about 5e-2)."""
+  (measured relative displacement error over 8 steps: q8 1.9e-3, q4
+  2.7e-2, the same with one Björck step or two)."""
   grads = _grads(8)
   kw = dict(b2=0.95, precondition_every=1, bjorck_steps=2)
   start = _tree()
@@ -207,6 +208,16 @@ def test_sides_above_max_precond_dim_fall_back():
   np.testing.assert_allclose(
       u["w"], g["w"] / (jnp.abs(g["w"]) + 1e-8), rtol=1e-5
   )
+  # Before start_preconditioning_step, Shampoo's update is the graft too.
+  late = ortho_optax.scale_by_shampoo(start_preconditioning_step=3)
+  diagonal = ortho_optax.scale_by_shampoo(max_precond_dim=3)
+  s1, s2 = late.init(g), diagonal.init(g)
+  for i in range(3):
+    gi = {"w": _normal(30 + i, (4, 6))}
+    u1, s1 = late.update(gi, s1)
+    u2, s2 = diagonal.update(gi, s2)
+    same = np.allclose(u1["w"], u2["w"], rtol=1e-6, atol=1e-7)
+    assert same == (i < 2), i
   soap = ortho_optax.scale_by_soap(b1=0.9, b2=0.95, max_precond_dim=3)
   adam = optax.scale_by_adam(b1=0.9, b2=0.95, eps=0.0)
   s, a = soap.init(g), adam.init(g)

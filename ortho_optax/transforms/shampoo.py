@@ -87,19 +87,19 @@ def scale_by_shampoo(
     \text{out} = (1 - \beta_1) U + \beta_1 M \ (\text{Nesterov})
     \text{ or } M,
 
-  where :math:`\tilde L^{-1/4} = (L + \epsilon \lambda_{max}(L) I)^{-1/4}`
-  is recomputed from the statistics every ``precondition_every`` steps
-  (after they take the step's gradient; the first step computes it) and
-  kept in the state in between. This is distributed Shampoo's update
-  (Anil et al.; google-research ``distributed_shampoo``): exponential
-  moving averages of the statistics, a relative ``matrix_epsilon``, the
-  direction from Shampoo and each matrix's norm from an Adam (RMSProp with
-  bias correction) graft, then momentum on the grafted update (Nesterov by
-  default; an average, ``moving_average_for_momentum=True`` there, so that
-  the update keeps Adam's scale and AdamW's learning rate suits it). Before ``start_preconditioning_step`` the update is the graft
-  :math:`A` itself. ``graft=None`` takes :math:`S` as it is (the
-  statistics' scale cancels in :math:`S`: it is invariant to a scaling of
-  :math:`G`).
+  where :math:`\tilde L^{-1/4} = (L + \epsilon \lambda_{max}(L) I)^{-1/4}` is
+  recomputed from the statistics every ``precondition_every`` steps (after they
+  take the step's gradient; the first step computes it) and kept in the state in
+  between. This is distributed Shampoo's update (Anil et al.; google-research
+  ``distributed_shampoo``): exponential moving averages of the statistics, a
+  relative ``matrix_epsilon``, the direction from Shampoo and each matrix's norm
+  from an Adam (RMSProp with bias correction) graft, then momentum on the
+  grafted update (Nesterov by default; an average,
+  ``moving_average_for_momentum=True`` there, so that the update keeps Adam's
+  scale and AdamW's learning rate suits it). Before
+  ``start_preconditioning_step`` the update is the graft :math:`A` itself.
+  ``graft=None`` takes :math:`S` as it is (the statistics' scale cancels in
+  :math:`S`: it is invariant to a scaling of :math:`G`).
 
   Sides above ``max_precond_dim`` are not preconditioned: with one side
   left, its root is :math:`-1/2` (:math:`p = 2`, Shampoo for the one

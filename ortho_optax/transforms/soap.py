@@ -83,21 +83,20 @@ def scale_by_soap(
     R \leftarrow \beta_s R + (1 - \beta_s) G^H G .
 
   Both moments live in the eigenbasis, as in the reference: when a basis
-  changes, the first moment is rotated to it (:math:`M \leftarrow
-  Q_L'^H Q_L M Q_R^H Q_R'`, the first moment of the original space seen
-  in the new basis) and the second moment permuted (below). Keeping
-  :math:`M` projected costs one projection a step fewer than projecting an
-  original-space moment each step. The first call sets :math:`L, R` from its gradient, takes
-  :math:`Q_L, Q_R` from ``eigh`` (eigenvalues descending) and returns a
-  zero update, so that a gradient never meets a basis built from itself.
-  Every ``precondition_every`` steps (after the update, with the new
-  statistics) each basis is refreshed by one power-iteration step and a QR:
-  its columns are sorted by their Rayleigh quotients :math:`\mathrm{diag}
-  (Q^H L Q)` (descending), :math:`V` is permuted alike along that side, and
-  :math:`Q \leftarrow \mathrm{QR}(L Q)`. A side longer than
-  ``max_precond_dim`` is not preconditioned (identity, as in the
-  reference: the vocabulary side of an embedding). ``normalize_grads``
-  divides :math:`U` by its RMS per matrix.
+  changes, the first moment is rotated to it (:math:`M \leftarrow Q_L'^H Q_L M
+  Q_R^H Q_R'`, the first moment of the original space seen in the new basis) and
+  the second moment permuted (below). Keeping :math:`M` projected costs one
+  projection a step fewer than projecting an original-space moment each step.
+  The first call sets :math:`L, R` from its gradient, takes :math:`Q_L, Q_R`
+  from ``eigh`` (eigenvalues descending) and returns a zero update, so that a
+  gradient never meets a basis built from itself. Every ``precondition_every``
+  steps (after the update, with the new statistics) each basis is refreshed by
+  one power-iteration step and a QR: its columns are sorted by their Rayleigh
+  quotients :math:`\mathrm{diag} (Q^H L Q)` (descending), :math:`V` is permuted
+  alike along that side, and :math:`Q \leftarrow \mathrm{QR}(L Q)`. A side
+  longer than ``max_precond_dim`` is not preconditioned (identity, as in the
+  reference: the vocabulary side of an embedding). ``normalize_grads`` divides
+  :math:`U` by its RMS per matrix.
 
   This follows the authors' ``soap.py`` (nikhilvyas/SOAP) at its defaults:
   betas (0.95, 0.95), ``shampoo_beta`` = :math:`\beta_2`, eps 1e-8,
