@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import pytest
 
 import ortho_optax
 
@@ -407,9 +406,6 @@ def test_shampoo_without_graft_or_momentum():
   assert max(errs.values()) < RTOL, errs
 
 
-# About 10 s (compiles the transform and the named optimizer); the
-# scale_by_shampoo docstring example checks the same on a diagonal matrix.
-@pytest.mark.slow
 def test_shampoo_one_step_without_accumulation_is_the_polar_factor():
   """Muon is Shampoo without accumulation: with beta2 = 0, no graft, no
   momentum and eps -> 0, one step is (G G^T)^{-1/4} G (G^T G)^{-1/4} =
