@@ -339,3 +339,32 @@ def test_distribute_matches_single_device(name):
     for k in u2:
       assert jax.typeof(u2[k]).sharding.spec == P("fsdp", "model")
   assert jax.tree.map(jax.typeof, s2) == init_types
+
+
+@pytest.mark.parametrize(
+    "name", ["soap", pytest.param("shampoo", marks=pytest.mark.slow)]
+)
+def test_quantized_state_with_nnx(name):
+  """Quantized eigenvectors replace NNX Variables whole (nnx.jit splits the
+  state), and every state kind is quantized."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  model = nnx.Linear(8, 16, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+      model,
+      getattr(ortho_optax, name)(
+          1e-2, precond_dtype="q4", mu_dtype="q8", nu_dtype="q8",
+          precondition_every=2,
+      ),
+      wrt=nnx.Param,
+  )
+  x = jnp.ones((4, 8))
+
+  @nnx.jit
+  def step(model, optimizer):
+    loss, grads = nnx.value_and_grad(lambda m: jnp.mean(m(x) ** 2))(model)
+    optimizer.update(model, grads)
+    return loss
+
+  losses = [float(step(model, optimizer)) for _ in range(5)]
+  assert losses[-1] < losses[0], losses

@@ -199,7 +199,11 @@ def store_basis(
   """
   if not _storage.is_quantized(storage):
     return tree
-  new = _storage.store(tree, storage, like, count, salt=salt)
+  # Codes replace whole leaves, wrappers (Flax NNX Variables) included: a
+  # wrapped QuantizedArray would not survive nnx.split (storage.as_arrays).
+  new = _storage.store(
+      _storage.as_arrays(tree), storage, like, count, salt=salt
+  )
   if refresh is None or like is None:
     return new
   return jax.tree.map(lambda n, o: jnp.where(refresh, n, o), new, like)
