@@ -115,7 +115,10 @@ def scale_by_soap(
   here ``precondition_every``): :math:`Q` is read back and rectified by
   ``bjorck_steps`` Björck steps, :math:`L = \beta_s Q \Lambda Q^H +
   (1 - \beta_s) G G^H` is factored by ``eigh`` and :math:`V` is permuted
-  to the new basis as above.
+  to the new basis as above. On the lm example (one seed, 600 steps) this
+  cost SOAP about 0.05 nats/byte against float32, q8 and q4 alike (the
+  power step and QR in place of ``eigh`` did no better); Shampoo's 4-bit
+  state trained as well as float32.
 
   Sharding: the projections run where the arrays are; with
   ``sharding="distribute"`` the ``eigh`` and the QR of each matrix run on
