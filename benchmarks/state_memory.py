@@ -4,7 +4,11 @@ For each optimizer of ``benchmarks/step.py`` on its full GPT-like tree (12
 blocks, width 768, vocabulary 8192), the bytes of ``tx.init(params)``
 counted from ``jax.eval_shape`` (nothing is allocated or timed), with the
 state in float32 and with ``mu_dtype = nu_dtype`` = each quantized format,
-and each format's ratio to float32. Run from the repository root::
+and each format's ratio to float32. A second table gives ``shampoo`` and
+``soap``'s preconditioner state (statistics and roots or eigenbases) in
+float32 and with ``precond_dtype`` q8 / q4 (eigenvectors as block codes,
+eigenvalues in float32), each format's ratio to the same optimizer's float32
+preconditioner state, and the whole state's. Run from the repository root::
 
   python benchmarks/state_memory.py [--formats q8,q4,n4]
 """
@@ -31,6 +35,73 @@ def state_bytes(tx, params) -> int:
       math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
       for x in jax.tree.leaves(state)
   )
+
+
+# The preconditioner fields of each second-order optimizer's matrix state.
+PRECOND_FIELDS = {
+    "shampoo": ("left", "right", "root_left", "root_right"),
+    "soap": ("left", "right", "q_left", "q_right"),
+}
+
+
+def _nbytes(tree) -> int:
+  return sum(
+      math.prod(x.shape) * jnp.dtype(x.dtype).itemsize
+      for x in jax.tree.leaves(tree)
+  )
+
+
+def _matrix_state(state, fields):
+  """The named fields of the (one) second-order state inside ``state``."""
+  found = []
+
+  def visit(node):
+    if all(hasattr(node, f) for f in fields) and hasattr(node, "_fields"):
+      found.append(node)
+      return
+    if isinstance(node, (tuple, list)):
+      for child in node:
+        visit(child)
+    elif isinstance(node, dict):
+      for child in node.values():
+        visit(child)
+    elif hasattr(node, "_fields"):
+      for child in node:
+        visit(child)
+    elif hasattr(node, "inner_states"):
+      visit(node.inner_states)
+    elif hasattr(node, "inner_state"):
+      visit(node.inner_state)
+
+  visit(state)
+  (node,) = found
+  return [getattr(node, f) for f in fields]
+
+
+def second_order_rows(params, formats=("q8", "q4")) -> list[str]:
+  """Rows of the second-order table (module docstring)."""
+  lines = [
+      "| optimizer | precond f32 MiB |" + "".join(
+          f" precond {f} MiB | {f} / f32 (precond) | {f} / f32 (state) |"
+          for f in formats
+      ),
+      "|---|---:|" + "---:|---:|---:|" * len(formats),
+  ]
+  for name, fields in PRECOND_FIELDS.items():
+    factory = getattr(ortho_optax, name)
+    state = jax.eval_shape(factory(0.003).init, params)
+    f32 = _nbytes(_matrix_state(state, fields))
+    total = _nbytes(state)
+    row = f"| {name} | {f32 / 2**20:.1f} |"
+    for f in formats:
+      q_state = jax.eval_shape(factory(0.003, precond_dtype=f).init, params)
+      q = _nbytes(_matrix_state(q_state, fields))
+      row += (
+          f" {q / 2**20:.1f} | {q / f32:.3f} |"
+          f" {_nbytes(q_state) / total:.3f} |"
+      )
+    lines.append(row)
+  return lines
 
 
 def main() -> None:
@@ -64,6 +135,12 @@ def main() -> None:
       )
       row += f" {b / 2**20:.1f} | {b / f32:.3f} |"
     print(row, flush=True)
+  print(
+      "\nSecond-order preconditioner state (statistics and roots or"
+      " eigenbases; `precond_dtype` = the format, momenta float32):\n"
+  )
+  for line in second_order_rows(params):
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

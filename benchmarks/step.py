@@ -57,10 +57,21 @@ columns for every hidden matrix (continual learning, issue 23: the
 projection before and after muon; its polar error is large by design), and
 the same with ``project_before=False`` (``after only``).
 
+``--second-order``: a separate table for ``shampoo`` and ``soap`` at
+``precondition_every`` 1 and 10 against ``muon``: the matmul FLOPs of a
+step that refreshes the preconditioner and of one that does not (each
+traced without the ``lax.cond``, :data:`ortho_optax.transforms.kronecker.
+FORCE_REFRESH`), their average over the period, and the time per step of
+``period`` consecutive steps run in one ``lax.scan`` (the state advancing,
+so the refreshes fall where they do in training), median over
+``--repeats`` interleaved rounds. ``eigh`` and QR are LAPACK calls, not
+matmuls: they are not in the FLOP columns, only in the time.
+
 Usage::
 
   python benchmarks/step.py [--quick] [--dtype float32|bfloat16]
       [--repeats N] [--out benchmarks/results/step_cpu_f32.md]
+  python benchmarks/step.py --second-order [--quick] [--flops-only]
 """
 
 from __future__ import annotations
@@ -444,6 +455,114 @@ def _symmetric_line(rows) -> str:
   )
 
 
+SECOND_ORDER = ("shampoo", "soap")
+# Consecutive steps per timed call of the --second-order table.
+_SCAN_STEPS = 10
+
+
+def _period_flops(factory, spec) -> tuple[float, float]:
+  """Matmul FLOPs of a refresh step and of a step between refreshes."""
+  from ortho_optax.transforms import kronecker  # noqa: PLC0415
+
+  out = []
+  for force in (True, False):
+    kronecker.FORCE_REFRESH = force
+    try:
+      tx = factory()
+      out.append(ortho_optax.count_matmul_flops(tx.update, *spec))
+    finally:
+      kronecker.FORCE_REFRESH = None
+  return out[0], out[1]
+
+
+def second_order(args) -> str:
+  """The ``--second-order`` table (module docstring)."""
+  layers, width = (4, 256) if args.quick else (args.layers, args.width)
+  dtype = jnp.dtype(args.dtype)
+  shapes = gpt_shapes(layers, width, args.vocab)
+  params = make_tree(shapes, dtype, 0)
+  grads = make_tree(shapes, dtype, 1)
+  rows = {}
+  muon_tx = ortho_optax.muon(0.02)
+  configs = [("muon", None, lambda: muon_tx)]
+  for name in SECOND_ORDER:
+    for every in (1, 10):
+      configs.append((
+          f"{name} (every {every})", every,
+          lambda name=name, every=every: getattr(ortho_optax, name)(
+              0.003, precondition_every=every
+          ),
+      ))
+  for label, every, factory in configs:
+    tx = factory()
+    state = tx.init(params)
+    spec = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                        (grads, state, params))
+    if every is None:
+      refresh = plain = ortho_optax.count_matmul_flops(tx.update, *spec)
+      period = 1
+    else:
+      refresh, plain = _period_flops(factory, spec)
+      period = every
+    average = (refresh + (period - 1) * plain) / period
+    row = dict(refresh=refresh, plain=plain, average=average, times=[])
+    if not args.flops_only:
+      steps = _SCAN_STEPS
+
+      def run(carry, g, tx=tx):
+        # The parameters are carried and updated, so that the updates are
+        # used (XLA would drop an unused orthogonalization); the gradients
+        # are an argument, not constants XLA would fold at compile time.
+        def body(carry, _):
+          s, p = carry
+          u, s = tx.update(g, s, p)
+          return (s, optax.apply_updates(p, u)), None
+
+        return jax.lax.scan(body, carry, None, length=_SCAN_STEPS)[0]
+
+      fn = jax.jit(run)
+      # Past the first step (SOAP's initialization): a training state.
+      state = jax.block_until_ready(fn((state, params), grads))
+      row.update(fn=fn, state=state, steps=steps)
+    rows[label] = row
+    print(f"# {label}: traced", file=sys.stderr, flush=True)
+  if not args.flops_only:
+    for _ in range(args.repeats):
+      for row in rows.values():
+        t0 = time.perf_counter()
+        jax.block_until_ready(row["fn"](row["state"], grads))
+        row["times"].append((time.perf_counter() - t0) / row["steps"])
+  muon = rows["muon"]
+  lines = [
+      "| optimizer | GFLOP refresh step | GFLOP other step"
+      " | GFLOP / step (avg) | FLOPs / muon | ms / step | time / muon |",
+      "|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  for label, row in rows.items():
+    if row["times"]:
+      ms = statistics.median(row["times"]) * 1e3
+      t = f"{ms:.0f} | {ms / (statistics.median(muon['times']) * 1e3):.3f}"
+    else:
+      t = "— | —"
+    lines.append(
+        f"| {label} | {row['refresh'] / 1e9:.1f} | {row['plain'] / 1e9:.1f}"
+        f" | {row['average'] / 1e9:.1f}"
+        f" | {row['average'] / muon['average']:.3f} | {t} |"
+    )
+  caption = (
+      f"Shampoo and SOAP against muon on a GPT-like tree: {layers} blocks,"
+      f" width {width}, vocabulary {args.vocab} ({dtype.name});"
+      " matmul FLOPs from the jaxpr (`count_matmul_flops`), a refresh step"
+      " and a step between refreshes traced apart, averaged over the"
+      " period; eigh and QR (LAPACK) are not matmuls and not counted. Time:"
+      " per step of 10 consecutive steps in one `lax.scan`, median of"
+      f" {args.repeats} interleaved rounds"
+      f" ({platform.processor() or 'CPU'}, {os.cpu_count()} cores,"
+      f" jax {jax.__version__}, {datetime.date.today().isoformat()})."
+  )
+  return caption + "\n\n" + "\n".join(lines) + "\n"
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--quick", action="store_true",
@@ -460,10 +579,14 @@ def main(argv=None):
   parser.add_argument("--only", default=None,
                       help="comma-separated row names (baseline always)")
   parser.add_argument("--out", default=None, help="also write the table here")
+  parser.add_argument("--second-order", action="store_true",
+                      help="the Shampoo/SOAP table (module docstring)")
+  parser.add_argument("--flops-only", action="store_true",
+                      help="with --second-order: FLOPs, no timing")
   args = parser.parse_args(argv)
   if args.repeats is None:
     args.repeats = 10 if args.quick else 3
-  table = benchmark(args)
+  table = second_order(args) if args.second_order else benchmark(args)
   print(table)
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)

@@ -81,6 +81,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT_OPTIMIZERS = (
     "adamw", "optax_muon", "muon", "turbo_muon", "normuon", "adamuon", "root",
     "auon", "hybrid_auon", "scion", "trust_region", "dion", "dion2", "trion",
+    "soap", "shampoo",
 )
 BASELINE = "adamw"
 # The reference Muon, and ours with its defaults, for the checks under the

@@ -75,7 +75,8 @@ _BUILTIN = {
 # The ortho_optax optimizers the examples and the comparison know about.
 ORTHO_OPTAX_NAMES = (
     "muon", "turbo_muon", "normuon", "adamuon", "root", "auon", "hybrid_auon",
-    "scion", "trust_region", "dion", "dion2", "trion",
+    "scion", "trust_region", "dion", "dion2", "trion", "soap",
+    "shampoo",
 )
 
 

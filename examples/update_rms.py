@@ -41,7 +41,12 @@ NAMED = (
     "dion",
     "dion2",
     "trion",
+    "shampoo",
+    "soap",
 )
+# SOAP's first step only computes its eigenbases (a zero update, as in the
+# authors' soap.py): its row is its second step on the same gradient.
+SECOND_STEP = ("soap",)
 SHAPES = {"attn": (256, 256), "fc": (256, 1024), "proj": (1024, 256)}
 
 
@@ -55,14 +60,24 @@ def gaussian_grads(seed: int = 0) -> dict:
   }
 
 
-def update_rms(tx: optax.GradientTransformation, grads) -> dict:
-  """``{leaf name: RMS}`` of ``tx``'s first update of ``grads``."""
+def update_rms(
+    tx: optax.GradientTransformation, grads, steps: int = 1
+) -> dict:
+  """``{leaf name: RMS}`` of ``tx``'s ``steps``-th update of ``grads`` (the
+  same gradient every step, parameters left at zero)."""
   params = jax.tree.map(jnp.zeros_like, grads)
-  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  state = tx.init(params)
+  for _ in range(steps):
+    updates, state = jax.jit(tx.update)(grads, state, params)
   return {
       k: float(jnp.sqrt(jnp.mean(jnp.square(v["kernel"]))))
       for k, v in updates["block"].items()
   }
+
+
+def steps_of(name: str) -> int:
+  """Which step of ``name`` the table measures (see :data:`SECOND_STEP`)."""
+  return 2 if name in SECOND_STEP else 1
 
 
 def measure(names=NAMED, seed: int = 0) -> dict:
@@ -70,7 +85,9 @@ def measure(names=NAMED, seed: int = 0) -> dict:
   grads = gaussian_grads(seed)
   rows = {"adamw": update_rms(optax.adamw(1.0), grads)}
   for name in names:
-    rows[name] = update_rms(getattr(ortho_optax, name)(1.0), grads)
+    rows[name] = update_rms(
+        getattr(ortho_optax, name)(1.0), grads, steps_of(name)
+    )
   return rows
 
 

@@ -43,6 +43,8 @@ from ortho_optax.optimizers.root import root as root
 from ortho_optax.optimizers.scion import scion as scion
 from ortho_optax.optimizers.scion import scion_init as scion_init
 from ortho_optax.optimizers.scion import scion_norms as scion_norms
+from ortho_optax.optimizers.shampoo import shampoo as shampoo
+from ortho_optax.optimizers.soap import soap as soap
 from ortho_optax.optimizers.trion import trion as trion
 from ortho_optax.optimizers.trust_region import trust_region as trust_region
 from ortho_optax.parallel.hlo import collective_bytes as collective_bytes
@@ -105,7 +107,13 @@ from ortho_optax.transforms.projection import (
 from ortho_optax.transforms.quantile_clip import (
     clip_by_quantile as clip_by_quantile,
 )
+from ortho_optax.transforms.shampoo import (
+    ScaleByShampooState as ScaleByShampooState,
+)
+from ortho_optax.transforms.shampoo import scale_by_shampoo as scale_by_shampoo
 from ortho_optax.transforms.shape import scale_by_shape as scale_by_shape
+from ortho_optax.transforms.soap import ScaleBySoapState as ScaleBySoapState
+from ortho_optax.transforms.soap import scale_by_soap as scale_by_soap
 from ortho_optax.transforms.trion import ScaleByTrionState as ScaleByTrionState
 from ortho_optax.transforms.trion import scale_by_trion as scale_by_trion
 from ortho_optax.transforms.weight_decay import (
@@ -127,6 +135,8 @@ __all__ = (
     "ScaleByMomentumState",
     "DimensionNumbers",
     "ScaleByNeuronNormState",
+    "ScaleByShampooState",
+    "ScaleBySoapState",
     "ScaleByTrionState",
     "ShardingOptions",
     "SplitDimensionNumbers",
@@ -171,12 +181,16 @@ __all__ = (
     "scale_by_momentum",
     "scale_by_neuron_norm",
     "scale_by_orthogonalization",
+    "scale_by_shampoo",
     "scale_by_shape",
+    "scale_by_soap",
     "scale_by_trion",
     "scion",
     "scion_init",
     "scion_norms",
     "select_method",
+    "shampoo",
+    "soap",
     "state_shardings",
     "trion",
     "trust_region",

@@ -57,6 +57,9 @@ REGISTRY = {
     "dion": Entry(ortho_optax.dion, _LR, ("rank", "seed")),
     "dion2": Entry(ortho_optax.dion2, _LR, ("rank",)),
     "trion": Entry(ortho_optax.trion, _LR, ("rank",)),
+    # Second-order: integer periods and sizes default to None (static).
+    "soap": Entry(ortho_optax.soap, _LR),
+    "shampoo": Entry(ortho_optax.shampoo, _LR),
 }
 
 
@@ -558,11 +561,11 @@ def _explicit_mesh():
 
 
 STRATEGIES = [dict(sharding=s) for s in ("none", "gather", "distribute")]
-# The optimizers of issue 11.
+# The optimizers of issue 11 and the second-order ones.
 FULL_RANK = [
     dict(name=n) for n in (
         "muon", "turbo_muon", "normuon", "adamuon", "root", "auon",
-        "hybrid_auon", "scion", "trust_region",
+        "hybrid_auon", "scion", "trust_region", "soap", "shampoo",
     )
 ]
 # Every named optimizer: the low-rank ones' default rank (`rank=None`) stays

@@ -184,7 +184,8 @@ _SLOW_MEASURED = (
 _COMMON_DEFAULT = ("muon", "scion")
 _COMMON_ALL = (
     "hybrid_auon", "turbo_muon", "trust_region", "adamuon", "normuon",
-    "dion2", "trion", "auon", "dion", "muon", "root", "scion",
+    "dion2", "trion", "auon", "dion", "muon", "root", "scion", "soap",
+    "shampoo",
 )
 
 

@@ -169,6 +169,10 @@ CALLS = {
     "scale_by_dion": oo.scale_by_dion,
     "scale_by_dion2": oo.scale_by_dion2,
     "scale_by_trion": oo.scale_by_trion,
+    "shampoo": _lr(oo.shampoo),
+    "soap": _lr(oo.soap),
+    "scale_by_shampoo": oo.scale_by_shampoo,
+    "scale_by_soap": oo.scale_by_soap,
     "LMONorm": lambda name="spectral", **kw: oo.LMONorm(name, **kw),
     "QuantFormat": oo.QuantFormat,
     "quantize": _abstract(lambda x=X, **kw: oo.quantize(x, **kw)),
@@ -250,8 +254,42 @@ _AUON_OWN = [
     ("shape_rms", -1, V),
 ]
 _ROUTING = [("dimension_numbers", "sideways", V), ("rules", "w", T)]
+# Shampoo and SOAP.
+_SECOND_ORDER = [
+    ("b1", 1.5, V),
+    ("b2", -0.1, V),
+    ("eps", -1.0, V),
+    ("precondition_every", 0, V),
+    ("precondition_every", jnp.asarray(10), T),
+    ("max_precond_dim", -1, V),
+    ("max_precond_dim", 1.5, T),
+    ("precond_dtype", jnp.int8, T),
+    ("precond_dtype", "u4", V),
+    ("bjorck_steps", -1, V),
+]
+_SHAMPOO_OWN = [
+    ("graft", "sgd", V),
+    ("graft_eps", -1.0, V),
+    ("nesterov", "yes", T),
+    ("start_preconditioning_step", 0, V),
+    ("root_method", "svd", V),
+]
+_SOAP_OWN = [("shampoo_beta", 1.0, V), ("normalize_grads", "yes", T)]
+_TRANSFORM_STATE = [
+    ("mu_dtype", jnp.int32, T),
+    ("nu_dtype", jnp.int8, T),
+    ("sharding", "everywhere", V),
+]
 
 BAD = {
+    "shampoo": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _SECOND_ORDER
+    + _SHAMPOO_OWN,
+    "soap": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _SECOND_ORDER
+    + _SOAP_OWN,
+    "scale_by_shampoo": _ROUTING + _SECOND_ORDER + _SHAMPOO_OWN
+    + _TRANSFORM_STATE,
+    "scale_by_soap": _ROUTING + _SECOND_ORDER + _SOAP_OWN + _TRANSFORM_STATE
+    + [("correct_bias", "yes", T)],
     "muon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE
     + _MUON_OWN,
     "turbo_muon": _NU + _OPTIMIZER_COMMON + _WEIGHT_DECAY + _ENGINE + _MUON_LIKE

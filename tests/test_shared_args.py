@@ -23,6 +23,8 @@ NAMED = (
     "normuon",
     "root",
     "scion",
+    "shampoo",
+    "soap",
     "trion",
     "trust_region",
 )

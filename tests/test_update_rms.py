@@ -74,10 +74,6 @@ def test_every_named_optimizer_matches_the_docs():
   _check(update_rms.NAMED)
 
 
-def _rms(tx, grads):
-  return update_rms.update_rms(tx, grads)
-
-
 @pytest.mark.parametrize("rms", [0.2, 1.0])
 def test_scale_to_rms_matches_numpy(rms):
   """Per matrix of a stacked leaf (float64 NumPy reference); a zero matrix
@@ -106,7 +102,9 @@ def _check_update_rms(names):
   grads = update_rms.gaussian_grads()
   for name in names:
     tx = getattr(ortho_optax, name)(1.0, update_rms=0.2)
-    for k, v in _rms(tx, grads).items():
+    for k, v in update_rms.update_rms(
+        tx, grads, update_rms.steps_of(name)
+    ).items():
       assert v == pytest.approx(0.2, rel=1e-5), (name, k)
 
 

@@ -88,7 +88,7 @@ def root_from_eigh(
     eigenvalues: jax.Array,
     eigenvectors: jax.Array,
     p: int,
-    eps: float = DEFAULT_EPS,
+    eps: jax.typing.ArrayLike = DEFAULT_EPS,
     *,
     symmetric: bool = True,
 ) -> jax.Array:
@@ -144,7 +144,7 @@ def inverse_root(
     p: int,
     *,
     method: str = "eigh",
-    eps: float = DEFAULT_EPS,
+    eps: jax.typing.ArrayLike = DEFAULT_EPS,
     steps: int | None = None,
     tol: float = DEFAULT_TOL,
     bound: str = "power",
@@ -293,7 +293,8 @@ def inverse_root(
   else:
     traced = _checks.is_traced(eps)  # inject_hyperparams under jit
     if steps is None:  # a traced eps may be tiny: float32's floor
-      steps = default_steps(p, 0.0 if traced else eps, method)
+      concrete = 0.0 if traced else float(eps)  # type: ignore[arg-type]
+      steps = default_steps(p, concrete, method)
     root = _coupled_newton(
         symmetrize(scaled), p, method=method, eps=eps, steps=steps,
         tol=float(tol), bound=bound, power_iterations=power_iterations,

@@ -22,6 +22,7 @@ factors.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -134,10 +135,8 @@ class Placement(NamedTuple):
 # step(grads, momentum, extras, placement, transposed)
 #   -> (updates, new momentum, new extras), on stacks (N, m, n) with m <= n
 #   in the working dtype; ``extras`` are the stacked per-matrix extra states.
-StepFn = Callable[
-    [jax.Array, jax.Array, tuple, Placement, bool],
-    tuple[jax.Array, jax.Array, tuple],
-]
+# ``step(g, m, extras, placement, transposed[, operands=...])``.
+StepFn = Callable[..., tuple[jax.Array, jax.Array, tuple]]
 
 
 def _is_masked(x) -> bool:
@@ -171,6 +170,7 @@ def map_matrix_groups(
     dns,
     options: _sharding.ShardingOptions,
     layouts: _sharding.Layouts | None = None,
+    operands=None,
 ):
   """Runs ``step`` once per stack of same-shape matrices, with their state.
 
@@ -193,6 +193,10 @@ def map_matrix_groups(
       for how the mesh is found.
     layouts: the parameters' shardings recorded by ``init``
       (``sharding.Layouts``), used where nothing else says the layout.
+    operands: arrays the step needs besides the stacks (a step count),
+      passed to it as ``step(..., operands=operands)``. Under Explicit mesh
+      axes the step runs inside ``jax.sharding.auto_axes``, where a closed
+      over array of the outer (Explicit) mesh type cannot be used.
 
   Returns:
     ``(updates, mu, extras)`` with every matrix leaf replaced, each with its
@@ -244,7 +248,8 @@ def map_matrix_groups(
       for s, x, dn in zip(known, gs, mat_dns)
   ]
 
-  def core(gs, ms, es, inner_mesh):
+  def core(gs, ms, es, inner_mesh, ops=None):
+    run = step if ops is None else functools.partial(step, operands=ops)
     buckets: dict = {}
     for j, (g, dn) in enumerate(zip(gs, mat_dns)):
       batch, m, n = oriented_shape(g.shape, dn)
@@ -293,7 +298,7 @@ def map_matrix_groups(
         )
       else:
         g_stack, m_stack = placement.pin(g_stack, m_stack)
-        u_stack, m_stack_new, e_new = step(
+        u_stack, m_stack_new, e_new = run(
             g_stack, m_stack, e_stacks, placement, transposed
         )
         u_stack, m_stack_new = placement.pin(u_stack, m_stack_new)
@@ -326,12 +331,14 @@ def map_matrix_groups(
         [[target(x) for x in e] for e in es],
     )
     out = jax.sharding.auto_axes(
-        lambda gs, ms, es: core(gs, ms, es, jax.sharding.get_abstract_mesh()),
+        lambda gs, ms, es, ops: core(
+            gs, ms, es, jax.sharding.get_abstract_mesh(), ops
+        ),
         axes=_sharding._explicit_axes(mesh),
         out_sharding=out_sharding,
-    )(gs, ms, es)
+    )(gs, ms, es, operands)
   else:
-    us, mus_new, es_new = core(gs, ms, es, mesh)
+    us, mus_new, es_new = core(gs, ms, es, mesh, operands)
 
     def pin(ys, xs, ts=None):
       ts = ts or [None] * len(xs)

@@ -114,6 +114,11 @@ def float_dtype(storage: Storage) -> np.dtype | None:
   return None if isinstance(storage, _quantized.QuantFormat) else storage
 
 
+def is_quantized_leaf(x) -> bool:
+  """Whether ``x`` is a quantized buffer (a ``QuantizedArray``)."""
+  return _is_leaf(x)
+
+
 def _is_array_like(x) -> bool:
   """An array, or a wrapper of one that has its shape and dtype."""
   return hasattr(x, "shape") and hasattr(x, "dtype") and not _is_leaf(x)
@@ -247,6 +252,9 @@ ADAM_MU_SALT, ADAM_NU_SALT = 1, 2  # scale_by_adam's moments
 DION_SALT, DION2_SALT, TRION_SALT = 3, 4, 5  # the low-rank momenta
 DION_Q_SALT = 6  # Dion's right factor
 ELEMENTWISE_NU_SALT = 7  # AdaMuon's elementwise second moment
+SOAP_MU_SALT, SOAP_NU_SALT = 8, 9  # SOAP's Adam moments
+SHAMPOO_MU_SALT, SHAMPOO_NU_SALT = 10, 11  # Shampoo's momentum and graft
+PRECOND_LEFT_SALT, PRECOND_RIGHT_SALT = 12, 13  # eigenvector matrices
 
 
 def store(tree, storage: Storage, like, count=None, salt: int = 0):

@@ -1,0 +1,225 @@
+"""What Shampoo and SOAP share: Kronecker-factor statistics per matrix.
+
+Both keep, for each routed matrix oriented wide (``(B, m, n)``, ``m <= n``,
+see ``ortho_optax.parallel.stateful``), a left statistic
+:math:`L \\in \\mathbb{R}^{m \\times m}` and a right one
+:math:`R \\in \\mathbb{R}^{n \\times n}`, and a matrix function of each (an
+inverse root, an eigenbasis). A side longer than ``max_precond_dim`` keeps
+no statistic: its state is an empty ``(B, 0, 0)`` array and it is
+preconditioned by the identity. Orienting does not change either method:
+transposing a matrix swaps :math:`L` and :math:`R`.
+
+The preconditioner's storage (``precond_dtype``) is ``None`` (float32, or
+complex64 for complex parameters), a floating dtype, or a quantized format
+(``"q8"``, ``"q4"``, a :class:`~ortho_optax.QuantFormat`): then the
+eigenvector matrices are kept as block codes (the eigenvalues in float32)
+and rectified by Björck steps after they are read back (4-bit Shampoo).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ortho_optax import checks as _checks
+from ortho_optax.engines import lapack as _lapack
+from ortho_optax.engines import matrix_roots as _matrix_roots
+from ortho_optax.engines import symmetric as _symmetric
+from ortho_optax.state import storage as _storage
+from ortho_optax.transforms import low_rank as _low_rank
+
+# SOAP's reference default: sides above it (vocabulary sides) get the
+# identity.
+MAX_PRECOND_DIM = 10000
+
+
+def check_max_precond_dim(value, name: str = "max_precond_dim") -> int:
+  """A side bound: a Python int >= 0 (0: no side is preconditioned)."""
+  return check_every(value, name, low=0)
+
+
+def check_bjorck_steps(value) -> int:
+  """Björck steps: ``None`` (1) or a Python int >= 0."""
+  return check_every(1 if value is None else value, "bjorck_steps", low=0)
+
+
+def check_every(value, name: str, low: int = 1) -> int:
+  """A structural int (a period in steps, a size): a Python int >=
+  ``low``, not an array (it shapes the program)."""
+  if isinstance(value, jax.Array):
+    raise TypeError(
+        f"`{name}` must be a Python int >= {low}, got an array {value!r}: it"
+        " shapes the program. Under optax.inject_hyperparams, list it in"
+        f" `static_args` (static_args=({name!r},))."
+    )
+  return _checks.check_int(value, name, low=low)
+
+
+def precond_storage(precond_dtype) -> _storage.Storage:
+  """The storage of the preconditioner state (module docstring)."""
+  return _storage.as_storage(precond_dtype, "precond_dtype", complex_ok=True)
+
+
+def sides(m: int, n: int, max_precond_dim: int) -> tuple[int, int]:
+  """The sizes of the left and right statistics (0: identity side)."""
+  return (
+      m if m <= max_precond_dim else 0,
+      n if n <= max_precond_dim else 0,
+  )
+
+
+def precond_dtype_of(storage: _storage.Storage, dtype) -> jnp.dtype:
+  """The dtype the preconditioner is computed and (unquantized) stored in:
+  float32 (complex64 for complex parameters) unless a float storage is
+  given."""
+  if storage is not None and not _storage.is_quantized(storage):
+    return jnp.dtype(_storage.float_dtype(storage))
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def real_dtype(dtype) -> jnp.dtype:
+  """The real dtype of the same width (float32 for complex64)."""
+  return jnp.finfo(dtype).dtype
+
+
+def default_moment_dtype(dtype) -> jnp.dtype:
+  """A moment's default dtype: the parameter's, float32 for float16 (whose
+  range holds neither the squares of small gradients nor of large ones)."""
+  return jnp.float32 if jnp.dtype(dtype) == jnp.float16 else jnp.dtype(dtype)
+
+
+def ht(x: jax.Array) -> jax.Array:
+  """The conjugate transpose of each matrix."""
+  return jnp.swapaxes(x, -1, -2).conj()
+
+
+def gram(g: jax.Array, side: int) -> jax.Array:
+  """:math:`G G^H` (``side`` 0) or :math:`G^H G` (``side`` 1) of each
+  ``(B, m, n)`` matrix, one triangle of blocks computed
+  (:mod:`ortho_optax.engines.symmetric`)."""
+  x = g if side == 0 else ht(g)
+  return _symmetric.hermitian_product(x, x, jnp.matmul)
+
+
+def rebuild(lam: jax.Array, q: jax.Array) -> jax.Array:
+  """:math:`Q \\mathrm{diag}(\\lambda) Q^H` (``lam`` ``(B, k)``)."""
+  return (q * lam[:, None, :].astype(q.dtype)) @ ht(q)
+
+
+# Benchmarks only (benchmarks/step.py): ``True`` / ``False`` traces every
+# step as a refresh step / as a step between refreshes, without the
+# ``lax.cond`` (whose FLOPs count as its costlier branch), so that the FLOPs
+# of each kind of step can be counted. ``None``: the real, traced choice.
+FORCE_REFRESH = None
+
+
+def refresh_predicate(traced):
+  """``traced``, or the benchmarks' forced value (:data:`FORCE_REFRESH`)."""
+  return traced if FORCE_REFRESH is None else FORCE_REFRESH
+
+
+def project(x: jax.Array, ql: jax.Array, qr: jax.Array) -> jax.Array:
+  """:math:`Q_L^H X Q_R` (an empty side is the identity)."""
+  if ql.shape[-1]:
+    x = ht(ql) @ x
+  if qr.shape[-1]:
+    x = x @ qr
+  return x
+
+
+def project_back(x: jax.Array, ql: jax.Array, qr: jax.Array) -> jax.Array:
+  """:math:`Q_L X Q_R^H` (an empty side is the identity)."""
+  if ql.shape[-1]:
+    x = ql @ x
+  if qr.shape[-1]:
+    x = x @ ht(qr)
+  return x
+
+
+def descending_eigh(s: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Eigenvalues (descending, real) and eigenvectors of each Hermitian
+  ``s``, brought to order one first (the basis does not depend on the
+  scale; the eigenvalues are scaled back)."""
+  scale = _low_rank.max_abs(s)
+  lam, q = _matrix_roots.eigh(s / scale)
+  lam = jnp.flip(lam, axis=-1) * scale[..., 0].real.astype(lam.dtype)
+  return lam, jnp.flip(q, axis=-1)
+
+
+def rayleigh(s: jax.Array, q: jax.Array) -> jax.Array:
+  """:math:`\\mathrm{diag}(Q^H S Q)`, real, per matrix."""
+  return jnp.einsum("bij,bik,bkj->bj", q.conj(), s, q).real
+
+
+def power_qr(s: jax.Array, q: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """SOAP's refresh of an eigenbasis ``q`` of ``s``: the columns sorted by
+  their Rayleigh quotients (descending), one power-iteration step and a
+  Householder QR. Returns the new basis and the sorting permutation
+  (``(B, k)``).
+
+  One product :math:`S Q` serves both: the Rayleigh quotients are
+  :math:`\\mathrm{diag}(Q^H (S Q))`, and sorting the columns of :math:`Q`
+  sorts those of :math:`S Q` alike.
+  """
+  p = s @ q
+  est = jnp.sum(q.conj() * p, axis=-2).real
+  idx = jnp.argsort(-est, axis=-1)
+  p = jnp.take_along_axis(p, idx[:, None, :], axis=-1)
+  # The product is brought to order one: the QR does not see the scale.
+  return _lapack.qr_q(p / _low_rank.max_abs(p)), idx
+
+
+def empty_side(batch: int, dtype) -> jax.Array:
+  """The state of an identity side."""
+  return jnp.zeros((batch, 0, 0), dtype)
+
+
+def matrix_state(params, dns, make):
+  """:func:`ortho_optax.transforms.low_rank.matrix_state`: ``make(index,
+  leaf, dn)`` on matrix leaves, ``optax.MaskedNode()`` elsewhere."""
+  return _low_rank.matrix_state(params, dns, make)
+
+
+def owners(placement):
+  """The placement of per-matrix square stacks: whole matrices per device
+  under ``sharding="distribute"`` (their layout is not the gradient's)."""
+  return placement._replace(layout=None)
+
+
+def store_basis(
+    tree, storage: _storage.Storage, like, count, salt: int, refresh=None
+):
+  """Eigenvector stacks in ``storage`` (quantized: block codes).
+
+  A quantized basis is written only on ``refresh`` steps (a traced bool;
+  ``None``: always): in between, the codes of ``like`` are kept as they
+  are, so that the basis read back and rectified each step is never
+  quantized again (round-off would accumulate).
+  """
+  if not _storage.is_quantized(storage):
+    return tree
+  # Codes replace whole leaves, wrappers (Flax NNX Variables) included: a
+  # wrapped QuantizedArray would not survive nnx.split (storage.as_arrays).
+  new = _storage.store(
+      _storage.as_arrays(tree), storage, like, count, salt=salt
+  )
+  if refresh is None or like is None:
+    return new
+  return jax.tree.map(lambda n, o: jnp.where(refresh, n, o), new, like)
+
+
+def load_basis(tree, bjorck_steps: int):
+  """Eigenvector stacks read back: quantized ones dequantized to float32
+  and rectified by ``bjorck_steps`` Björck steps (4-bit Shampoo); float
+  ones as they are."""
+
+  def one(b):
+    if not isinstance(b, optax.MaskedNode) and _storage.is_quantized_leaf(b):
+      u = _storage.load(b)
+      return _matrix_roots.bjorck(u, bjorck_steps) if u.size else u
+    return b
+
+  return jax.tree.map(
+      one, tree, is_leaf=lambda x: _storage.is_quantized_leaf(x)
+  )
