@@ -18,6 +18,8 @@ auon           0.05    0.139
 hybrid_auon    0.02    0.13
 scion          2^-6    0.15-0.18
 trust_region   0.02    0.083
+shampoo        0.003   0.094
+soap           0.006   0.068
 =============  ======  ==========
 
 Chance is ``log(10) = 2.30``. The Muon-family optimizers send the biases and
@@ -60,10 +62,14 @@ TRAIN_KWARGS = {
     # Scion applies its LMOs (preset "gpt") to every leaf, head included.
     "scion": dict(learning_rate=2**-6),
     "trust_region": dict(learning_rate=0.02, **ADAM_LR),
-    # Low rank at their default rank 1/4 (32 of 128 directions).
+    # Low rank at their default rank: all 64 directions here (the floor of
+    # 128 directions caps at the shorter side).
     "dion": dict(learning_rate=0.02, **ADAM_LR),
     "dion2": dict(learning_rate=0.02, **ADAM_LR),
     "trion": dict(learning_rate=0.02, **ADAM_LR),
+    # Their recommended (provisional) rates; Adam's scale of a step.
+    "shampoo": dict(learning_rate=0.003, **ADAM_LR),
+    "soap": dict(learning_rate=0.006, **ADAM_LR),
 }
 
 
