@@ -18,6 +18,8 @@ and rectified by Björck steps after they are read back (4-bit Shampoo).
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -26,6 +28,7 @@ from ortho_optax import checks as _checks
 from ortho_optax.engines import lapack as _lapack
 from ortho_optax.engines import matrix_roots as _matrix_roots
 from ortho_optax.engines import symmetric as _symmetric
+from ortho_optax.parallel import stateful as _stateful
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
 
@@ -222,4 +225,90 @@ def load_basis(tree, bjorck_steps: int):
 
   return jax.tree.map(
       one, tree, is_leaf=lambda x: _storage.is_quantized_leaf(x)
+  )
+
+
+class InitialState(NamedTuple):
+  """The state both transforms start from (:func:`initial_state`)."""
+
+  count: jax.Array  # type: ignore[assignment]
+  mu: optax.Updates
+  nu: optax.Updates
+  left: optax.Updates
+  right: optax.Updates
+  basis_left: optax.Updates
+  basis_right: optax.Updates
+
+
+def initial_state(
+    params,
+    dns,
+    *,
+    mu_storage: _storage.Storage,
+    nu_storage: _storage.Storage,
+    precond_storage: _storage.Storage,
+    max_precond_dim: int,
+) -> InitialState:
+  """Zero state of Shampoo and SOAP for the matrix leaves of ``params``.
+
+  Per matrix (oriented wide, ``(B, m, n)``): the first moment (in
+  ``mu_storage``; float32 at least by default), the second moment
+  ``(B, m, n)`` (real), the statistics ``(B, k, k)`` of each side kept
+  (``(B, 0, 0)`` for an identity side), and a matrix function of each side
+  (Shampoo's inverse roots, SOAP's eigenbases). With a quantized
+  ``precond_storage`` the statistics are kept as their eigenvalues
+  ``(B, k)`` and the matrix functions as block codes.
+
+  Raises:
+    TypeError: a quantized ``precond_storage`` and a complex parameter.
+  """
+  quantized = _storage.is_quantized(precond_storage)
+
+  def nu(i, x, dn):
+    del i
+    batch, m, n = _stateful.oriented_shape(x.shape, dn)
+    dtype = real_dtype(default_moment_dtype(x.dtype))
+    if nu_storage is not None and not _storage.is_quantized(nu_storage):
+      dtype = jnp.dtype(_storage.float_dtype(nu_storage))
+    return _stateful.like_params_mesh(jnp.zeros((batch, m, n), dtype), x)
+
+  def side(which, function):
+    def make(i, x, dn):
+      del i
+      if quantized and not jnp.issubdtype(x.dtype, jnp.floating):
+        code = getattr(precond_storage, "code", precond_storage)
+        raise TypeError(
+            f"`precond_dtype`={code!r} quantizes real matrices only; a"
+            f" parameter has dtype {x.dtype}."
+        )
+      batch, m, n = _stateful.oriented_shape(x.shape, dn)
+      k = sides(m, n, max_precond_dim)[which]
+      dtype = precond_dtype_of(precond_storage, x.dtype)
+      if quantized and not function:
+        shape = (batch, k) if k else (batch, 0, 0)
+        return _stateful.like_params_mesh(jnp.zeros(shape, jnp.float32), x)
+      return _stateful.like_params_mesh(jnp.zeros((batch, k, k), dtype), x)
+
+    return make
+
+  count = _low_rank.zero_count(params)
+  mu = _low_rank.momentum_state(params, dns, mu_storage)
+  if mu_storage is None:
+    mu = jax.tree.map(lambda x: x.astype(default_moment_dtype(x.dtype)), mu)
+  nu_tree = matrix_state(params, dns, nu)
+  if _storage.is_quantized(nu_storage):
+    nu_tree = _storage.zeros(nu_tree, nu_storage, "nu_dtype")
+  basis_left = matrix_state(params, dns, side(0, True))
+  basis_right = matrix_state(params, dns, side(1, True))
+  if quantized:
+    basis_left = store_basis(basis_left, precond_storage, None, count, 0)
+    basis_right = store_basis(basis_right, precond_storage, None, count, 0)
+  return InitialState(
+      count=count,
+      mu=mu,
+      nu=nu_tree,
+      left=matrix_state(params, dns, side(0, False)),
+      right=matrix_state(params, dns, side(1, False)),
+      basis_left=basis_left,
+      basis_right=basis_right,
   )

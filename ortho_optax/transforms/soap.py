@@ -203,58 +203,22 @@ def scale_by_soap(
   def init_fn(params):
     dns = _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
     layouts.record(params)
-
-    def check(x, dn):
-      if quantized and not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(
-            f"`precond_dtype`={getattr(pstorage, 'code', pstorage)!r} quantizes real matrices"
-            f" only; a parameter has dtype {x.dtype}."
-        )
-
-    def nu(i, x, dn):
-      del i
-      batch, m, n = _stateful.oriented_shape(x.shape, dn)
-      dtype = _kron.real_dtype(_kron.default_moment_dtype(x.dtype))
-      if nu_storage is not None and not _storage.is_quantized(nu_storage):
-        dtype = jnp.dtype(_storage.float_dtype(nu_storage))
-      return _stateful.like_params_mesh(jnp.zeros((batch, m, n), dtype), x)
-
-    def side(which, basis):
-      def make(i, x, dn):
-        del i
-        check(x, dn)
-        batch, m, n = _stateful.oriented_shape(x.shape, dn)
-        k = _kron.sides(m, n, max_precond_dim)[which]
-        dtype = _kron.precond_dtype_of(pstorage, x.dtype)
-        if quantized and not basis:
-          shape = (batch, k) if k else (batch, 0, 0)
-          return _stateful.like_params_mesh(jnp.zeros(shape, jnp.float32), x)
-        return _stateful.like_params_mesh(jnp.zeros((batch, k, k), dtype), x)
-
-      return make
-
-    count = _low_rank.zero_count(params)
-    mu = _low_rank.momentum_state(params, dns, mu_storage)
-    if mu_storage is None:
-      mu = jax.tree.map(
-          lambda x: x.astype(_kron.default_moment_dtype(x.dtype)), mu
-      )
-    nu_tree = _kron.matrix_state(params, dns, nu)
-    if _storage.is_quantized(nu_storage):
-      nu_tree = _storage.zeros(nu_tree, nu_storage, "nu_dtype")
-    q_left = _kron.matrix_state(params, dns, side(0, True))
-    q_right = _kron.matrix_state(params, dns, side(1, True))
-    if quantized:
-      q_left = _kron.store_basis(q_left, pstorage, None, count, 0)
-      q_right = _kron.store_basis(q_right, pstorage, None, count, 0)
+    s = _kron.initial_state(
+        params,
+        dns,
+        mu_storage=mu_storage,
+        nu_storage=nu_storage,
+        precond_storage=pstorage,
+        max_precond_dim=max_precond_dim,
+    )
     return ScaleBySoapState(
-        count=count,
-        mu=mu,
-        nu=nu_tree,
-        left=_kron.matrix_state(params, dns, side(0, False)),
-        right=_kron.matrix_state(params, dns, side(1, False)),
-        q_left=q_left,
-        q_right=q_right,
+        count=s.count,
+        mu=s.mu,
+        nu=s.nu,
+        left=s.left,
+        right=s.right,
+        q_left=s.basis_left,
+        q_right=s.basis_right,
     )
 
   def update_fn(updates, state, params=None):
