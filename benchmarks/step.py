@@ -493,6 +493,15 @@ def second_order(args) -> str:
               0.003, precondition_every=every
           ),
       ))
+  # Shampoo's matmul-only roots (engines/matrix_roots.py) in place of
+  # LAPACK's eigh, which runs one matrix at a time on the CPU.
+  for method in ("newton", "prism"):
+    configs.append((
+        f"shampoo, root_method={method} (every 10)", 10,
+        lambda method=method: ortho_optax.shampoo(
+            0.003, precondition_every=10, root_method=method
+        ),
+    ))
   for label, every, factory in configs:
     tx = factory()
     state = tx.init(params)
