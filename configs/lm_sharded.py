@@ -20,7 +20,10 @@ parallelism name two axes, e.g. on 8 devices::
 The batch is split over the first axis, so ``batch_size`` must be a
 multiple of its size. On several hosts, start every process with the same
 command after ``jax.distributed.initialize()`` (``--distributed`` of
-``examples/main.py``).
+``examples/main.py``, which detects a cluster environment). Without one,
+name the cluster: ``--coordinator_address=HOST:PORT --num_processes=N
+--process_id=I`` (two processes on one machine: README, "Multiple
+devices: where the orthogonalization runs").
 """
 
 import importlib.util
