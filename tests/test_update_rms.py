@@ -129,3 +129,19 @@ def test_update_rms_default_is_the_paper_scale():
   assert jax.tree.structure(plain.init(params)) == jax.tree.structure(
       explicit.init(params)
   )
+
+
+@pytest.mark.parametrize("scale", [1e-30, 1e-20, 1e20, 1e30])
+def test_scale_to_rms_over_the_float32_range(scale):
+  """An update of 1e-30 (whose squares underflow) or 1e30 (whose squares
+  overflow) still comes out at the target RMS, per matrix."""
+  rng = np.random.default_rng(2)
+  w = rng.standard_normal((2, 6, 9)).astype(np.float32)
+  tx = shape.scale_to_rms(0.2)
+  u = {"w": jnp.asarray(w * np.float32(scale))}
+  out, _ = tx.update(u, tx.init(u))
+  got = np.sqrt(np.mean(np.asarray(out["w"], np.float64) ** 2, axis=(1, 2)))
+  np.testing.assert_allclose(got, 0.2, rtol=1e-5)
+  x = w.astype(np.float64)
+  want = x * 0.2 / np.sqrt(np.mean(x**2, axis=(1, 2), keepdims=True))
+  np.testing.assert_allclose(out["w"], want, rtol=1e-5, atol=1e-7)

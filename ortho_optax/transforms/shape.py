@@ -9,6 +9,7 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import normalization as _normalization
 
 SHAPE_RULES = ("muon", "moonlight", "spectral", "none")
 
@@ -67,6 +68,19 @@ def scale_by_shape(
   """
   _checks.check_choice(rule, "rule", SHAPE_RULES)
   _checks.check_positive(rms, "rms")
+
+  def scale(m):
+    f = shape_factor(m.shape[-2], m.shape[-1], rule, rms)
+    return (m * f).astype(m.dtype)
+
+  return _per_matrix(scale, dimension_numbers, rules)
+
+
+def _per_matrix(
+    fn, dimension_numbers, rules
+) -> optax.GradientTransformation:
+  """A stateless transform applying ``fn`` to each routed matrix
+  (``(..., fan_in, fan_out)``); other leaves pass through."""
   _routing.check_dimension_numbers(dimension_numbers)
   _routing.check_rules(rules)
 
@@ -77,12 +91,7 @@ def scale_by_shape(
   def update_fn(updates, state, params=None):
     del params
     dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
-
-    def scale(m):
-      f = shape_factor(m.shape[-2], m.shape[-1], rule, rms)
-      return (m * f).astype(m.dtype)
-
-    return _routing.map_matrices(scale, updates, dns), state
+    return _routing.map_matrices(fn, updates, dns), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
@@ -120,24 +129,16 @@ def scale_to_rms(
     0.2
   """
   _checks.check_positive(rms, "update_rms")
-  _routing.check_dimension_numbers(dimension_numbers)
-  _routing.check_rules(rules)
 
-  def init_fn(params):
-    _routing.resolve_dimension_numbers(params, dimension_numbers, rules)
-    return optax.EmptyState()
+  def scale(m):
+    # In units of max|m| (a power of two, exact): the mean square neither
+    # underflows (an update of 1e-30 would pass unscaled) nor overflows
+    # (one of 1e30 would become zero).
+    x = m.astype(jnp.promote_types(m.dtype, jnp.float32))
+    x = x * _normalization.inverse_unit(x).astype(x.dtype)
+    r = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(x)), axis=(-2, -1),
+                          keepdims=True))
+    f = jnp.where(r > 0, rms / jnp.where(r > 0, r, 1), 1)
+    return (x * f).astype(m.dtype)
 
-  def update_fn(updates, state, params=None):
-    del params
-    dns = _routing.resolve_dimension_numbers(updates, dimension_numbers, rules)
-
-    def scale(m):
-      x = m.astype(jnp.promote_types(m.dtype, jnp.float32))
-      r = jnp.sqrt(jnp.mean(jnp.square(jnp.abs(x)), axis=(-2, -1),
-                            keepdims=True))
-      f = jnp.where(r > 0, rms / jnp.where(r > 0, r, 1), 1)
-      return (x * f).astype(m.dtype)
-
-    return _routing.map_matrices(scale, updates, dns), state
-
-  return optax.GradientTransformation(init_fn, update_fn)
+  return _per_matrix(scale, dimension_numbers, rules)
