@@ -381,7 +381,9 @@ def compare(
       default on the first seed).
     extend_edges: while the best rate on the first seed is the lowest or
       the highest swept, sweep one more rate beyond it (the grid's ratio at
-      that edge), at most this many times per optimizer.
+      that edge), at most this many times per optimizer; with
+      ``reuse_only``, the rates past the edge that an earlier invocation
+      finished are read back the same way.
 
   Returns:
     ``{"markdown": the table, "rows": one dict per optimizer, "task",
@@ -449,10 +451,18 @@ def compare(
       if (lr, seeds[0]) not in res["runs"]:
         res["runs"][(lr, seeds[0])] = one(name, lr, seeds[0])
   for name, res in results.items():  # 2b. Past a best rate at an edge.
-    for _ in range(0 if reuse_only else extend_edges):
+    for _ in range(extend_edges):
       lr = _past_the_edge(res, seeds[0], key)
       if lr is None:
         break
+      if reuse_only:
+        # The rates an earlier run swept past the edge, if it finished them.
+        found = _finished(workdir, config, name, lr, seeds[0], metric)
+        if found is None:
+          break
+        res["lrs"] = sorted(res["lrs"] + [lr])
+        res["runs"][(lr, seeds[0])] = found
+        continue
       res["lrs"] = sorted(res["lrs"] + [lr])
       res["runs"][(lr, seeds[0])] = one(name, lr, seeds[0])
   for name, res in results.items():  # 3. The best rate, every seed.
