@@ -187,12 +187,10 @@ def test_compare_tasks_write_tables_summary_and_defaults(tmp_path):
   assert summary.startswith("- **digits_cnn**: CNN (16 and 32 channels")
   assert "| digits_cnn | optax_muon | 0.02 | +0.00 / +0.00 (%) |" in summary
   assert _compare().read_tables(results)[0]["rows"] == t["rows"]
-  # One learning rate each: it is the recommendation, and its score is the
-  # mean paired loss difference.
+  # One learning rate each: it is the recommendation, with no regret.
   rec = out["defaults"]["optimizers"]["adamw"]
   assert rec["recommended"] == 0.003
-  assert rec["scores"][0.003] == pytest.approx(
-      np.mean(adamw["paired_default_loss_vs_reference"]))
+  assert rec["scores"] == {0.003: 0.0}
   defaults = (results / "defaults.md").read_text()
   assert "(only one measured)" in defaults and "spectral condition" in defaults
 
@@ -245,6 +243,12 @@ def test_compare_tasks_sweep_reuse_and_missing_runs(tmp_path):
   at_edge = row["best_lr"] in (min(swept), max(swept))
   assert row["edge_of_sweep"] == at_edge
   assert ("(edge)" in extended["markdown"]) == at_edge
+  # Reading the workdir back finds the rate past the edge as well.
+  reread = compare.compare(config, workdir, ["optax_muon"], [1.0, 2.0],
+                           [0, 1], metric="accuracy", task="digits_cnn",
+                           reuse_only=True, extend_edges=1)
+  assert reread["rows"][0]["swept_lrs"] == row["swept_lrs"]
+  assert reread["rows"][0]["best_lr"] == row["best_lr"]
 
 
 def test_sweep_is_in_octaves_and_goes_past_a_best_edge():
@@ -277,35 +281,42 @@ def test_sweep_is_in_octaves_and_goes_past_a_best_edge():
   assert past(res({0.01: 1.0, 0.02: 2.0}, seed=1), 0, key) is None
 
 
-def test_recommend_defaults_takes_the_best_mean_over_tasks(tmp_path):
+def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):
   from examples import compare  # pylint: disable=g-import-not-at-top
 
-  def table(task, ref_losses, runs):
-    rows = [{"optimizer": "optax_muon", "default_lr": 0.02,
-             "runs": [{"lr": 0.02, "seed": s, "loss": x}
-                      for s, x in enumerate(ref_losses)]},
-            {"optimizer": "muon", "default_lr": 0.02,
-             "runs": [{"lr": lr, "seed": s, "loss": x}
+  def table(task, metric, runs):
+    rows = [{"optimizer": "muon", "default_lr": 0.02, "seeds": [0, 1],
+             "runs": [{"lr": lr, "seed": s, "value": x, "loss": x}
                       for lr, s, x in runs]}]
-    return {"task": task, "rows": rows}
+    return {"task": task, "metric": metric, "rows": rows}
 
   tables = [
-      # Task a: lr 0.04 is 0.02 better than the reference, 0.02 is 0.01.
-      table("a", [1.0, 1.2], [(0.02, 0, 1.01), (0.02, 1, 1.21),
-                              (0.04, 0, 0.98)]),
-      # Task b: lr 0.04 is 0.05 worse; lr 0.01 is only measured here.
-      table("b", [2.0], [(0.02, 0, 1.99), (0.04, 0, 2.05), (0.01, 0, 1.9)]),
+      # Loss task: 0.04 is best; 0.02 is 0.01 behind (half the 0.02 limit),
+      # 0.01 0.05 behind. Seed 1 is not the sweep's seed: ignored.
+      table("a", "loss", [(0.01, 0, 1.05), (0.02, 0, 1.01), (0.04, 0, 1.0),
+                          (0.02, 1, 0.5)]),
+      # Accuracy task: 0.02 is best, 0.04 is 1.5 points behind (1.5x the
+      # 1% limit); 0.08 is measured here only.
+      table("b", "accuracy", [(0.01, 0, 0.97), (0.02, 0, 0.98),
+                              (0.04, 0, 0.965), (0.08, 0, 0.9)]),
   ]
   out = compare.recommend_defaults(tables, current={"muon": 0.02})
   muon = out["optimizers"]["muon"]
-  assert muon["scores"] == pytest.approx({0.02: 0.0, 0.04: 0.015})
-  assert muon["recommended"] == 0.02
-  assert muon["per_task"][0.01] == pytest.approx({"b": -0.1})
-  assert "| muon | 0.02 | 0.02: +0.0000, 0.04: +0.0150 | 0.02 (= current)" \
-      " (edge of the sweep) | 0.01: b -0.1000 |" in out["table"]
+  assert muon["scores"] == pytest.approx({0.01: 2.5, 0.02: 0.5, 0.04: 1.5})
+  assert muon["regrets"][0.08] == pytest.approx({"b": 0.08})
+  assert muon["recommended"] == 0.02 and not muon["edge"]
+  assert "| muon | 0.02 | 0.02 (= current) | a 0.0100, b 0.00% | 0.50 |" \
+      " 0.01: 2.50, 0.02: 0.50, 0.04: 1.50 |" in out["table"]
+  # A tie in the worst regret goes to the lower mean.
+  tie = [table("a", "loss", [(0.01, 0, 1.02), (0.02, 0, 1.0)]),
+         table("c", "loss", [(0.01, 0, 1.0), (0.02, 0, 1.02)]),
+         table("d", "loss", [(0.01, 0, 1.0), (0.02, 0, 1.01)])]
+  assert compare.recommend_defaults(tie)["optimizers"]["muon"][
+      "recommended"] == 0.01
   # From the tasks' compare.json: the tasks of TASKS first, in its order.
-  for t in [table("zz", [1.0], []), table("digits_cnn", [1.0], []),
-            table("lm", [1.0], [])] + tables:
+  for t in [table("zz", "loss", [(0.02, 0, 1.0)]),
+            table("digits_cnn", "accuracy", [(0.02, 0, 1.0)]),
+            table("lm", "loss", [(0.02, 0, 1.0)])] + tables:
     (tmp_path / t["task"]).mkdir()
     (tmp_path / t["task"] / "compare.json").write_text(json.dumps(t))
   read = compare.read_tables(tmp_path)
