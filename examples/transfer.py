@@ -2,8 +2,8 @@ r"""Learning rates that transfer: one rate for all, and across width.
 
 Two checks on top of a finished learning-rate comparison of
 ``examples/compare.py`` (``--best_from``: its results directory, which
-holds ``<task>/compare.json``; an optimizer's "own best" is the best rate
-of that sweep):
+holds ``<task>/compare.json``, or several, e.g. of comparisons split by
+optimizer; an optimizer's "own best" is the best rate of that sweep):
 
 * ``--mode=common``: every optimizer at one learning rate
   (``--learning_rate``, by default AdamW's 0.003) with extra factory
@@ -101,9 +101,10 @@ def _define_flags():
                     "common: every optimizer at one learning rate; width:"
                     " the task at other widths.")
   flags.DEFINE_string("workdir", None, "Directory for the runs.")
-  flags.DEFINE_string("best_from", None,
-                      "Results directory of examples/compare.py (with"
-                      " <task>/compare.json): each optimizer's own best.")
+  flags.DEFINE_list("best_from", None,
+                    "Results directories of examples/compare.py (with"
+                    " <task>/compare.json): each optimizer's own best (from"
+                    " the first directory that has it).")
   flags.DEFINE_string("results_dir", None,
                       "Where transfer_<mode>.md/.json and transfer.md go"
                       " (default: --workdir).")
@@ -199,12 +200,27 @@ def head_dim(config) -> int:
   return config.model.d_model // config.model.num_heads
 
 
+def _dirs(best_from) -> list[pathlib.Path]:
+  if isinstance(best_from, (str, os.PathLike)):
+    best_from = [best_from]
+  return [pathlib.Path(d) for d in best_from]
+
+
 def read_best(best_from, task: str) -> dict:
-  """``{optimizer: row}`` of ``best_from/<task>/compare.json`` ({} if none)."""
-  path = pathlib.Path(best_from) / task / "compare.json"
-  if not path.exists():
-    return {}
-  return {r["optimizer"]: r for r in json.loads(path.read_text())["rows"]}
+  """``{optimizer: row}`` of ``<dir>/<task>/compare.json``.
+
+  Args:
+    best_from: a results directory, or several: an optimizer's row comes
+      from the first that has one.
+    task: the task's name.
+  """
+  out = {}
+  for d in _dirs(best_from):
+    path = d / task / "compare.json"
+    if path.exists():
+      for r in json.loads(path.read_text())["rows"]:
+        out.setdefault(r["optimizer"], r)
+  return out
 
 
 def runs_at(row: dict, lr: float, seeds) -> dict:
@@ -314,7 +330,7 @@ def run_common(tasks, workdir, best_from, names, lr: float, kwargs: dict,
   Args:
     tasks: ``compare.TaskSpec``s.
     workdir: the runs go to ``workdir/<task>/``.
-    best_from: results directory of the main comparison.
+    best_from: results directory (or directories) of the main comparison.
     names: optimizer names.
     lr: the common learning rate.
     kwargs: extra factory arguments (``optimizers.accepted_kwargs``).
@@ -345,7 +361,8 @@ def run_common(tasks, workdir, best_from, names, lr: float, kwargs: dict,
   markdown = common_markdown(rows, about, lr, kwargs, tolerance, seeds)
   _write(results_dir or workdir, "common", rows, markdown, {
       "learning_rate": lr, "kwargs": kwargs, "seeds": list(seeds),
-      "tolerance": tolerance, "best_from": str(best_from), "about": about})
+      "tolerance": tolerance, "best_from": list(map(str, _dirs(best_from))),
+      "about": about})
   return {"rows": rows, "markdown": markdown}
 
 
@@ -471,8 +488,8 @@ def run_width(task: compare.TaskSpec, workdir, best_from, names, widths,
   Args:
     task: a language-model ``compare.TaskSpec``.
     workdir: the runs go to ``workdir/<task>_d<width>/``.
-    best_from: results directory of the main comparison (``task``'s own
-      width).
+    best_from: results directory (or directories) of the main comparison
+      (``task``'s own width).
     names: optimizer names.
     widths: the residual widths run.
     lr_factors: the sweep, times each chosen rate.
@@ -510,7 +527,8 @@ def run_width(task: compare.TaskSpec, workdir, best_from, names, widths,
   _write(results_dir or workdir, "width", rows, markdown, {
       "task": task.name, "base_width": base_width, "widths": list(widths),
       "chosen": chosen, "kwargs": kwargs or {}, "seeds": list(seeds),
-      "tolerance": tolerance, "best_from": str(best_from), "about": about})
+      "tolerance": tolerance, "best_from": list(map(str, _dirs(best_from))),
+      "about": about})
   return {"rows": rows, "markdown": markdown}
 
 

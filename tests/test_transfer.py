@@ -85,7 +85,7 @@ def test_width_config_keeps_the_head_dimension():
                           32)
 
 
-def test_common_table_gaps_are_paired_by_seed():
+def test_common_table_gaps_are_paired_by_seed(tmp_path):
   best = {
       "muon": _row("muon", 0.02, {(0.02, 0): 1.50, (0.02, 1): 1.60}),
       "scion": _row("scion", 0.01, {(0.01, 0): 1.40, (0.01, 1): 1.46},
@@ -115,6 +115,11 @@ def test_common_table_gaps_are_paired_by_seed():
       " +0.0450 | no |" in md
   assert "| lm | adamw | - | 1.7000 | - | - | - | - (no own best) |" in md
   assert "- lm: 1 of 3 within 0.03 nats/byte." in md
+  # Several results directories: an optimizer's row from the first one.
+  _write_best(tmp_path / "a", "lm", [best["muon"]])
+  _write_best(tmp_path / "b", "lm", [_row("muon", 0.04, {}), best["scion"]])
+  assert transfer.read_best([tmp_path / "a", tmp_path / "b"], "lm") == best
+  assert transfer.read_best(tmp_path / "a", "lm_deep") == {}
   # Accuracy: lower is worse; seeds that only one side has are left out.
   acc = transfer.worse_by({0: 0.90, 1: 0.95}, {0: 0.93}, "accuracy")
   assert acc == pytest.approx(0.03)
