@@ -275,11 +275,19 @@ def comparison_config(base, steps: int | None = None, quick: bool = False):
   return config
 
 
-def run_config(config, name: str, lr: float, seed: int):
+def run_config(config, name: str, lr: float, seed: int, kwargs=None):
+  """``config`` for one run: the optimizer, its peak rate and the seed.
+
+  ``kwargs`` (a dict) go into ``optimizer.kwargs`` where ``name``'s factory
+  accepts them (``optimizers.accepted_kwargs``); the run's ``config.json``
+  records them, so that its runs are never mistaken for plain ones.
+  """
   c = copy.deepcopy(config)
   c.optimizer.name = name
   c.optimizer.learning_rate = lr
   c.seed = seed
+  for k, v in optimizers.accepted_kwargs(name, kwargs).items():
+    c.optimizer.kwargs[k] = v
   return c
 
 
@@ -308,10 +316,11 @@ def train_once(config, workdir) -> dict:
   return summary
 
 
-def _finished(workdir, config, name, lr, seed, metric) -> dict | None:
+def _finished(workdir, config, name, lr, seed, metric,
+              kwargs=None) -> dict | None:
   """The finished run of ``(name, lr, seed)`` in ``workdir``, without training."""
   rdir = _run_dir(workdir, name, lr, seed)
-  s = finished_run(run_config(config, name, lr, seed), rdir)
+  s = finished_run(run_config(config, name, lr, seed, kwargs), rdir)
   if s is None:
     return None
   return s | _run_values(s, rdir, metric) | {
@@ -362,7 +371,8 @@ def _run_values(summary: dict, rdir, metric: str) -> dict:
 def compare(
     config, workdir, names, lr_factors, seeds, results_dir=None, *,
     metric: str = "loss", task: str = "", reuse_only: bool = False,
-    extend_edges: int = 0,
+    extend_edges: int = 0, learning_rates: dict | None = None,
+    optimizer_kwargs: dict | None = None,
 ) -> dict:
   """Runs one task's defaults, sweep and seeds; writes and returns the table.
 
@@ -384,6 +394,12 @@ def compare(
       that edge), at most this many times per optimizer; with
       ``reuse_only``, the rates past the edge that an earlier invocation
       finished are read back the same way.
+    learning_rates: optimizer name -> the rate that takes the default's
+      place (run on every seed, the centre of the sweep); an optimizer not
+      in it has its default (``examples/optimizers.py``).
+    optimizer_kwargs: extra factory arguments, each given to the optimizers
+      whose factory accepts it (``run_config``); use a workdir of their
+      own.
 
   Returns:
     ``{"markdown": the table, "rows": one dict per optimizer, "task",
@@ -412,7 +428,7 @@ def compare(
   def one(name, lr, seed):
     nonlocal done
     rdir = _run_dir(workdir, name, lr, seed)
-    c = run_config(config, name, lr, seed)
+    c = run_config(config, name, lr, seed, optimizer_kwargs)
     if reuse_only:
       s = finished_run(c, rdir)
       if s is None:
@@ -439,8 +455,11 @@ def compare(
 
   key = _sort_key(metric)
   results = {}
+  learning_rates = learning_rates or {}
   for name in names:  # 1. The defaults, every seed.
-    default = optimizers.default_learning_rate(name)
+    default = learning_rates.get(name)
+    if default is None:
+      default = optimizers.default_learning_rate(name)
     results[name] = {
         "default_lr": default,
         "lrs": [default * f for f in factors],
@@ -480,7 +499,8 @@ def compare(
     for lr in res["lrs"]:
       for s in seeds:
         if (lr, s) not in res["runs"]:
-          found = _finished(workdir, config, name, lr, s, metric)
+          found = _finished(workdir, config, name, lr, s, metric,
+                            optimizer_kwargs)
           if found is not None:
             res["runs"][(lr, s)] = found
   results = {n: r for n, r in results.items() if r["best_lr"] is not None}

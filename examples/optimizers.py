@@ -180,6 +180,18 @@ def accepts(name: str, kwarg: str) -> bool:
   return kwarg in inspect.signature(factory).parameters
 
 
+def accepted_kwargs(name: str, kwargs) -> dict:
+  """The items of ``kwargs`` that the factory of ``name`` accepts.
+
+  One set of extra arguments for optimizers of different signatures: e.g.
+  ``{"update_rms": 0.2, "consistent_rms": 0.2}`` gives every named
+  ``ortho_optax`` optimizer Moonlight's update RMS through its
+  ``update_rms``, and ``optax_muon`` the same through optax's
+  ``consistent_rms``; ``adamw`` takes neither.
+  """
+  return {k: v for k, v in (kwargs or {}).items() if accepts(name, k)}
+
+
 SCHEDULES = ("constant", "cosine", "linear", "wsd")
 
 
