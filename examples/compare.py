@@ -477,7 +477,7 @@ def compare(
       if reuse_only:
         # The rates an earlier run swept past the edge, if it finished them.
         found = _finished(workdir, config, name, lr, seeds[0], metric,
-                           optimizer_kwargs)
+                          optimizer_kwargs)
         if found is None:
           break
         res["lrs"] = sorted(res["lrs"] + [lr])
