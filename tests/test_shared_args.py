@@ -13,6 +13,7 @@ import pytest
 
 import ortho_optax
 from ortho_optax.optimizers import base
+from ortho_optax.optimizers import learning_rates
 
 NAMED = (
     "adamuon",
@@ -99,3 +100,72 @@ def test_shared_checks_name_the_argument():
     ortho_optax.muon(0.02, weight_decay=-1.0)
   with pytest.raises((ValueError, TypeError), match="adam_b1"):
     ortho_optax.trion(0.02, adam_b1=1.5)
+
+
+# The named optimizers whose docstrings write `**engine:` for the
+# orthogonalization arguments' lines.
+ENGINE_USERS = (
+    "adamuon", "dion2", "muon", "normuon", "root", "scion", "trion",
+    "trust_region",
+)
+
+
+def _source_entries(name):
+  fn = getattr(ortho_optax, name)
+  return base.args_entries(inspect.getsource(fn).split('"""')[1])
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_engine_lines_come_from_one_list(name):
+  source = _source_entries(name)
+  assert (base.ENGINE_ENTRY in source) == (name in ENGINE_USERS), name
+  if name not in ENGINE_USERS:
+    return
+  entries = base.args_entries(getattr(ortho_optax, name).__doc__)
+  taken = [n for n in base.ENGINE_ARGS if n in entries]
+  assert taken, name
+  for n in taken:
+    if n in source:
+      assert source[n] != base.ENGINE_ARGS[n], f"{name} repeats {n}'s line"
+    else:
+      assert entries[n] == base.ENGINE_ARGS[n], (name, n)
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_recommended_rate_is_written_from_the_table(name):
+  source = _source_entries(name)["learning_rate"]
+  text = base.args_entries(getattr(ortho_optax, name).__doc__)
+  if name in learning_rates.PROVISIONAL:
+    assert "Recommended:" in source, name
+    return
+  assert "Recommended:" not in source, name
+  assert text["learning_rate"].endswith(base.recommendation(name)), name
+
+
+def test_a_provisional_rate_must_say_how_it_was_chosen():
+  def soap(learning_rate, *, skip_nonfinite=True):
+    """F.
+
+    Args:
+      learning_rate: a rate.
+      **shared: the shared arguments.
+    """
+  soap.__doc__ = soap.__doc__.replace("\n    ", "\n  ")
+  with pytest.raises(ValueError, match="provisional"):
+    base.document_shared_args(soap)
+
+
+@pytest.mark.parametrize("name", NAMED)
+def test_the_shared_arguments_are_written_one_a_line(name):
+  # The layout of every signature: the method's own arguments (several a
+  # line), then the shared ones, one a line in SHARED_ARGS's order, the
+  # same text in every optimizer but for a method's own default.
+  lines = inspect.getsource(getattr(ortho_optax, name)).splitlines()
+  start = next(
+      i for i, line in enumerate(lines) if line.startswith("    update_rms:")
+  )
+  end = lines.index(") -> optax.GradientTransformation:")
+  params = list(_signature(name).parameters.values())
+  shared = [p for p in params if p.name in base.SHARED_NAMES]
+  assert [line.split(":")[0].split("=")[0].strip()
+          for line in lines[start:end]] == [p.name for p in shared]

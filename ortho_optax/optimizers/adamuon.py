@@ -11,23 +11,16 @@ from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import elementwise_norm as _elementwise_norm
 from ortho_optax.transforms import momentum as _momentum
-from ortho_optax.transforms import orthogonalization as _orthogonalization
 
 
 @_base.document_shared_args
 def adamuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    beta: jax.typing.ArrayLike = 0.95,
-    eps: jax.typing.ArrayLike = 1e-8,
-    nesterov: bool = True,
-    sign: bool = False,
-    rms: jax.typing.ArrayLike = 0.2,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    beta: jax.typing.ArrayLike = 0.95, eps: jax.typing.ArrayLike = 1e-8,
+    nesterov: bool = True, sign: bool = False, rms: jax.typing.ArrayLike = 0.2,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.01,
@@ -90,25 +83,18 @@ def adamuon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.01``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient, also the second moment's decay.
     eps: added to :math:`\sqrt{v}` and to the Frobenius norm.
     nesterov: Nesterov look-ahead.
     sign: orthogonalize the elementwise sign of the momentum (the
       reference's "sign-stabilized" step) instead of the momentum.
     rms: RMS of the update.
-    method: orthogonalization engine, see :func:`orthogonalize`.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
       With ``sign=True``, ``"polar_express"`` (Schatten-4 normalized)
       trained better than Muon's (1.6905 vs 1.7158 nats/byte on the LM
       example, lr 0.01, seed 0); without the sign the two are alike
       (Polar Express 1.5258, Muon's 1.5272).
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization; ``None`` for the one
-      the coefficients were designed for (Frobenius for ``"muon"``).
-    ns_eps: the engine's normalization epsilon.
-    compute_dtype: dtype of the orthogonalization matmuls.
     **shared: the weight decay, AdamW, routing, state, sharding and
       skipping arguments of ``base.SHARED_ARGS``.
     nu_dtype: storage of AdamW's second moment and of AdaMuon's
@@ -132,12 +118,7 @@ def adamuon(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
       ),
       *([optax.scale_by_sign()] if sign else []),
-      _orthogonalization.scale_by_orthogonalization(
-          method=method,
-          dimension_numbers=branch_dn,
-          sharding=sharding,
-          **engine.options(),
-      ),
+      shared.orthogonalization(engine),
       _elementwise_norm.scale_by_elementwise_norm(
           beta, eps, rms=rms, dimension_numbers=branch_dn, nu_dtype=nu_dtype
       ),

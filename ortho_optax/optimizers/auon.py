@@ -17,13 +17,10 @@ from ortho_optax.transforms import orthogonalization as _orthogonalization
 def auon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    beta: jax.typing.ArrayLike = 0.95,
-    nesterov: bool = True,
-    gamma: jax.typing.ArrayLike = 1.0,
-    hybrid_steps: int | None = None,
+    beta: jax.typing.ArrayLike = 0.95, nesterov: bool = True,
+    gamma: jax.typing.ArrayLike = 1.0, hybrid_steps: int | None = None,
     eps: float | None = None,
-    shape_rule: str = "muon",
-    shape_rms: float | None = None,
+    shape_rule: str = "muon", shape_rms: float | None = None,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
@@ -67,8 +64,6 @@ def auon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.025``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     nesterov: Nesterov look-ahead.
     gamma: gain inside ``cosh`` (the paper's 1; the 2026 code's 1.5).

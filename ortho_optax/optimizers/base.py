@@ -18,7 +18,9 @@ from ortho_optax import routing as _routing
 from ortho_optax.engines import coefficients as _coefficients
 from ortho_optax.engines import normalization as _normalization
 from ortho_optax.engines import orthogonalize as _orthogonalize
+from ortho_optax.optimizers import learning_rates as _learning_rates
 from ortho_optax.transforms import adam as _adam
+from ortho_optax.transforms import orthogonalization as _orthogonalization
 from ortho_optax.transforms import shape as _shape
 from ortho_optax.transforms import structure as _structure
 from ortho_optax.transforms import weight_decay as _weight_decay
@@ -401,6 +403,12 @@ class SharedArg(NamedTuple):
 # `@document_shared_args` (see there for why). A weight-decay default may
 # differ (a method's reference value); everything else is the same across the
 # family, which tests/test_shared_args.py checks.
+#
+# The layout of a signature: the method's own arguments several to a line,
+# the orthogonalization arguments (`ENGINE_ARGS`) and `shape_rule`/`shape_rms`
+# on lines of their own; then these, one a line, the same lines in every
+# optimizer but for a method's own default. A reader (and a diff) sees the
+# method's arguments at a glance and the shared block as one block.
 SHARED_ARGS: tuple[SharedArg, ...] = (
     SharedArg(
         "update_rms",
@@ -574,6 +582,28 @@ class Shared:
         ),
     )
 
+  def orthogonalization(
+      self, engine: EngineArgs, **defaults
+  ) -> optax.GradientTransformation:
+    """:func:`scale_by_orthogonalization
+    <ortho_optax.transforms.orthogonalization.scale_by_orthogonalization>`
+    of the matrix branch, with ``engine``'s options and ``sharding``.
+
+    Args:
+      engine: the optimizer's checked :func:`engine_args`.
+      **defaults: as in :meth:`EngineArgs.options` (a method's own
+        ``steps`` or ``eps``).
+
+    Returns:
+      The orthogonalization step.
+    """
+    return _orthogonalization.scale_by_orthogonalization(
+        method=engine.method,
+        dimension_numbers=self.branch_dimension_numbers,
+        sharding=self.args["sharding"],
+        **engine.options(**defaults),
+    )
+
   def matrix_decay(self) -> optax.GradientTransformation:
     """The matrices' weight decay: :func:`decayed_weights` of
     ``weight_decay``, ``weight_decay_mask`` and ``weight_decay_mode``."""
@@ -660,9 +690,35 @@ def shared_args(arguments: dict, name: str) -> Shared:
   return Shared(arguments, name)
 
 
-# The `Args:` entry a named optimizer's docstring writes in place of the
-# shared arguments' lines; `document_shared_args` replaces it.
+# The orthogonalization arguments (checked by `engine_args`) of the named
+# optimizers that run an engine, with their `Args:` lines. Their defaults and
+# the name of the engine's epsilon (`eps` in muon and root, `ns_eps` where
+# `eps` is the method's own) vary, so each signature spells them out; a
+# docstring's `**engine:` entry stands for the lines of those the optimizer
+# takes and does not document itself (see `document_shared_args`).
+ENGINE_ARGS: dict[str, str] = {
+    "method": "orthogonalization engine, see :func:`orthogonalize`.",
+    "coeffs": (
+        "Newton-Schulz coefficients (preset name or array); ``None`` for"
+        ' Muon\'s (``"muon"``).'
+    ),
+    "steps": "Newton-Schulz steps; ``None`` for the table's length.",
+    "normalization": (
+        "the engine's input normalization; ``None`` for the one the"
+        ' coefficients were designed for (Frobenius for ``"muon"``).'
+    ),
+    "ns_eps": (
+        "the engine's normalization epsilon; ``None`` for the engine's"
+        " default (1e-7)."
+    ),
+    "compute_dtype": "dtype of the orthogonalization matmuls.",
+}
+
+# The `Args:` entries a named optimizer's docstring writes in place of the
+# shared (required) and the engine's (optional) arguments' lines;
+# `document_shared_args` replaces them.
 SHARED_ENTRY = "**shared"
+ENGINE_ENTRY = "**engine"
 _ENTRY = re.compile(r"^    (\*{0,2}\w+):")
 
 
@@ -690,6 +746,48 @@ def args_entries(doc: str) -> dict[str, str]:
   return {k: " ".join(v) for k, v in entries.items()}
 
 
+def _wrap(text: str, indent: str = "    ") -> list[str]:
+  """``text`` as lines of an ``Args:`` entry: at most 80 columns, the first
+  indented by ``indent``, the others by 6 spaces."""
+  return textwrap.wrap(
+      text,
+      80,
+      initial_indent=indent,
+      subsequent_indent="      ",
+      break_on_hyphens=False,
+      break_long_words=False,
+  )
+
+
+def recommendation(name: str) -> str:
+  """The ``Recommended:`` sentence of a named optimizer's ``learning_rate``
+  entry, from :data:`RECOMMENDED_LEARNING_RATES
+  <ortho_optax.optimizers.learning_rates.RECOMMENDED_LEARNING_RATES>`.
+
+  :func:`document_shared_args` adds it to a docstring whose
+  ``learning_rate`` entry has none, so that a re-derived table needs no
+  docstring edits.
+
+  Args:
+    name: a named optimizer chosen on the tasks (not ``PROVISIONAL``: a
+      provisional rate's docstring says itself how it was chosen).
+
+  Returns:
+    The sentence, unwrapped.
+  """
+  if name in _learning_rates.PROVISIONAL:
+    raise ValueError(
+        f"{name}'s learning_rate entry must say how its provisional rate"
+        " was chosen."
+    )
+  rate = _learning_rates.RECOMMENDED_LEARNING_RATES[name]
+  *first, last = _learning_rates.CHOSEN_ON
+  return (
+      f"Recommended: ``{rate:g}``, chosen on the tasks {', '.join(first)}"
+      f" and {last} (:func:`~ortho_optax.recommended_learning_rate`)."
+  )
+
+
 def document_shared_args(fn):
   """Puts the shared arguments' ``Args:`` lines into ``fn``'s docstring.
 
@@ -698,11 +796,15 @@ def document_shared_args(fn):
   entry with the lines of :data:`SHARED_ARGS` for the shared arguments
   ``fn`` takes and does not document itself (a method with something to
   add, such as Dion's right factors in ``mu_dtype``, writes its own entry),
-  and orders all entries as the signature. ``__doc__`` (what ``help``,
-  Sphinx's autodoc and the doctests read) is thus complete, while the
-  source shows each optimizer's own arguments and one definition of the
-  rest. The alternative, the lines repeated in every docstring and a test
-  comparing them, kept 15 identical entries in 11 files in step by hand.
+  and orders all entries as the signature. An entry ``**engine:`` likewise
+  stands for the lines of :data:`ENGINE_ARGS` (the orthogonalization
+  arguments), and a ``learning_rate`` entry without a ``Recommended:``
+  sentence gets :func:`recommendation`'s, from the table of recommended
+  rates. ``__doc__`` (what ``help``, Sphinx's autodoc and the doctests
+  read) is thus complete, while the source shows each optimizer's own
+  arguments and one definition of the rest. The alternative, the lines
+  repeated in every docstring and a test comparing them, kept 15 identical
+  entries in 11 files in step by hand.
 
   Args:
     fn: a named optimizer.
@@ -720,18 +822,18 @@ def document_shared_args(fn):
     blocks[list(blocks)[-1]].append(line)
   if SHARED_ENTRY not in blocks:
     raise ValueError(f"{fn.__name__}'s Args has no {SHARED_ENTRY} entry.")
-  del blocks[SHARED_ENTRY]
+  rate = blocks.get("learning_rate", [])
+  if rate and not any("Recommended:" in line for line in rate):
+    rate += _wrap(recommendation(fn.__name__), "      ")
+  groups = {SHARED_ENTRY: {a.name: a.doc for a in SHARED_ARGS}}
+  if ENGINE_ENTRY in blocks:
+    groups[ENGINE_ENTRY] = ENGINE_ARGS
   params = list(inspect.signature(fn).parameters)
-  for arg in SHARED_ARGS:
-    if arg.name in params and arg.name not in blocks:
-      blocks[arg.name] = textwrap.wrap(
-          f"{arg.name}: {arg.doc}",
-          80,
-          initial_indent="    ",
-          subsequent_indent="      ",
-          break_on_hyphens=False,
-          break_long_words=False,
-      )
+  for entry, docs in groups.items():
+    del blocks[entry]
+    for name, doc in docs.items():
+      if name in params and name not in blocks:
+        blocks[name] = _wrap(f"{name}: {doc}")
   order = {p: i for i, p in enumerate(params)}
   names = sorted(blocks, key=lambda k: order.get(k.lstrip("*"), len(order)))
   entries = [line for k in names for line in blocks[k]]

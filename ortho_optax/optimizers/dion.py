@@ -15,12 +15,9 @@ from ortho_optax.transforms import dion as _dion
 def dion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    rank: float | int | None = None,
-    beta: jax.typing.ArrayLike = 0.95,
-    eps: float = 1e-8,
-    seed: int = 0,
-    shape_rule: str = "spectral",
-    shape_rms: float = 0.2,
+    rank: float | int | None = None, beta: jax.typing.ArrayLike = 0.95,
+    eps: float = 1e-8, seed: int = 0,
+    shape_rule: str = "spectral", shape_rms: float = 0.2,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
@@ -75,8 +72,6 @@ def dion(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     rank: ``None``, the default rule: a quarter of ``min(fan_in,
       fan_out)``, rounded up, but at least 128 directions, capped at
       ``min(fan_in, fan_out)`` (static under ``optax.inject_hyperparams``);

@@ -21,16 +21,11 @@ DION2_NS_EPS = 1e-8
 def dion2(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    rank: float | int | None = None,
-    beta: jax.typing.ArrayLike = 0.95,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    rank: float | int | None = None, beta: jax.typing.ArrayLike = 0.95,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
-    shape_rule: str = "spectral",
-    shape_rms: float = 0.2,
+    shape_rule: str = "spectral", shape_rms: float = 0.2,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
@@ -84,20 +79,16 @@ def dion2(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     rank: ``None``, the default rule: a quarter of ``min(fan_in,
       fan_out)``, rounded up, but at least 128 directions, capped at
       ``min(fan_in, fan_out)`` (static under ``optax.inject_hyperparams``);
       or a fraction in ``(0, 1]`` of ``min(fan_in, fan_out)`` or an int
       (static: list it in ``static_args``).
     beta: the error-feedback decay of the selected rows (``ef_decay``).
-    method: orthogonalization engine, see :func:`orthogonalize`.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     coeffs: Newton-Schulz coefficients; ``None``: ``"polar_express"``.
-    steps: Newton-Schulz steps; ``None`` for the table's length.
     normalization: input normalization; ``None``: the table's own.
     ns_eps: the normalization's epsilon; ``None``: 1e-8.
-    compute_dtype: dtype of the orthogonalization matmuls.
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
     **shared: the weight decay, AdamW, routing, state, sharding and

@@ -10,25 +10,18 @@ from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import momentum as _momentum
-from ortho_optax.transforms import orthogonalization as _orthogonalization
 
 
 @_base.document_shared_args
 def muon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    beta: jax.typing.ArrayLike = 0.95,
-    nesterov: bool = True,
-    momentum_form: str = "ema",
-    bias_correction: bool = False,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    eps: float | None = None,
+    beta: jax.typing.ArrayLike = 0.95, nesterov: bool = True,
+    momentum_form: str = "ema", bias_correction: bool = False,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, eps: float | None = None,
     compute_dtype=None,
-    shape_rule: str = "muon",
-    shape_rms: float = 0.2,
+    shape_rule: str = "muon", shape_rms: float = 0.2,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
@@ -84,20 +77,12 @@ def muon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     nesterov: Nesterov look-ahead.
     momentum_form: ``"ema"`` or ``"sum"``, see :func:`scale_by_momentum`.
     bias_correction: optax.contrib's bias-corrected momentum.
-    method: orthogonalization engine, see :func:`orthogonalize`.
-    coeffs: Newton-Schulz coefficients (preset name or array); ``None`` for
-      Muon's (``"muon"``).
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: input normalization; ``None`` for the one the
-      coefficients were designed for (Frobenius for ``"muon"``).
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     eps: normalization epsilon; ``None`` for the engine default (1e-7).
-    compute_dtype: dtype of the orthogonalization matmuls.
     shape_rule: ``"muon"``, ``"moonlight"``, ``"spectral"`` or ``"none"``,
       see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
@@ -136,12 +121,7 @@ def muon(
           bias_correction=bias_correction,
           mu_dtype=mu_dtype,
       ),
-      _orthogonalization.scale_by_orthogonalization(
-          method=method,
-          dimension_numbers=branch_dn,
-          sharding=sharding,
-          **engine.options(),
-      ),
+      shared.orthogonalization(engine),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
   )
 

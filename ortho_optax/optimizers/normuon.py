@@ -11,7 +11,6 @@ from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import momentum as _momentum
 from ortho_optax.transforms import neuron_norm as _neuron_norm
-from ortho_optax.transforms import orthogonalization as _orthogonalization
 from ortho_optax.transforms import shape as _shape
 
 
@@ -19,18 +18,12 @@ from ortho_optax.transforms import shape as _shape
 def normuon(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    beta: jax.typing.ArrayLike = 0.95,
-    beta2: jax.typing.ArrayLike = 0.95,
-    eps: jax.typing.ArrayLike = 1e-10,
-    nesterov: bool = True,
-    rescale: str = "frobenius",
-    rms: jax.typing.ArrayLike = 0.2,
+    beta: jax.typing.ArrayLike = 0.95, beta2: jax.typing.ArrayLike = 0.95,
+    eps: jax.typing.ArrayLike = 1e-10, nesterov: bool = True,
+    rescale: str = "frobenius", rms: jax.typing.ArrayLike = 0.2,
     shape_rule: str | None = None,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
@@ -85,8 +78,6 @@ def normuon(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.02``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient.
     beta2: decay of the per-neuron second moment.
     eps: added to :math:`\sqrt{v}` and in the rescale (the reference
@@ -96,13 +87,7 @@ def normuon(
     rms: target RMS of ``rescale="rms"``.
     shape_rule: see :func:`scale_by_shape`; ``None``: ``"muon"`` with the
       Frobenius rescale, ``"none"`` with the RMS rescale.
-    method: orthogonalization engine, see :func:`orthogonalize`.
-    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization; ``None`` for the one
-      the coefficients were designed for (Frobenius for ``"muon"``).
-    ns_eps: the engine's normalization epsilon.
-    compute_dtype: dtype of the orthogonalization matmuls.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     **shared: the weight decay, AdamW, routing, state, sharding and
       skipping arguments of ``base.SHARED_ARGS``.
 
@@ -126,12 +111,7 @@ def normuon(
       _momentum.scale_by_momentum(
           beta, nesterov=nesterov, form="ema", mu_dtype=mu_dtype
       ),
-      _orthogonalization.scale_by_orthogonalization(
-          method=method,
-          dimension_numbers=branch_dn,
-          sharding=sharding,
-          **engine.options(),
-      ),
+      shared.orthogonalization(engine),
       _neuron_norm.scale_by_neuron_norm(
           beta2, eps, rescale=rescale, rms=rms, dimension_numbers=branch_dn
       ),

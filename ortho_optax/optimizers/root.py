@@ -9,7 +9,6 @@ from ortho_optax import routing as _routing
 from ortho_optax.optimizers import base as _base
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.transforms import momentum as _momentum
-from ortho_optax.transforms import orthogonalization as _orthogonalization
 from ortho_optax.transforms import quantile_clip as _quantile_clip
 
 
@@ -17,17 +16,12 @@ from ortho_optax.transforms import quantile_clip as _quantile_clip
 def root(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    beta: jax.typing.ArrayLike = 0.95,
-    nesterov: bool = True,
+    beta: jax.typing.ArrayLike = 0.95, nesterov: bool = True,
     q: jax.typing.ArrayLike = 0.9,
-    method: str = "auto",
-    coeffs="root",
-    steps: int | None = None,
-    normalization: str | None = "frobenius",
-    eps: float | None = None,
+    method: str = "auto", coeffs="root", steps: int | None = None,
+    normalization: str | None = "frobenius", eps: float | None = None,
     compute_dtype=None,
-    shape_rule: str = "moonlight",
-    shape_rms: float | None = None,
+    shape_rule: str = "moonlight", shape_rms: float | None = None,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.1,
     weight_decay_mask=None,
@@ -78,8 +72,6 @@ def root(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given (the reference's ``1e-3``).
-      Recommended: ``0.01``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     beta: momentum coefficient :math:`\mu`.
     nesterov: Nesterov look-ahead.
     q: the clipping quantile.
@@ -89,7 +81,7 @@ def root(
     steps: Newton-Schulz steps; ``None``: ROOT's 5.
     normalization: the engine's input normalization.
     eps: the engine's normalization epsilon (``None``: ROOT's 1e-7).
-    compute_dtype: dtype of the orthogonalization matmuls.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     shape_rule: see :func:`scale_by_shape` (Moonlight's rule).
     shape_rms: target RMS of the ``"moonlight"`` rule (``None``: 0.2).
     **shared: the weight decay, AdamW, routing, state, sharding and
@@ -111,11 +103,6 @@ def root(
           beta, nesterov=nesterov, form="sum", mu_dtype=mu_dtype
       ),
       _quantile_clip.clip_by_quantile(q, dimension_numbers=branch_dn),
-      _orthogonalization.scale_by_orthogonalization(
-          method=method,
-          dimension_numbers=branch_dn,
-          sharding=sharding,
-          **engine.options(steps=5, eps=1e-7),
-      ),
+      shared.orthogonalization(engine, steps=5, eps=1e-7),
       _base.shape_scaling(shape_rule, shape_rms, branch_dn),
   )

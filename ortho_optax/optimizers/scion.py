@@ -189,17 +189,11 @@ def _lmo_arguments(preset, norms, radii, dimension_numbers, rules):
 def scion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    preset: str = "gpt",
-    norms=None,
-    radii=None,
-    alpha: jax.typing.ArrayLike = 0.1,
-    constrained: bool = True,
+    preset: str = "gpt", norms=None, radii=None,
+    alpha: jax.typing.ArrayLike = 0.1, constrained: bool = True,
     eps: jax.typing.ArrayLike = 1e-8,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
     update_rms: float | None = None,
     weight_decay_mode: str = "decoupled",
@@ -263,8 +257,6 @@ def scion(
   Args:
     learning_rate: :math:`\gamma` (or a schedule); at most 1 when
       ``constrained``.
-      Recommended: ``0.01``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     preset: ``"gpt"``, ``"mlp"`` or ``"cnn"``, see :func:`scion_norms`.
     norms: ``None`` (the preset's), a norm name, :class:`LMONorm`, a tree of
       them or a callable ``params -> tree``, see :func:`scale_by_lmo`.
@@ -274,12 +266,7 @@ def scion(
     constrained: SCG (weight decay 1) instead of uSCG.
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norms.
-    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization; ``None`` for the one
-      the coefficients were designed for (Frobenius for ``"muon"``).
-    ns_eps: the engine's normalization epsilon.
-    compute_dtype: dtype of the orthogonalization matmuls.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     adam_learning_rate: learning rate of the leaves that ``labels`` sends
       to AdamW (``None``: ``learning_rate``).
     **shared: the weight decay, AdamW, routing, state, sharding and

@@ -15,17 +15,12 @@ from ortho_optax.transforms import trion as _trion
 def trion(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    rank: float | int | None = None,
-    beta: jax.typing.ArrayLike = 0.95,
+    rank: float | int | None = None, beta: jax.typing.ArrayLike = 0.95,
     dct: str = "matmul",
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
-    shape_rule: str = "muon",
-    shape_rms: float = 0.2,
+    shape_rule: str = "muon", shape_rms: float = 0.2,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
     weight_decay_mask=None,
@@ -78,8 +73,6 @@ def trion(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     rank: ``None``, the default rule: a quarter of ``min(fan_in,
       fan_out)``, rounded up, but at least 128 directions, capped at
       ``min(fan_in, fan_out)`` (static under ``optax.inject_hyperparams``);
@@ -87,12 +80,7 @@ def trion(
       (static: list it in ``static_args``).
     beta: the error-feedback momentum :math:`\mu`.
     dct: ``"matmul"`` or ``"fft"``, see :func:`scale_by_trion`.
-    method: orthogonalization engine, see :func:`orthogonalize`.
-    coeffs: Newton-Schulz coefficients; ``None``: Muon's.
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: input normalization; ``None``: the table's own.
-    ns_eps: the normalization's epsilon; ``None``: the engine's (1e-7).
-    compute_dtype: dtype of the orthogonalization matmuls.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
     shape_rule: see :func:`scale_by_shape`.
     shape_rms: target RMS of the ``"moonlight"`` rule.
     **shared: the weight decay, AdamW, routing, state, sharding and

@@ -36,14 +36,10 @@ def _unit_norms(norm):
 def trust_region(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    norm="spectral",
-    alpha: jax.typing.ArrayLike = 0.1,
+    norm="spectral", alpha: jax.typing.ArrayLike = 0.1,
     eps: jax.typing.ArrayLike = 1e-8,
-    method: str = "auto",
-    coeffs=None,
-    steps: int | None = None,
-    normalization: str | None = None,
-    ns_eps: float | None = None,
+    method: str = "auto", coeffs=None, steps: int | None = None,
+    normalization: str | None = None, ns_eps: float | None = None,
     compute_dtype=None,
     update_rms: float | None = None,
     weight_decay: jax.typing.ArrayLike = 0.0,
@@ -98,8 +94,6 @@ def trust_region(
 
   Args:
     learning_rate: the trust-region radius :math:`\eta` (or a schedule).
-      Recommended: ``0.04``, chosen on the tasks lm, lm_deep and digits_cnn
-      (:func:`~ortho_optax.recommended_learning_rate`).
     norm: ``"spectral"``, ``"frobenius"``, ``"sign"`` (or another norm of
       :func:`scale_by_lmo`, as its unit ball), an :class:`LMONorm`, a
       (prefix) tree of them or a callable ``params -> tree``.
@@ -111,12 +105,7 @@ def trust_region(
       skipping arguments of ``base.SHARED_ARGS``.
     eps: added to the norms that divide.
     method: orthogonalization engine of the spectral norm.
-    coeffs: Newton-Schulz coefficients; ``None`` for Muon's (``"muon"``).
-    steps: Newton-Schulz steps; ``None`` for the table's length.
-    normalization: the engine's input normalization; ``None`` for the one
-      the coefficients were designed for (Frobenius for ``"muon"``).
-    ns_eps: the engine's normalization epsilon.
-    compute_dtype: dtype of the orthogonalization matmuls.
+    **engine: the orthogonalization arguments of ``base.ENGINE_ARGS``.
 
   Returns:
     An ``optax.GradientTransformation``.
