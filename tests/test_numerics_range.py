@@ -205,8 +205,11 @@ def test_issue_examples_engines():
 # --------------------------------------------------------------- matrix roots
 
 
-@pytest.mark.parametrize("method", ["eigh", "newton", "prism"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype, method", [
+    (dtype, method) if (dtype, method) != ("float16", "eigh")
+    else pytest.param(dtype, method, marks=pytest.mark.slow)
+    for dtype in ("float32", "float16") for method in ("eigh", "newton", "prism")
+])
 def test_inverse_root_does_not_depend_on_the_scale(method, dtype):
   """``inverse_root(c A) = c^{-1/4} inverse_root(A)`` for ``c = 2^{4k}``
   from the dtype's smallest normal number to its largest over ``max|A|``
@@ -473,7 +476,9 @@ def _rel_frobenius(a, b):
   return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
 
 
-@pytest.mark.parametrize("name", sorted(SECOND_ORDER))
+@pytest.mark.parametrize("name", [
+    n if "-" not in n else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(SECOND_ORDER)])
 def test_second_order_updates_do_not_depend_on_the_gradient_scale(name):
   """Shampoo's and SOAP's steps for gradients 2^k G, k = -99..99, and for
   gradients that jump by 2^67 between steps, are those of G (relative

@@ -355,9 +355,9 @@ def initial_state(
   (Shampoo's inverse roots, SOAP's eigenbases). With a quantized
   ``precond_storage`` the statistics are kept as their eigenvalues
   ``(B, k)`` and the matrix functions as block codes. The unit exponents
-  ``(B, 2)`` int32 (module docstring): that of the moments and (dense)
-  statistics, and that of the matrix functions' statistics (the inverse
-  roots, the stored eigenvalues) at their last refresh.
+  ``(B, 2)`` (integers in float32; module docstring): that of the moments
+  and (dense) statistics, and that of the matrix functions' statistics
+  (the inverse roots, the stored eigenvalues) at their last refresh.
 
   Raises:
     TypeError: a quantized ``precond_storage`` and a complex parameter.
@@ -394,7 +394,9 @@ def initial_state(
   def exponents(i, x, dn):
     del i
     batch, _, _ = _stateful.oriented_shape(x.shape, dn)
-    return _stateful.like_params_mesh(jnp.zeros((batch, 2), jnp.int32), x)
+    # float32 (integers, exact): optax.tree.map_params maps the per-matrix
+    # states, and integer state is left to counters.
+    return _stateful.like_params_mesh(jnp.zeros((batch, 2), jnp.float32), x)
 
   count = _low_rank.zero_count(params)
   mu = _low_rank.momentum_state(params, dns, mu_storage)

@@ -41,11 +41,11 @@ class ScaleByShampooState(NamedTuple):
     root_left: :math:`L^{-1/p}`, ``(B, m, m)``; with a quantized
       ``precond_dtype`` the eigenvectors of :math:`L` as block codes.
     root_right: :math:`R^{-1/p}` (or the eigenvectors of :math:`R`).
-    scale_exponent: ``(B, 2)`` int32: ``nu`` and the dense ``left`` and
-      ``right`` hold :math:`V / 4^{e_0}`, :math:`L / 4^{e_0}`,
-      :math:`R / 4^{e_0}`; the roots (or the eigenvalues of a quantized
-      ``precond_dtype``) were computed from statistics in units of
-      :math:`4^{e_1}` (see Range).
+    scale_exponent: ``(B, 2)``, integers in float32: ``nu`` and the
+      dense ``left`` and ``right`` hold :math:`V / 4^{e_0}`,
+      :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; the roots (or the
+      eigenvalues of a quantized ``precond_dtype``) were computed from
+      statistics in units of :math:`4^{e_1}` (see Range).
   """
 
   count: jax.Array  # type: ignore[assignment]  # shape (), int32
@@ -267,7 +267,7 @@ def scale_by_shampoo(
       p = 2 * sum(1 for r in (rl, rr) if r.shape[-1])
       # Units: V, L, R in units of 4^e, the roots from statistics in units
       # of 4^e_root; the gradient in units of 2^e.
-      e_old, e_root = ex[:, 0], ex[:, 1]
+      e_old, e_root = (ex[:, i].astype(jnp.int32) for i in (0, 1))
       dense = () if quantized else (sl, sr)
       e = _kron.unit_exponent(e_old, g, (v, *dense))
       shift = 2 * (e_old - e)
@@ -310,7 +310,8 @@ def scale_by_shampoo(
       m_new = beta1 * m + (1 - beta1) * u
       out = (1 - beta1) * u + beta1 * m_new if nesterov else m_new
       return out, m_new, (
-          v_new, sl, sr, rl, rr, jnp.stack([e, e_root], axis=-1)
+          v_new, sl, sr, rl, rr,
+          jnp.stack([e, e_root], axis=-1).astype(jnp.float32),
       )
 
     updates, mu, (nu, left, right, root_left, root_right, exps) = (

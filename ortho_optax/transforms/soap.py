@@ -38,9 +38,9 @@ class ScaleBySoapState(NamedTuple):
     q_left: the eigenbasis :math:`Q_L`, ``(B, m, m)`` (quantized for a
       quantized ``precond_dtype``).
     q_right: the eigenbasis :math:`Q_R`, ``(B, n, n)``.
-    scale_exponent: ``(B, 2)`` int32: ``mu`` holds :math:`M / 2^{e_0}`,
-      ``nu`` and the dense ``left``, ``right`` :math:`V / 4^{e_0}`,
-      :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; a quantized
+    scale_exponent: ``(B, 2)``, integers in float32: ``mu`` holds
+      :math:`M / 2^{e_0}`, ``nu`` and the dense ``left``, ``right``
+      :math:`V / 4^{e_0}`, :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; a quantized
       ``precond_dtype``'s eigenvalues are in units of :math:`4^{e_1}` (see
       Range).
   """
@@ -262,7 +262,7 @@ def scale_by_soap(
       t = jnp.maximum(count - 1, 1).astype(rd)
       # Units: M in units of 2^e, V, L, R in 4^e (a quantized basis's
       # eigenvalues in 4^e_root).
-      e_old, e_root = ex[:, 0], ex[:, 1]
+      e_old, e_root = (ex[:, i].astype(jnp.int32) for i in (0, 1))
       e = _kron.unit_exponent(
           e_old, g, (v,) if quantized else (v, sl, sr)
       )
@@ -302,7 +302,7 @@ def scale_by_soap(
             placement,
         )
         e_root = e
-      exps = jnp.stack([e, e_root], axis=-1)
+      exps = jnp.stack([e, e_root], axis=-1).astype(jnp.float32)
       return u, m_new, (v_new, sl, sr, ql, qr, exps)
 
     updates, mu, (nu, left, right, q_left, q_right, exps) = (
