@@ -208,7 +208,8 @@ def test_issue_examples_engines():
 @pytest.mark.parametrize("dtype, method", [
     (dtype, method) if (dtype, method) != ("float16", "eigh")
     else pytest.param(dtype, method, marks=pytest.mark.slow)
-    for dtype in ("float32", "float16") for method in ("eigh", "newton", "prism")
+    for dtype in ("float32", "float16")
+    for method in ("eigh", "newton", "prism")
 ])
 def test_inverse_root_does_not_depend_on_the_scale(method, dtype):
   """``inverse_root(c A) = c^{-1/4} inverse_root(A)`` for ``c = 2^{4k}``
