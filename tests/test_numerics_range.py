@@ -11,6 +11,8 @@ scaled on its own).
 """
 
 import functools
+import os
+import sys
 
 import hypothesis
 import hypothesis.strategies as st
@@ -21,6 +23,10 @@ import optax
 import pytest
 
 import ortho_optax as oo
+
+sys.path.insert(0, os.path.dirname(__file__))
+from parity_second_order_test import ShampooReference  # noqa: E402
+from parity_second_order_test import SoapReference  # noqa: E402
 
 # (id, method, options): every engine, and newton_schulz with each
 # normalization.
@@ -199,8 +205,12 @@ def test_issue_examples_engines():
 # --------------------------------------------------------------- matrix roots
 
 
-@pytest.mark.parametrize("method", ["newton", "prism"])
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype, method", [
+    (dtype, method) if (dtype, method) != ("float16", "eigh")
+    else pytest.param(dtype, method, marks=pytest.mark.slow)
+    for dtype in ("float32", "float16")
+    for method in ("eigh", "newton", "prism")
+])
 def test_inverse_root_does_not_depend_on_the_scale(method, dtype):
   """``inverse_root(c A) = c^{-1/4} inverse_root(A)`` for ``c = 2^{4k}``
   from the dtype's smallest normal number to its largest over ``max|A|``
@@ -440,3 +450,110 @@ def test_float16_adamw_leaves_take_finite_nonzero_steps(name):
     assert np.isfinite(ub).all() and (ub != 0).all()
   assert all(np.isfinite(np.asarray(v, np.float32)).all()
              for v in jax.tree.leaves(final))
+
+
+# ----------------------------------------------- second-order preconditioners
+
+SECOND_ORDER = {
+    "shampoo": (oo.shampoo, {}),
+    "soap": (oo.soap, {}),
+    "shampoo-q4-every2": (
+        oo.shampoo, dict(precond_dtype="q4", precondition_every=2)
+    ),
+    "soap-q4-every2": (oo.soap, dict(precond_dtype="q4", precondition_every=2)),
+}
+# Each leaf's gradients, as the binade of each of 4 steps: constant scales
+# 2^-99..2^99 (1.6e-30..6.3e29), and jumps by 2^67 (1.5e20) up or down
+# after two steps. Each is compared with the first of its group.
+_SCALE_GROUPS = {
+    "constant": [(k,) * 4 for k in (0, -99, -66, -33, 33, 66, 99)],
+    "up": [(a, a, a + 67, a + 67) for a in (-33, -99, 32)],
+    "down": [(a, a, a - 67, a - 67) for a in (34, 99, -32)],
+}
+
+
+def _rel_frobenius(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300)
+
+
+@pytest.mark.parametrize("name", [
+    n if "-" not in n else pytest.param(n, marks=pytest.mark.slow)
+    for n in sorted(SECOND_ORDER)])
+def test_second_order_updates_do_not_depend_on_the_gradient_scale(name):
+  """Shampoo's and SOAP's steps for gradients 2^k G, k = -99..99, and for
+  gradients that jump by 2^67 between steps, are those of G (relative
+  1e-5; measured <= 1.8e-6, SOAP exactly): their statistics G G^T
+  overflowed above ~1e19 (a NaN update from finite gradients) and
+  underflowed below ~1e-19 (a zero update). One batch: each matrix keeps
+  its own unit. Powers of two keep the gradients exact: the updates of
+  16 x 24 matrices with rank-deficient statistics move by up to 5e-3
+  (Shampoo) and 0.5 (SOAP's Adam in an eigenbasis of the null space, which
+  eigh picks at random) under a round-off of G, at any scale."""
+  factory, kwargs = SECOND_ORDER[name]
+  tx = factory(0.02, **kwargs)
+  leaves = [(group, i, ks) for group, rows in _SCALE_GROUPS.items()
+            for i, ks in enumerate(rows)]
+  names = [f"{group}{i}" for group, i, _ in leaves]
+  params = {n: jnp.zeros((16, 24), jnp.float32) for n in names}
+  key = jax.random.key(0)
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  for t in range(4):
+    base = np.asarray(jax.random.normal(jax.random.fold_in(key, t), (16, 24)))
+    g = {n: jnp.asarray((base * 2.0 ** ks[t]).astype(np.float32))
+         for n, (_, _, ks) in zip(names, leaves)}
+    u, state = update(g, state, params)
+    params = optax.apply_updates(params, u)
+    for n, (group, _, _) in zip(names, leaves):
+      got = np.asarray(u[n])
+      assert np.isfinite(got).all(), (n, t)
+      if t > 0 or name.startswith("shampoo"):  # SOAP's first step is zero
+        assert np.abs(got).max() > 0, (n, t)
+      err = _rel_frobenius(got, u[f"{group}0"])
+      assert err <= 1e-5, (n, t, err)
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves(state))
+
+
+@pytest.mark.parametrize("name", ["shampoo", "soap"])
+def test_second_order_across_a_1e20_jump_matches_float64(name):
+  """Two steps at 2^-83 (1e-25), then two at 2^-16: the statistics of the
+  small steps (their squares ~1e-50 were zero in float32) are kept; and
+  two at 2^83, then two at 2^16 (squares ~1e50 overflowed). Every update,
+  refreshes after the jump included, is the float64 reference's (8 x 8:
+  full-rank statistics, well-posed). The references see the gradients
+  times 2^-+50: SOAP's adds 1e-30 I to its statistics before eigh (the
+  authors' code), and their updates do not depend on the scale
+  otherwise."""
+  kw = dict(b1=0.9, b2=0.95, precondition_every=2)
+  if name == "shampoo":
+    tx = oo.scale_by_shampoo(eps=1e-3, graft_eps=0.0, **kw)
+    refs = {k: ShampooReference((8, 8), b1=0.9, b2=0.95, eps=1e-3,
+                                graft_eps=0.0, every=2) for k in ("up", "down")}
+  else:
+    tx = oo.scale_by_soap(eps=0.0, **kw)
+    refs = {k: SoapReference((8, 8), b1=0.9, b2=0.95, eps=0.0, freq=2)
+            for k in ("up", "down")}
+  exps = {"up": (-83, -83, -16, -16), "down": (83, 83, 16, 16)}
+  shift = {"up": 2.0**50, "down": 2.0**-50}
+  params = {k: jnp.zeros((8, 8), jnp.float32) for k in refs}
+  state = tx.init(params)
+  update = jax.jit(tx.update)
+  rng = np.random.default_rng(5)
+  for t in range(4):
+    base = rng.standard_normal((8, 8)).astype(np.float32)
+    g = {k: base * np.float32(2.0 ** exps[k][t]) for k in refs}
+    u, state = update(jax.tree.map(jnp.asarray, g), state)
+    for k, ref in refs.items():
+      want = ref(g[k].astype(np.float64) * shift[k])
+      got = np.asarray(u[k], np.float64)
+      assert np.isfinite(got).all(), (k, t)
+      if name == "soap" and t == 0:
+        np.testing.assert_array_equal(got, 0.0)
+        continue
+      assert _rel_frobenius(got, want) <= 1e-4, (k, t)
+    if t == 1:  # the small steps' statistics: finite and not zero
+      for field in ("left", "right", "nu"):
+        x = np.asarray(getattr(state, field)["up"])
+        assert np.isfinite(x).all() and np.abs(x).max() > 0, field

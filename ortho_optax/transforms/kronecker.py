@@ -14,6 +14,17 @@ complex64 for complex parameters), a floating dtype, or a quantized format
 (``"q8"``, ``"q4"``, a :class:`~ortho_optax.QuantFormat`): then the
 eigenvector matrices are kept as block codes (the eigenvalues in float32)
 and rectified by Björck steps after they are read back (4-bit Shampoo).
+
+Units: the statistics and moments are squares and sums of the gradient, so
+float32 holds them only for gradients between about 1e-19 and 1e19. Each
+matrix keeps them in units of a power of two, :math:`2^{e}` for the
+gradient and :math:`2^{2e}` for the squares, with the integer exponents in
+the state (:func:`unit_exponent`, :func:`ldexp`): :math:`e` stays 0 while
+the gradient and the statistics lie within :data:`UNIT_BAND` binades of
+one (so the state at usual scales is the unscaled one, bit for bit), and
+moves to the gradient's (or the statistics') binade when they leave it, the
+stored values rescaled by the exact power of two. The inverse roots and
+eigenvalues computed at a refresh keep the exponent they were computed in.
 """
 
 from __future__ import annotations
@@ -31,6 +42,13 @@ from ortho_optax.engines import symmetric as _symmetric
 from ortho_optax.parallel import stateful as _stateful
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import low_rank as _low_rank
+
+# The state's unit moves when the gradient or the statistics leave this many
+# binades around it: squares then stay within 2^(+-2 UNIT_BAND) (times the
+# side length), far from float32's range 2^(+-126).
+UNIT_BAND = 20
+# The exponent of a zero matrix (below every real one).
+NO_EXPONENT = -(1 << 20)
 
 # SOAP's reference default: sides above it (vocabulary sides) get the
 # identity.
@@ -90,6 +108,84 @@ def default_moment_dtype(dtype) -> jnp.dtype:
   """A moment's default dtype: the parameter's, float32 for float16 (whose
   range holds neither the squares of small gradients nor of large ones)."""
   return jnp.float32 if jnp.dtype(dtype) == jnp.float16 else jnp.dtype(dtype)
+
+
+def _wide_real(dtype) -> jnp.dtype:
+  """The real dtype of ``dtype`` at least as wide as float32."""
+  return jnp.promote_types(real_dtype(dtype), jnp.float32)
+
+
+def exponent(x: jax.Array) -> jax.Array:
+  """``floor(log2 max|x|)`` of each ``x[i]`` (all axes but the first), int32
+  ``(B,)``, read off the exponent bits (exact); :data:`NO_EXPONENT` where
+  ``x[i]`` is zero (or subnormal, or empty)."""
+  flat = jnp.abs(x).reshape(x.shape[0], -1).astype(_wide_real(x.dtype))
+  amax = jnp.max(flat, axis=-1, initial=0.0)
+  info = jnp.finfo(amax.dtype)
+  itype = {4: jnp.int32, 8: jnp.int64}[amax.dtype.itemsize]
+  bias = (1 << (info.nexp - 1)) - 1
+  bits = jax.lax.bitcast_convert_type(amax, itype)
+  biased = ((bits >> info.nmant) & ((1 << info.nexp) - 1)).astype(jnp.int32)
+  return jnp.where(biased == 0, NO_EXPONENT, biased - bias)
+
+
+def _pow2(k: jax.Array, dtype) -> jax.Array:
+  """``2^k`` in ``dtype`` (real, float32 or wider) for ints ``k`` within its
+  normal range, built from the exponent bits."""
+  info = jnp.finfo(dtype)
+  itype = {4: jnp.int32, 8: jnp.int64}[jnp.dtype(dtype).itemsize]
+  bias = (1 << (info.nexp - 1)) - 1
+  return jax.lax.bitcast_convert_type(
+      (k.astype(itype) + bias) << info.nmant, dtype
+  )
+
+
+def ldexp(x: jax.Array, k: jax.Array) -> jax.Array:
+  """``x[i] * 2^k[i]`` (``k`` int ``(B,)``), in ``x``'s dtype.
+
+  Exact unless the result leaves the dtype's normal range (then zero or
+  infinite, as the product would be): three products by powers of two
+  within the normal range (so ``|k|`` up to about 380 in float32), never
+  one by a subnormal factor (flushed to zero by XLA on CPU and GPU).
+  """
+  wd = _wide_real(x.dtype)
+  info = jnp.finfo(wd)
+  lo, hi = info.minexp, info.maxexp - 1
+  k = k.reshape(k.shape + (1,) * (x.ndim - 1))
+  y = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+  for _ in range(3):
+    part = jnp.clip(k, lo, hi)
+    k = k - part
+    y = y * _pow2(part, wd)
+  return y.astype(x.dtype)
+
+
+def unit_exponent(e: jax.Array, g: jax.Array, squares=()) -> jax.Array:
+  """The new unit exponent of each matrix's state (module docstring).
+
+  ``e`` ``(B,)``: the current one; ``g``: the real gradients ``(B, m, n)``;
+  ``squares``: stacks stored in units of ``2^{2e}`` (second moments,
+  statistics). The unit follows the larger of the gradient's binade and
+  the square root of the largest stored square, once that is more than
+  :data:`UNIT_BAND` binades away from ``e``; all-zero inputs keep ``e``.
+  """
+  target = exponent(g)
+  for sq in squares:
+    h = exponent(sq)
+    target = jnp.maximum(
+        target, jnp.where(h == NO_EXPONENT, NO_EXPONENT, e + h // 2)
+    )
+  move = (target != NO_EXPONENT) & (jnp.abs(target - e) > UNIT_BAND)
+  return jnp.where(move, target, e)
+
+
+def relative_eps(eps, x: jax.Array) -> jax.Array:
+  """``eps`` in units of ``max|x[i]|`` (its power of two, ``(B, 1, 1)``;
+  ``eps`` itself for a zero ``x[i]``): an Adam epsilon added to
+  :math:`\\sqrt{V}` acts the same at every scale of the gradient."""
+  k = exponent(x)
+  k = jnp.where(k == NO_EXPONENT, 0, k)
+  return eps * _pow2(k, _wide_real(x.dtype))[:, None, None]
 
 
 def ht(x: jax.Array) -> jax.Array:
@@ -238,6 +334,7 @@ class InitialState(NamedTuple):
   right: optax.Updates
   basis_left: optax.Updates
   basis_right: optax.Updates
+  scale_exponent: optax.Updates
 
 
 def initial_state(
@@ -257,7 +354,10 @@ def initial_state(
   (``(B, 0, 0)`` for an identity side), and a matrix function of each side
   (Shampoo's inverse roots, SOAP's eigenbases). With a quantized
   ``precond_storage`` the statistics are kept as their eigenvalues
-  ``(B, k)`` and the matrix functions as block codes.
+  ``(B, k)`` and the matrix functions as block codes. The unit exponents
+  ``(B, 2)`` (integers in float32; module docstring): that of the moments
+  and (dense) statistics, and that of the matrix functions' statistics
+  (the inverse roots, the stored eigenvalues) at their last refresh.
 
   Raises:
     TypeError: a quantized ``precond_storage`` and a complex parameter.
@@ -291,6 +391,13 @@ def initial_state(
 
     return make
 
+  def exponents(i, x, dn):
+    del i
+    batch, _, _ = _stateful.oriented_shape(x.shape, dn)
+    # float32 (integers, exact): optax.tree.map_params maps the per-matrix
+    # states, and integer state is left to counters.
+    return _stateful.like_params_mesh(jnp.zeros((batch, 2), jnp.float32), x)
+
   count = _low_rank.zero_count(params)
   mu = _low_rank.momentum_state(params, dns, mu_storage)
   if mu_storage is None:
@@ -311,4 +418,5 @@ def initial_state(
       right=matrix_state(params, dns, side(1, False)),
       basis_left=basis_left,
       basis_right=basis_right,
+      scale_exponent=matrix_state(params, dns, exponents),
   )

@@ -41,6 +41,11 @@ class ScaleByShampooState(NamedTuple):
     root_left: :math:`L^{-1/p}`, ``(B, m, m)``; with a quantized
       ``precond_dtype`` the eigenvectors of :math:`L` as block codes.
     root_right: :math:`R^{-1/p}` (or the eigenvectors of :math:`R`).
+    scale_exponent: ``(B, 2)``, integers in float32: ``nu`` and the
+      dense ``left`` and ``right`` hold :math:`V / 4^{e_0}`,
+      :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; the roots (or the
+      eigenvalues of a quantized ``precond_dtype``) were computed from
+      statistics in units of :math:`4^{e_1}` (see Range).
   """
 
   count: jax.Array  # type: ignore[assignment]  # shape (), int32
@@ -50,6 +55,7 @@ class ScaleByShampooState(NamedTuple):
   right: optax.Updates
   root_left: optax.Updates
   root_right: optax.Updates
+  scale_exponent: optax.Updates
 
 
 def scale_by_shampoo(
@@ -122,6 +128,16 @@ def scale_by_shampoo(
   :math:`Q (\Lambda + \epsilon\lambda_{max})^{-1/p} Q^H` from the
   rectified :math:`Q` (``root_method`` is not used).
 
+  Range: the update does not depend on the scale of the gradients, from
+  float32's smallest normal numbers to its largest: the statistics and the
+  graft's second moment are kept per matrix in units of a power of two
+  (``scale_exponent``; ``ortho_optax.transforms.kronecker``), so that
+  neither :math:`G G^H` nor :math:`|G|^2` overflows or underflows, and
+  ``graft_eps`` counts in units of :math:`\max \sqrt{V / (1 -
+  \beta_2^t)}` (its power of two), as ``eps`` counts in units of
+  :math:`\lambda_{max}`. The unit stays 1 for gradients within
+  :math:`2^{\pm 20}`, so the state there is the unscaled one.
+
   Sharding: the statistics' products run where the gradient is; with
   ``sharding="distribute"`` each matrix's roots (``eigh`` or the
   ``root_method``) run on one device and are gathered back.
@@ -131,7 +147,7 @@ def scale_by_shampoo(
     b2: the statistics' and the graft's :math:`\beta_2`.
     eps: the roots' epsilon, relative to the largest eigenvalue.
     graft: ``"adam"`` or ``None`` (see above; static).
-    graft_eps: Adam's epsilon in the graft.
+    graft_eps: Adam's epsilon in the graft, relative (see Range).
     nesterov: Nesterov momentum (static).
     precondition_every: the roots' period, an int >= 1 (static; ``None``:
       10).
@@ -226,6 +242,7 @@ def scale_by_shampoo(
         right=s.right,
         root_left=s.basis_left,
         root_right=s.basis_right,
+        scale_exponent=s.scale_exponent,
     )
 
   def update_fn(updates, state, params=None):
@@ -240,7 +257,7 @@ def scale_by_shampoo(
     def step(g, m, extras, placement, transposed, operands):
       del transposed
       (count,) = operands
-      v, sl, sr, rl, rr = extras
+      v, sl, sr, rl, rr, ex = extras
       rd = _kron.real_dtype(g.dtype)
       beta1 = _momentum.hyperparameter(b1, g)
       beta2 = _momentum.hyperparameter(b2, g)
@@ -248,9 +265,20 @@ def scale_by_shampoo(
           (count - 1) % precondition_every == 0
       )
       p = 2 * sum(1 for r in (rl, rr) if r.shape[-1])
+      # Units: V, L, R in units of 4^e, the roots from statistics in units
+      # of 4^e_root; the gradient in units of 2^e.
+      e_old, e_root = (ex[:, i].astype(jnp.int32) for i in (0, 1))
+      dense = () if quantized else (sl, sr)
+      e = _kron.unit_exponent(e_old, g, (v, *dense))
+      shift = 2 * (e_old - e)
+      v = _kron.ldexp(v, shift)
+      if not quantized:
+        sl, sr = _kron.ldexp(sl, shift), _kron.ldexp(sr, shift)
+      gu = _kron.ldexp(g, -e)
       if quantized:
         sl, sr, rl, rr = _refresh_quantized(
-            g, (sl, sr), (rl, rr), beta2, refresh, placement
+            gu, (sl, sr), (rl, rr), beta2, refresh, placement,
+            2 * (e_root - e),
         )
         roots = tuple(
             _matrix_roots.root_from_eigh(lam, q, p, eps).astype(g.dtype)
@@ -259,29 +287,38 @@ def scale_by_shampoo(
         )
       else:
         sl, sr, rl, rr = _refresh(
-            g, (sl, sr), (rl, rr), beta2, refresh, placement, p
+            gu, (sl, sr), (rl, rr), beta2, refresh, placement, p
         )
         roots = (rl.astype(g.dtype), rr.astype(g.dtype))
-      v_new = beta2 * v.astype(rd) + (1 - beta2) * jnp.abs(g) ** 2
+      e_root = jnp.where(refresh, e, e_root)
+      v_new = beta2 * v.astype(rd) + (1 - beta2) * jnp.abs(gu) ** 2
       t = count.astype(rd)
-      a = g / (jnp.sqrt(v_new / (1 - beta2**t)) + graft_eps).astype(rd)
+      rv = jnp.sqrt(v_new / (1 - beta2**t))
+      a = gu / (rv + _kron.relative_eps(graft_eps, rv)).astype(rd)
       if graft is None:
         a = g
       if p:
-        s = _kron.project_back(g, *roots)  # L^{-1/p} G R^{-1/p}
+        # L^{-1/p} G R^{-1/p}: the roots in units of 2^-e_root, G in 2^e.
+        s = _kron.project_back(gu, *roots)
         if graft is not None:
           s = s * _norm_ratio(a, s)
+        else:
+          s = _kron.ldexp(s, e - e_root)
         u = jnp.where(count >= start, s, a)
       else:
         u = a
       m_new = beta1 * m + (1 - beta1) * u
       out = (1 - beta1) * u + beta1 * m_new if nesterov else m_new
-      return out, m_new, (v_new, sl, sr, rl, rr)
+      return out, m_new, (
+          v_new, sl, sr, rl, rr,
+          jnp.stack([e, e_root], axis=-1).astype(jnp.float32),
+      )
 
-    updates, mu, (nu, left, right, root_left, root_right) = (
+    updates, mu, (nu, left, right, root_left, root_right, exps) = (
         _stateful.map_matrix_groups(
             step, updates, mu,
-            (nu, state.left, state.right, root_left, root_right),
+            (nu, state.left, state.right, root_left, root_right,
+             state.scale_exponent),
             dns, sharding, layouts, operands=(count,),
         )
     )
@@ -302,7 +339,7 @@ def scale_by_shampoo(
     )
     return updates, ScaleByShampooState(
         count=count, mu=mu, nu=nu, left=left, right=right,
-        root_left=root_left, root_right=root_right,
+        root_left=root_left, root_right=root_right, scale_exponent=exps,
     )
 
   def _refresh(g, stats, roots, beta2, refresh, placement, p):
@@ -351,9 +388,11 @@ def _norm_ratio(a: jax.Array, s: jax.Array) -> jax.Array:
   return jnp.where(ok, ratio, 0).real.astype(s.real.dtype)
 
 
-def _refresh_quantized(g, eigs, bases, beta2, refresh, placement):
+def _refresh_quantized(g, eigs, bases, beta2, refresh, placement, shift):
   """On ``refresh`` steps, each side's :math:`L = \\beta_2 Q \\Lambda Q^H
-  + (1 - \\beta_2) G G^H` is factored again by ``eigh`` (4-bit Shampoo)."""
+  + (1 - \\beta_2) G G^H` is factored again by ``eigh`` (4-bit Shampoo);
+  the stored eigenvalues are first brought to the gradient's units
+  (times ``2^shift``)."""
   count = g.shape[0]
   work = _kron.owners(placement)
 
@@ -368,6 +407,7 @@ def _refresh_quantized(g, eigs, bases, beta2, refresh, placement):
         new_eigs.append(lam)
         new_bases.append(q)
         continue
+      lam = _kron.ldexp(lam, shift)
       s = beta2 * _kron.rebuild(lam, q) + (1 - beta2) * _kron.gram(
           g, axis
       ).astype(q.dtype)

@@ -38,6 +38,11 @@ class ScaleBySoapState(NamedTuple):
     q_left: the eigenbasis :math:`Q_L`, ``(B, m, m)`` (quantized for a
       quantized ``precond_dtype``).
     q_right: the eigenbasis :math:`Q_R`, ``(B, n, n)``.
+    scale_exponent: ``(B, 2)``, integers in float32: ``mu`` holds
+      :math:`M / 2^{e_0}`, ``nu`` and the dense ``left``, ``right``
+      :math:`V / 4^{e_0}`, :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; a quantized
+      ``precond_dtype``'s eigenvalues are in units of :math:`4^{e_1}` (see
+      Range).
   """
 
   count: jax.Array  # type: ignore[assignment]  # shape (), int32
@@ -47,6 +52,7 @@ class ScaleBySoapState(NamedTuple):
   right: optax.Updates
   q_left: optax.Updates
   q_right: optax.Updates
+  scale_exponent: optax.Updates
 
 
 def scale_by_soap(
@@ -120,6 +126,15 @@ def scale_by_soap(
   power step and QR in place of ``eigh`` did no better); Shampoo's 4-bit
   state trained as well as float32.
 
+  Range: the update does not depend on the scale of the gradients, from
+  float32's smallest normal numbers to its largest: the statistics and
+  moments are kept per matrix in units of a power of two
+  (``scale_exponent``; ``ortho_optax.transforms.kronecker``), so that
+  neither :math:`G G^H` nor :math:`|G'|^2` overflows or underflows, and
+  ``eps`` counts in units of :math:`\max \sqrt{V}` (its power of two).
+  The unit stays 1 for gradients within :math:`2^{\pm 20}`, so the state
+  there is the unscaled one.
+
   Sharding: the projections run where the arrays are; with
   ``sharding="distribute"`` the ``eigh`` and the QR of each matrix run on
   one device (the stacks of statistics are split over the devices, whole
@@ -128,7 +143,8 @@ def scale_by_soap(
   Args:
     b1: Adam's :math:`\beta_1`.
     b2: Adam's :math:`\beta_2`.
-    eps: Adam's :math:`\epsilon`, added to :math:`\sqrt{V}`.
+    eps: Adam's :math:`\epsilon`, added to :math:`\sqrt{V}`, relative
+      (see Range).
     shampoo_beta: :math:`\beta_s` of the statistics; ``None``: ``b2``.
     precondition_every: refresh period of the bases, an int >= 1 (static;
       ``None``: 10).
@@ -219,6 +235,7 @@ def scale_by_soap(
         right=s.right,
         q_left=s.basis_left,
         q_right=s.basis_right,
+        scale_exponent=s.scale_exponent,
     )
 
   def update_fn(updates, state, params=None):
@@ -233,7 +250,7 @@ def scale_by_soap(
     def step(g, m, extras, placement, transposed, operands):
       del transposed
       (count,) = operands
-      v, sl, sr, ql, qr = extras
+      v, sl, sr, ql, qr, ex = extras
       rd = _kron.real_dtype(g.dtype)
       beta1 = _momentum.hyperparameter(b1, g)
       beta2 = _momentum.hyperparameter(b2, g)
@@ -243,12 +260,24 @@ def scale_by_soap(
       )
       first = count == 1
       t = jnp.maximum(count - 1, 1).astype(rd)
+      # Units: M in units of 2^e, V, L, R in 4^e (a quantized basis's
+      # eigenvalues in 4^e_root).
+      e_old, e_root = (ex[:, i].astype(jnp.int32) for i in (0, 1))
+      e = _kron.unit_exponent(
+          e_old, g, (v,) if quantized else (v, sl, sr)
+      )
+      shift = e_old - e
+      m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
+      if not quantized:
+        sl, sr = _kron.ldexp(sl, 2 * shift), _kron.ldexp(sr, 2 * shift)
+      g = _kron.ldexp(g, -e)
       ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
       gp = _kron.project(g, ql_w, qr_w)
       m_new = beta1 * m + (1 - beta1) * gp
       v_new = beta2 * v.astype(rd) + (1 - beta2) * jnp.abs(gp) ** 2
+      rv = jnp.sqrt(v_new)
       u = _kron.project_back(
-          m_new / (jnp.sqrt(v_new) + eps).astype(rd), ql_w, qr_w
+          m_new / (rv + _kron.relative_eps(eps, rv)).astype(rd), ql_w, qr_w
       )
       if correct_bias:
         u = u * (jnp.sqrt(1 - beta2**t) / (1 - beta1**t))
@@ -264,19 +293,23 @@ def scale_by_soap(
       if quantized:
         sl, sr, ql, qr, v_new, m_new = _refresh_quantized(
             g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
-            placement,
+            placement, 2 * (e_root - e),
         )
+        e_root = jnp.where(refresh, e, e_root)
       else:
         sl, sr, ql, qr, v_new, m_new = _refresh(
             g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
             placement,
         )
-      return u, m_new, (v_new, sl, sr, ql, qr)
+        e_root = e
+      exps = jnp.stack([e, e_root], axis=-1).astype(jnp.float32)
+      return u, m_new, (v_new, sl, sr, ql, qr, exps)
 
-    updates, mu, (nu, left, right, q_left, q_right) = (
+    updates, mu, (nu, left, right, q_left, q_right, exps) = (
         _stateful.map_matrix_groups(
             step, updates, mu,
-            (nu, state.left, state.right, q_left, q_right),
+            (nu, state.left, state.right, q_left, q_right,
+             state.scale_exponent),
             dns, sharding, layouts, operands=(count,),
         )
     )
@@ -297,7 +330,7 @@ def scale_by_soap(
     )
     return updates, ScaleBySoapState(
         count=count, mu=mu, nu=nu, left=left, right=right,
-        q_left=q_left, q_right=q_right,
+        q_left=q_left, q_right=q_right, scale_exponent=exps,
     )
 
   return optax.GradientTransformation(init_fn, update_fn)
@@ -374,11 +407,12 @@ def _refresh(g, stats, bases, v, m, beta_s, refresh, first, placement):
 
 
 def _refresh_quantized(g, eigs, bases, v, m, beta_s, refresh, first,
-                       placement):
+                       placement, shift):
   """:func:`_refresh` for a quantized preconditioner: on ``refresh`` steps
   only, :math:`L = \\beta_s Q \\Lambda Q^H + (1 - \\beta_s) G G^H` is
-  factored again by ``eigh``, ``v`` permuted and ``m`` rotated to the new
-  basis."""
+  factored again by ``eigh`` (the stored eigenvalues first brought to the
+  gradient's units, times ``2^shift``), ``v`` permuted and ``m`` rotated
+  to the new basis."""
   count = g.shape[0]
   work = _kron.owners(placement)
 
@@ -394,6 +428,7 @@ def _refresh_quantized(g, eigs, bases, v, m, beta_s, refresh, first,
         new_eigs.append(lam)
         new_bases.append(q)
         continue
+      lam = _kron.ldexp(lam, shift)
       s = beta_s * _kron.rebuild(lam, q) + (1 - beta_s) * _kron.gram(
           g, axis - 1
       ).astype(q.dtype)
