@@ -64,12 +64,16 @@ class Placement(NamedTuple):
     layout: where the rows and columns of the stack's matrices are sharded,
       ``(row_axes, col_axes)`` (see ``sharding.matrix_spec``), when every
       matrix of the stack has the same known layout; else ``None``.
+    replicated: the stacks handed to :meth:`to_owners` are replicated on
+      every device (per-matrix state, like Shampoo's statistics), so
+      reaching the owners is a local slice and only the results travel.
   """
 
   strategy: str | None
   mesh: Any
   axes: tuple[str, ...]
   layout: tuple | None = None
+  replicated: bool = False
 
   @property
   def active(self) -> bool:
@@ -101,18 +105,19 @@ class Placement(NamedTuple):
     ``sharding.map_matrix_groups`` (one collective each from the stack's
     layout; a local slice for replicated matrices); so few matrices that
     the padded trip would move more than gathering them (``N (W + 1) < 4
-    W``) are gathered instead. ``"gather"``: replicated. Otherwise
+    W``) are gathered instead. Stacks marked ``replicated`` travel no
+    bytes to their owners, so they are split whenever that saves work
+    (``N >= 2``: with one matrix every device would still factor one, the
+    real one or a zero pad). ``"gather"``: replicated. Otherwise
     unchanged.
     """
     if not self.active:
       return stacks
     count = stacks[0].shape[0]
-    path, dim0 = _sharding._distribute_path(
-        self.layout, self.axes, self.mesh, count
-    )
-    width = math.prod(self.mesh.shape[a] for a in dim0)
-    if self.strategy == "gather" or count * (width + 1) < 4 * width:
+    split = self._split(count)
+    if split is None:
       return tuple(self._constrain(s, P()) for s in stacks)
+    path, width = split
     padded = -(-count // width) * width
     out = []
     for s in stacks:
@@ -120,9 +125,46 @@ class Placement(NamedTuple):
         pad = jnp.zeros((padded - count,) + s.shape[1:], s.dtype)
         s = jnp.concatenate([s, pad], axis=0)
       for spec in path:
-        s = self._constrain(s, spec)
+        # Stacks of vectors (eigenvalues) split along the stack axis too.
+        s = self._constrain(s, P(*spec[: s.ndim]))
       out.append(s)
     return tuple(out)
+
+  def _split(self, count: int):
+    """``(path, width)`` of :meth:`to_owners` when it splits a stack of
+    ``count`` matrices over ``width`` devices, else ``None``."""
+    path, dim0 = _sharding._distribute_path(
+        self.layout, self.axes, self.mesh, count
+    )
+    width = math.prod(self.mesh.shape[a] for a in dim0)
+    few = count < 2 if self.replicated else count * (width + 1) < 4 * width
+    if self.strategy == "gather" or few:
+      return None
+    return path, width
+
+  def on_owners(self, fn: Callable, *stacks: jax.Array):
+    """``fn(*stacks)`` run where :meth:`to_owners` places the stacks.
+
+    A split stack runs in a ``shard_map`` over its stack axis, so that
+    each device runs ``fn`` on its own matrices only. Without it XLA keeps
+    the work whole wherever it cannot split it along the stack axis (a
+    LAPACK call, the per-matrix loop of ``engines.lapack``, a loop whose
+    stopping test spans the stack): it gathers the padded stack and runs
+    all of it on every device. Returns ``fn``'s outputs (stacks of the
+    padded length, placed as the inputs); pass them to :meth:`to_all`.
+    """
+    placed = self.to_owners(*stacks)
+    split = self._split(stacks[0].shape[0]) if self.active else None
+    if split is None:
+      return fn(*placed)
+    spec = split[0][-1]
+    spec = P(*spec[:1])  # the stack axis; each matrix whole
+    return jax.shard_map(
+        fn,
+        mesh=self.mesh,
+        in_specs=(spec,) * len(placed),
+        out_specs=spec,
+    )(*placed)
 
   def to_all(self, count: int, *stacks: jax.Array) -> tuple[jax.Array, ...]:
     """Drops the padding of :meth:`to_owners` and replicates the stacks."""

@@ -321,9 +321,11 @@ def scale_by_shampoo(
       out = []
       for s, r in zip(stats, roots):
         if s.shape[-1]:
-          (s_o,) = work.to_owners(s)
-          r_new = _matrix_roots.inverse_root(
-              s_o, p, method=root_method, eps=eps
+          r_new = work.on_owners(
+              lambda s: _matrix_roots.inverse_root(
+                  s, p, method=root_method, eps=eps
+              ),
+              s,
           )
           (r,) = work.to_all(count, r_new.astype(r.dtype))
         out.append(r)
@@ -368,11 +370,13 @@ def _refresh_quantized(g, eigs, bases, beta2, refresh, placement):
         new_eigs.append(lam)
         new_bases.append(q)
         continue
-      s = beta2 * _kron.rebuild(lam, q) + (1 - beta2) * _kron.gram(
-          g, axis
-      ).astype(q.dtype)
-      (s,) = work.to_owners(s)
-      lam_new, q_new = _kron.descending_eigh(s)
+      gram = _kron.gram(g, axis).astype(q.dtype)
+
+      def factor(lam, q, gram):
+        s = beta2 * _kron.rebuild(lam, q) + (1 - beta2) * gram
+        return _kron.descending_eigh(s)
+
+      lam_new, q_new = work.on_owners(factor, lam, q, gram)
       lam_new, q_new = work.to_all(
           count, lam_new.astype(lam.dtype), q_new.astype(q.dtype)
       )
