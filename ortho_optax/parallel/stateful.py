@@ -146,24 +146,39 @@ class Placement(NamedTuple):
     """``fn(*stacks)`` run where :meth:`to_owners` places the stacks.
 
     A split stack runs in a ``shard_map`` over its stack axis, so that
-    each device runs ``fn`` on its own matrices only. Without it XLA keeps
-    the work whole wherever it cannot split it along the stack axis (a
-    LAPACK call, the per-matrix loop of ``engines.lapack``, a loop whose
-    stopping test spans the stack): it gathers the padded stack and runs
-    all of it on every device. Returns ``fn``'s outputs (stacks of the
-    padded length, placed as the inputs); pass them to :meth:`to_all`.
+    each device runs ``fn`` on its own matrices only, and the results are
+    all-gathered there, one collective each. Without it XLA keeps the work
+    whole wherever it cannot split it along the stack axis (a LAPACK call,
+    the per-matrix loop of ``engines.lapack``, a loop whose stopping test
+    spans the stack): it gathers the padded stack and runs all of it on
+    every device; and it sends each matrix of the results once more, by
+    an all-reduce, where a slice of the stack is used. Returns ``fn``'s
+    outputs, stacks of the padded length; pass them to :meth:`to_all`.
     """
-    placed = self.to_owners(*stacks)
     split = self._split(stacks[0].shape[0]) if self.active else None
+    if split is not None and self.replicated:
+      # Replicated first (state is), so that XLA does not carry the
+      # owners' layout back into the products that made the stacks.
+      stacks = tuple(self._constrain(s, P()) for s in stacks)
+    placed = self.to_owners(*stacks)
     if split is None:
       return fn(*placed)
-    spec = split[0][-1]
-    spec = P(*spec[:1])  # the stack axis; each matrix whole
+    axes = split[0][-1][0]  # the stack axis' mesh axes
+    axes = axes if isinstance(axes, tuple) else (axes,)
+
+    def local(*xs):
+      return jax.tree.map(
+          lambda y: jax.lax.all_gather(y, axes, axis=0, tiled=True), fn(*xs)
+      )
+
+    # No collectives but the last (each matrix is whole), so no varying
+    # axis types to check: engines' loops start from constants.
     return jax.shard_map(
-        fn,
+        local,
         mesh=self.mesh,
-        in_specs=(spec,) * len(placed),
-        out_specs=spec,
+        in_specs=(P(axes),) * len(placed),
+        out_specs=P(),
+        check_vma=False,
     )(*placed)
 
   def to_all(self, count: int, *stacks: jax.Array) -> tuple[jax.Array, ...]:
