@@ -283,6 +283,7 @@ def scale_by_shampoo(
             step, updates, mu,
             (nu, state.left, state.right, root_left, root_right),
             dns, sharding, layouts, operands=(count,),
+            merge_orientations=True,
         )
     )
     mu = _storage.store(

@@ -278,6 +278,7 @@ def scale_by_soap(
             step, updates, mu,
             (nu, state.left, state.right, q_left, q_right),
             dns, sharding, layouts, operands=(count,),
+            merge_orientations=True,
         )
     )
     mu = _storage.store(
