@@ -228,7 +228,6 @@ def map_matrix_groups(
     options: _sharding.ShardingOptions,
     layouts: _sharding.Layouts | None = None,
     operands=None,
-    merge_orientations: bool = False,
 ):
   """Runs ``step`` once per stack of same-shape matrices, with their state.
 
@@ -255,11 +254,6 @@ def map_matrix_groups(
       passed to it as ``step(..., operands=operands)``. Under Explicit mesh
       axes the step runs inside ``jax.sharding.auto_axes``, where a closed
       over array of the outer (Explicit) mesh type cannot be used.
-    merge_orientations: stack transposed and untransposed matrices of one
-      oriented shape together (``step`` is then told ``None``): for steps
-      that do not depend on the orientation (Shampoo, SOAP), whose stacks
-      get fuller, so that ``"distribute"`` pads fewer (e.g. the up and down
-      projections of 4 blocks: one stack of 8 on 8 devices, not two of 4).
 
   Returns:
     ``(updates, mu, extras)`` with every matrix leaf replaced, each with its
@@ -314,15 +308,12 @@ def map_matrix_groups(
   def core(gs, ms, es, inner_mesh, ops=None):
     run = step if ops is None else functools.partial(step, operands=ops)
     buckets: dict = {}
-    flips = []
     for j, (g, dn) in enumerate(zip(gs, mat_dns)):
       batch, m, n = oriented_shape(g.shape, dn)
       fan_in, _ = _routing.fan_in_out(g.shape, dn)
-      flips.append(fan_in > m)
+      transposed = fan_in > m
       wd = working_dtype(g.dtype)
-      # None: both orientations (never beside a bool: keys stay sortable).
-      flip = None if merge_orientations else flips[j]
-      key = (m, n, jnp.dtype(wd).name, flip)
+      key = (m, n, jnp.dtype(wd).name, transposed)
       buckets.setdefault(key, []).append(j)
     us, mus_new = [None] * len(gs), [None] * len(gs)
     es_new = [[None] * len(gs) for _ in es]
@@ -339,12 +330,12 @@ def map_matrix_groups(
           layout,
       )
 
-      def oriented(x, dn, flip, wd=wd):
+      def oriented(x, dn, wd=wd, transposed=transposed):
         x = _routing.to_matrix(x.astype(wd), dn)
-        return jnp.swapaxes(x, -1, -2) if flip else x
+        return jnp.swapaxes(x, -1, -2) if transposed else x
 
-      g_parts = [oriented(gs[j], mat_dns[j], flips[j]) for j in members]
-      m_parts = [oriented(ms[j], mat_dns[j], flips[j]) for j in members]
+      g_parts = [oriented(gs[j], mat_dns[j]) for j in members]
+      m_parts = [oriented(ms[j], mat_dns[j]) for j in members]
       counts = [p.shape[0] for p in g_parts]
       g_stack = jnp.concatenate(g_parts) if len(members) > 1 else g_parts[0]
       m_stack = jnp.concatenate(m_parts) if len(members) > 1 else m_parts[0]
@@ -373,8 +364,8 @@ def map_matrix_groups(
         sl = slice(offset, offset + count)
         offset += count
 
-        def back(y, like, dn=mat_dns[j], flip=flips[j]):
-          if flip:
+        def back(y, like, dn=mat_dns[j], transposed=transposed):
+          if transposed:
             y = jnp.swapaxes(y, -1, -2)
           return _routing.from_matrix(y, dn, like.shape).astype(like.dtype)
 

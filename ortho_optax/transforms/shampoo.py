@@ -124,7 +124,10 @@ def scale_by_shampoo(
 
   Sharding: the statistics' products run where the gradient is; with
   ``sharding="distribute"`` each matrix's roots (``eigh`` or the
-  ``root_method``) run on one device and are gathered back.
+  ``root_method``) run on one device, the stacks of same-shape statistics
+  split over the devices, and are gathered back (on 8 devices each device
+  computes 1/8 of the roots; ``benchmarks/sharding.py``). The statistics
+  and roots are replicated state.
 
   Args:
     b1: the momentum's :math:`\beta_1` (0: none).
@@ -283,7 +286,6 @@ def scale_by_shampoo(
             step, updates, mu,
             (nu, state.left, state.right, root_left, root_right),
             dns, sharding, layouts, operands=(count,),
-            merge_orientations=True,
         )
     )
     mu = _storage.store(

@@ -121,9 +121,11 @@ def scale_by_soap(
   state trained as well as float32.
 
   Sharding: the projections run where the arrays are; with
-  ``sharding="distribute"`` the ``eigh`` and the QR of each matrix run on
-  one device (the stacks of statistics are split over the devices, whole
-  matrices each) and the bases are gathered back.
+  ``sharding="distribute"`` the ``eigh`` and the power iteration and QR
+  of each matrix run on one device (the stacks of same-shape statistics
+  are split over the devices, whole matrices each; on 8 devices each
+  computes 1/8 of them, ``benchmarks/sharding.py``) and the bases are
+  gathered back. The statistics and bases are replicated state.
 
   Args:
     b1: Adam's :math:`\beta_1`.
@@ -278,7 +280,6 @@ def scale_by_soap(
             step, updates, mu,
             (nu, state.left, state.right, q_left, q_right),
             dns, sharding, layouts, operands=(count,),
-            merge_orientations=True,
         )
     )
     mu = _storage.store(
