@@ -124,6 +124,10 @@ class Placement(NamedTuple):
       if padded != count:
         pad = jnp.zeros((padded - count,) + s.shape[1:], s.dtype)
         s = jnp.concatenate([s, pad], axis=0)
+        if self.replicated:
+          # Padded where it is (else XLA may shard the concatenation
+          # along the rows and all-to-all it to the owners).
+          s = self._constrain(s, P())
       for spec in path:
         # Stacks of vectors (eigenvalues) split along the stack axis too.
         s = self._constrain(s, P(*spec[: s.ndim]))
