@@ -345,12 +345,14 @@ def test_distribute_matches_single_device(name):
 @pytest.mark.parametrize(
     "name, kw, targets",
     [
-        ("shampoo", {}, ("lapack_ssyevd_ffi",)),
+        pytest.param("shampoo", {}, ("lapack_ssyevd_ffi",), id="shampoo"),
         # The power-iteration refresh (and, in the first step's branch, eigh).
-        ("soap", {}, ("lapack_sgeqrf_ffi", "lapack_ssyevd_ffi")),
+        pytest.param(
+            "soap", {}, ("lapack_sgeqrf_ffi", "lapack_ssyevd_ffi"), id="soap"
+        ),
         pytest.param(
             "shampoo", {"precond_dtype": "q8"}, ("lapack_ssyevd_ffi",),
-            marks=pytest.mark.slow,
+            marks=pytest.mark.slow, id="shampoo-q8",
         ),
     ],
 )
