@@ -150,14 +150,16 @@ class Placement(NamedTuple):
     """``fn(*stacks)`` run where :meth:`to_owners` places the stacks.
 
     A split stack runs in a ``shard_map`` over its stack axis, so that
-    each device runs ``fn`` on its own matrices only, and the results are
-    all-gathered there, one collective each. Without it XLA keeps the work
-    whole wherever it cannot split it along the stack axis (a LAPACK call,
+    each device runs ``fn`` on its own matrices only; the results are
+    all-gathered at its end, one collective each. Without it XLA keeps
+    whole the work it cannot split along the stack axis (a LAPACK call,
     the per-matrix loop of ``engines.lapack``, a loop whose stopping test
     spans the stack): it gathers the padded stack and runs all of it on
-    every device; and it sends each matrix of the results once more, by
-    an all-reduce, where a slice of the stack is used. Returns ``fn``'s
-    outputs, stacks of the padded length; pass them to :meth:`to_all`.
+    every device. ``replicated`` stacks are pinned replicated first, else
+    XLA carries the owners' layout back into the products that made them
+    (an all-reduce and a permute of every statistic). Returns ``fn``'s
+    outputs, replicated stacks of the padded length; pass them to
+    :meth:`to_all`.
     """
     split = self._split(stacks[0].shape[0]) if self.active else None
     if split is not None and self.replicated:
