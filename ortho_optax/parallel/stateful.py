@@ -167,9 +167,9 @@ class Placement(NamedTuple):
       # owners' layout back into the products that made the stacks.
       stacks = tuple(self._constrain(s, P()) for s in stacks)
     placed = self.to_owners(*stacks)
-    if split is None:
+    axes = None if split is None else split[0][-1][0]  # the stack axis'
+    if axes is None:  # not split (no axis splits the stack: width 1)
       return fn(*placed)
-    axes = split[0][-1][0]  # the stack axis' mesh axes
     axes = axes if isinstance(axes, tuple) else (axes,)
 
     def local(*xs):
