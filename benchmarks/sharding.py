@@ -18,7 +18,16 @@ parameters and state donated) of:
 * with ``--rows``: the low-rank ``dion``, ``dion2``, ``trion`` (rank 1/4)
   for each strategy, and with ``--meshes dp8`` a data-parallel mesh (every
   parameter replicated on 8 devices), where Dion2 and Trion bring back only
-  their low-rank factors.
+  their low-rank factors;
+* with ``--rows shampoo,soap``: the second-order ``shampoo`` (inverse
+  roots by ``eigh``), ``shampoo-newton`` (by the coupled Newton iteration,
+  matmuls only) and ``soap`` at ``precondition_every=1``, each twice: a
+  refresh step (new roots; SOAP's power iteration and QR) and a step
+  between refreshes (the step's branch is fixed at trace time,
+  ``transforms.kronecker.FORCE_REFRESH``, so each program holds one kind
+  of step). Their table adds ``LAPACK``: the ``eigh`` / ``qr`` calls one
+  device runs (:func:`ortho_optax.parallel.hlo.custom_calls`), which are
+  not matmuls, as the sum of ``n^3`` over the matrices factored.
 
 Our transforms run with Explicit mesh axes (layouts read from the types)
 and with Auto axes without any hint (no ``param_shardings``: the layouts
@@ -51,6 +60,11 @@ Usage::
   python benchmarks/sharding.py [--quick] [--out benchmarks/results/x.md]
   python benchmarks/sharding.py --rows muon,dion,dion2,trion \
       --meshes fsdp8,fsdp2x4,dp8 --out benchmarks/results/sharding_low_rank.md
+  python benchmarks/sharding.py --rows shampoo,soap --repeats 0 \
+      --append benchmarks/results/sharding_cpu.md
+
+``--repeats 0`` compiles and counts without running (no ``ms``);
+``--append`` adds the table to a results file as a section.
 """
 
 from __future__ import annotations
@@ -62,7 +76,9 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import platform  # noqa: E402
+import shlex  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -81,6 +97,8 @@ from jax.sharding import NamedSharding  # noqa: E402
 from jax.sharding import PartitionSpec as P  # noqa: E402
 
 import ortho_optax  # noqa: E402
+from ortho_optax.parallel import hlo  # noqa: E402
+from ortho_optax.transforms import kronecker  # noqa: E402
 
 NS = {"method": "newton_schulz", "coeffs": "muon"}
 MESHES = {
@@ -92,6 +110,9 @@ MESHES = {
 # The rows of the default run; --rows adds the low-rank optimizers.
 DEFAULT_ROWS = ("chain", "muon", "optax")
 LOW_RANK = ("dion", "dion2", "trion")
+# --rows shampoo,soap: these, each as a refresh step and a step between.
+SECOND_ORDER = ("shampoo", "shampoo-newton", "soap")
+STEPS = {"refresh": True, "between": False}
 STRATEGIES = (None, "gather", "distribute")
 
 
@@ -114,6 +135,23 @@ layouts from the placed parameters that `init` received. Before it did,
 `distribute` on the 2-D mesh under Auto axes moved 51.0 MiB (4.25x) with
 2 remat warnings per compile (XLA's own resharding path); now 16.0 MiB
 (1.33x), as with Explicit axes.
+"""
+
+SECOND_ORDER_NOTES = """
+Second order: `shampoo` (inverse roots by eigh), `shampoo-newton` (by the
+coupled Newton iteration, matmuls only) and `soap`, all at
+precondition_every=1. `refresh`: a step that recomputes the roots (SOAP:
+its power iteration and QR of the eigenbases); `between`: a step that does
+not; each program is traced as one kind of step
+(`transforms.kronecker.FORCE_REFRESH`). LAPACK: the eigh / QR calls one
+device runs (geqrf; its orgqr is not counted again), with the sum of n^3
+over the matrices; they are not matmuls, so GFLOP leaves them out. `gather`
+runs every matrix's refresh on every device (the whole work); `distribute`
+splits each stack of same-shape statistics over the devices (one matrix's
+refresh on one device, in a shard_map) and all-gathers the results, so its
+refresh work is 1/8 of gather's where each stack holds a multiple of 8
+matrices (stacks are padded with zeros to a multiple of 8). x params: over
+the bytes of the preconditioned (hidden) matrices.
 """
 
 
@@ -193,6 +231,17 @@ def optimizers(params):
       out[name, strategy] = getattr(ortho_optax, name)(
           0.02, sharding=strategy, method="newton_schulz"
       )
+    # Second order at their recommended learning rates; every step may
+    # refresh (the benchmark fixes which kind of step each program is).
+    out["shampoo", strategy] = ortho_optax.shampoo(
+        0.003, sharding=strategy, precondition_every=1
+    )
+    out["shampoo-newton", strategy] = ortho_optax.shampoo(
+        0.003, sharding=strategy, precondition_every=1, root_method="newton"
+    )
+    out["soap", strategy] = ortho_optax.soap(
+        0.003, sharding=strategy, precondition_every=1
+    )
   dims = jax.tree_util.tree_map_with_path(
       lambda p, x: optax.contrib.MuonDimensionNumbers(0, 1)
       if is_hidden_matrix(p, x)
@@ -227,6 +276,31 @@ def compile_counting_remat(lowered):
   return compiled, text.count("Involuntary full rematerialization")
 
 
+@contextlib.contextmanager
+def forced_refresh(value):
+  """Shampoo's and SOAP's steps traced as refresh steps (``True``), as
+  steps between refreshes (``False``), or as they are (``None``)."""
+  kronecker.FORCE_REFRESH = value
+  try:
+    yield
+  finally:
+    kronecker.FORCE_REFRESH = None
+
+
+def lapack_n3(text: str) -> tuple[int, float]:
+  """LAPACK factorizations one device runs: ``(count, sum of n^3)`` over
+  the ``eigh`` and Householder-QR calls (``orgqr`` completes a ``geqrf``
+  and is not counted again)."""
+  calls = n3 = 0
+  for (target, shape), times in hlo.custom_calls(text).items():
+    if not target.startswith("lapack_") or "orgqr" in target:
+      continue
+    dims = [int(d) for d in shape.partition("[")[2].rstrip("]").split(",")]
+    calls += times
+    n3 += times * dims[-1] ** 2 * dims[-2]
+  return calls, n3
+
+
 def measure(tx, params, repeats: int):
   state = tx.init(params)
   grads = jax.tree.map(lambda x: jnp.cos(3.0 * x), params)
@@ -248,7 +322,7 @@ def measure(tx, params, repeats: int):
   times = []
   # Warm-up: the first call's outputs may be laid out differently from the
   # freshly initialized inputs, so the second call can compile once more.
-  for _ in range(2):
+  for _ in range(2 if repeats else 0):
     params, state = fn(params, state, grads)
   jax.block_until_ready(params)
   for _ in range(repeats):
@@ -261,7 +335,8 @@ def measure(tx, params, repeats: int):
       "bytes": ortho_optax.collective_bytes(text).total,
       "peak": peak,
       "remat": remat,
-      "ms": 1e3 * statistics.median(times),
+      "ms": 1e3 * statistics.median(times) if times else None,
+      "lapack": lapack_n3(text),
   }
 
 
@@ -273,16 +348,33 @@ def main(argv=None):
   parser.add_argument(
       "--rows", default=",".join(DEFAULT_ROWS),
       help="comma-separated optimizers: chain, muon, optax, dion, dion2,"
-      " trion",
+      " trion, shampoo, shampoo-newton, soap",
   )
   parser.add_argument(
       "--meshes", default="fsdp8,fsdp2x4",
       help=f"comma-separated meshes of {sorted(MESHES)}",
   )
+  parser.add_argument(
+      "--axes", default="Explicit,Auto",
+      help="comma-separated mesh axis types: Explicit, Auto",
+  )
+  parser.add_argument(
+      "--layers", type=int, default=None,
+      help="blocks of the tree (default 4; 2 with --quick)",
+  )
+  parser.add_argument(
+      "--append", default=None,
+      help="also append the tables to this file, as a section",
+  )
+  parser.add_argument(
+      "--title", default="Shampoo and SOAP",
+      help="the --append section's title",
+  )
   args = parser.parse_args(argv)
   rows_wanted = args.rows.split(",")
   meshes = {k: MESHES[k] for k in args.meshes.split(",")}
   d_model, layers, vocab = (128, 2, 256) if args.quick else (256, 4, 512)
+  layers = args.layers or layers
   # Host copies: every mesh gets fresh buffers (the step donates them).
   base = jax.tree.map(
       np.asarray, gpt_params(d_model, layers, vocab, jax.random.key(0))
@@ -301,19 +393,28 @@ def main(argv=None):
       )
       / 1e9
   )
-  lines = [
+  header = (
       f"GPT-like tree: d_model={d_model}, {layers} blocks, vocab {vocab};"
       f" {matrix_bytes / 2**20:.2f} MiB of hidden matrices (float32),"
       f" Newton-Schulz on all of them = {ns_gflop:.2f} GFLOP on one device."
       f" jax {jax.__version__}, optax {optax.__version__},"
       f" {jax.device_count()} {jax.devices()[0].platform.upper()} devices"
-      f" on {os.cpu_count()} cores ({platform.machine()}).",
-      "",
+      f" on {os.cpu_count()} cores ({platform.machine()})."
+  )
+  lines = [
       "| mesh | axes | optimizer | sharding | GFLOP/device |"
       " collectives MiB (x params) | peak MiB/device | remat | ms/step |",
       "|---|---|---|---|---:|---:|---:|---:|---:|",
   ]
+  second = [
+      "| mesh | axes | optimizer | step | sharding | GFLOP/device |"
+      " LAPACK calls (sum n^3, G)/device | collectives MiB (x params) |"
+      " peak MiB/device | remat | ms/step |",
+      "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+  ]
+  results = {}
   txs = optimizers(base)
+  wanted_axes = [getattr(AxisType, a) for a in args.axes.split(",")]
   for mesh_name, (shape, names) in meshes.items():
     for optimizer, strategy in txs:
       if optimizer not in rows_wanted:
@@ -323,8 +424,11 @@ def main(argv=None):
         axis_types = (AxisType.Auto, AxisType.Explicit)
       else:
         axis_types = (AxisType.Explicit, AxisType.Auto)
-      rows = [(a, optimizer, strategy) for a in axis_types]
-      for axis_type, optimizer, strategy in rows:
+      steps = STEPS if optimizer in SECOND_ORDER else {None: None}
+      rows = [
+          (a, step) for a in axis_types if a in wanted_axes for step in steps
+      ]
+      for axis_type, step in rows:
         mesh = jax.make_mesh(shape, names, axis_types=(axis_type,) * len(names))
         specs = param_specs(base, mesh_name)
         params = jax.tree.map(
@@ -333,31 +437,93 @@ def main(argv=None):
             specs,
         )
         tx = txs[optimizer, strategy]
-        cells = f"| {mesh_name} | {axis_type.name} | {optimizer} | {strategy} |"
+        cells = f"| {mesh_name} | {axis_type.name} | {optimizer} |"
+        cells += f" {strategy} |" if step is None else f" {step} | {strategy} |"
+        table = lines if step is None else second
         try:
-          r = measure(tx, params, args.repeats)
+          with forced_refresh(steps[step]):
+            r = measure(tx, params, args.repeats)
         except Exception as e:  # noqa: BLE001  (the table records it)
-          lines.append(f"{cells} {type(e).__name__} | | | | |")
-          print(lines[-1], flush=True)
+          table.append(f"{cells} {type(e).__name__} | | | | |")
+          print(table[-1], flush=True)
           continue
-        lines.append(
-            f"{cells} {r['gflop']:.2f} |"
+        results[mesh_name, axis_type.name, optimizer, step, strategy] = r
+        ms = "-" if r["ms"] is None else f"{r['ms']:.0f}"
+        lapack = ""
+        if step is not None:
+          calls, n3 = r["lapack"]
+          lapack = f" {calls} ({n3 / 1e9:.3f}) |"
+        table.append(
+            f"{cells} {r['gflop']:.2f} |{lapack}"
             f" {r['bytes'] / 2**20:.1f} ({r['bytes'] / matrix_bytes:.2f}) |"
-            f" {r['peak'] / 2**20:.1f} | {r['remat']} | {r['ms']:.0f} |"
+            f" {r['peak'] / 2**20:.1f} | {r['remat']} | {ms} |"
         )
-        print(lines[-1], flush=True)
-  table = "\n".join(lines)
+        print(table[-1], flush=True)
+  parts = [header, ""]
+  if len(lines) > 2:
+    parts += lines + [""]
+  if len(second) > 2:
+    parts += second + ["", refresh_summary(results), ""]
+  table = "\n".join(parts)
   print()
   print(table)
+  command = "python benchmarks/sharding.py " + shlex.join(
+      sys.argv[1:] if argv is None else argv
+  )
   if args.out:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
       f.write("# Sharding strategies, one optimizer step\n\n")
-      f.write("Produced by `python benchmarks/sharding.py"
-              f" --out {args.out}`.\n\n")
-      f.write(table + "\n\n")
+      f.write(f"Produced by `{command}`.\n\n")
+      f.write(table + "\n")
       f.write(NOTES)
+  if args.append:
+    with open(args.append, "a") as f:
+      f.write(f"\n## {args.title}\n\nProduced by `{command}`.\n\n")
+      f.write(table)
+      if len(second) > 2:
+        f.write(SECOND_ORDER_NOTES)
 
+
+def refresh_summary(results) -> str:
+  """Per mesh and optimizer: each strategy's refresh work per device (a
+  refresh step's minus a step between refreshes': matmul GFLOP, and the
+  LAPACK sum of n^3), and ``distribute`` over ``gather`` (which runs every
+  matrix's refresh on every device: the whole work)."""
+  out = [
+      "Refresh work per device (refresh step minus step between):",
+      "",
+      "| mesh | axes | optimizer | matmul GFLOP None / gather /"
+      " distribute | distribute / gather | LAPACK n^3 (G) None / gather /"
+      " distribute | distribute / gather |",
+      "|---|---|---|---|---:|---|---:|",
+  ]
+  keys = sorted({k[:3] for k in results}, key=lambda k: (k[0], k[1], k[2]))
+  for mesh_name, axes, optimizer in keys:
+    flops, n3 = {}, {}
+    for strategy in STRATEGIES:
+      a = results.get((mesh_name, axes, optimizer, "refresh", strategy))
+      b = results.get((mesh_name, axes, optimizer, "between", strategy))
+      if a is None or b is None:
+        continue
+      flops[strategy] = a["gflop"] - b["gflop"]
+      n3[strategy] = (a["lapack"][1] - b["lapack"][1]) / 1e9
+
+    def cells(d):
+      return " / ".join(
+          f"{d[k]:.3f}" if k in d else "-" for k in STRATEGIES
+      )
+
+    def ratio(d):
+      if "gather" not in d or "distribute" not in d or not d["gather"]:
+        return "-"
+      return f"{d['distribute'] / d['gather']:.3f}"
+
+    out.append(
+        f"| {mesh_name} | {axes} | {optimizer} | {cells(flops)} |"
+        f" {ratio(flops)} | {cells(n3)} | {ratio(n3)} |"
+    )
+  return "\n".join(out)
 
 if __name__ == "__main__":
   main()

@@ -16,6 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 import ortho_optax
 from ortho_optax.engines import matrix_roots
+from ortho_optax.parallel import hlo
 from ortho_optax.state import quantized
 
 TRANSFORMS = {
@@ -339,6 +340,51 @@ def test_distribute_matches_single_device(name):
     for k in u2:
       assert jax.typeof(u2[k]).sharding.spec == P("fsdp", "model")
   assert jax.tree.map(jax.typeof, s2) == init_types
+
+
+@pytest.mark.parametrize(
+    "name, kw, targets",
+    [
+        pytest.param("shampoo", {}, ("lapack_ssyevd_ffi",), id="shampoo"),
+        # The power-iteration refresh (and, in the first step's branch, eigh).
+        pytest.param(
+            "soap", {}, ("lapack_sgeqrf_ffi", "lapack_ssyevd_ffi"), id="soap"
+        ),
+        pytest.param(
+            "shampoo", {"precond_dtype": "q8"}, ("lapack_ssyevd_ffi",),
+            marks=pytest.mark.slow, id="shampoo-q8",
+        ),
+    ],
+)
+def test_distribute_runs_each_matrix_on_one_device(name, kw, targets):
+  """With ``sharding="distribute"`` each device factors 1/8 of the
+  matrices (8 per side on 8 devices: one each), where ``"gather"`` factors
+  all of them on every device; read from the compiled per-device program
+  (LAPACK calls, loops times trip counts; matmul FLOPs)."""
+  mesh = jax.make_mesh((8,), ("fsdp",), axis_types=(AxisType.Explicit,))
+  # A stacked (layers, in, out) leaf: 8 matrices.
+  params = {
+      "w": jax.device_put(
+          _normal(0, (8, 16, 24)), NamedSharding(mesh, P(None, "fsdp"))
+      )
+  }
+  out = {}
+  for strategy in ("gather", "distribute"):
+    tx = TRANSFORMS[name](precondition_every=1, sharding=strategy, **kw)
+    state = tx.init(params)
+    text = jax.jit(tx.update).lower(params, state).compile().as_text()
+    out[strategy] = (
+        hlo.custom_calls(text),
+        ortho_optax.compiled_matmul_flops(text),
+    )
+  (calls_g, flops_g), (calls_d, flops_d) = out["gather"], out["distribute"]
+  for target in targets:
+    for k in (16, 24):
+      key = (target, f"f32[{k},{k}]")
+      # One step: gather runs the 8 matrices of each side on each device.
+      assert calls_g.get(key, 0) >= 8, calls_g
+      assert calls_d.get(key, 0) * 8 == calls_g[key], (calls_d, calls_g)
+  assert flops_d < flops_g, (flops_d, flops_g)
 
 
 @pytest.mark.parametrize(

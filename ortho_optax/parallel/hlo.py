@@ -292,3 +292,41 @@ def collective_bytes(hlo_text: str) -> CollectiveStats:
       if not opcode.endswith("-done"):
         count[base] = count.get(base, 0) + times
   return CollectiveStats(total, by_op, count, static, unknown)
+
+
+def custom_calls(hlo_text: str) -> dict[tuple[str, str], int]:
+  """How many times one device runs each custom call (LAPACK, cuSOLVER).
+
+  The work XLA hands to a library (``eigh``, ``qr`` and ``svd`` kernels)
+  is not a ``dot``, so :func:`matmul_flops` does not see it. This counts,
+  in the per-device program, every ``custom-call`` instruction by its
+  ``custom_call_target`` and the shape of its first operand (a shard's
+  shape), times the trip counts of the loops around it (conditional
+  branches count once each, as in :func:`collective_bytes`).
+
+  Args:
+    hlo_text: ``jax.jit(f).lower(*args).compile().as_text()``.
+
+  Returns:
+    ``{(target, operand shape): count}``, e.g.
+    ``{("lapack_ssyevd_ffi", "f32[128,128]"): 3}``.
+  """
+  _check_text(hlo_text)
+  comps, entry = _parse(hlo_text)
+  shapes = _shapes(comps)
+  mult, _ = _multiplicities(comps, entry)
+  out: dict[tuple[str, str], int] = {}
+  for comp, instrs in comps.items():
+    times = mult.get(comp, 0)
+    for _, _, opcode, operands, attrs in instrs:
+      if opcode != "custom-call" or not times:
+        continue
+      target = re.search(r'custom_call_target="([^"]+)"', attrs)
+      shape = shapes.get(operands[0], "") if operands else ""
+      array = _ARRAY.search(shape)
+      key = (
+          target.group(1) if target else "",
+          array.group(0) if array else shape,
+      )
+      out[key] = out.get(key, 0) + times
+  return out

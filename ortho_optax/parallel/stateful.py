@@ -64,12 +64,16 @@ class Placement(NamedTuple):
     layout: where the rows and columns of the stack's matrices are sharded,
       ``(row_axes, col_axes)`` (see ``sharding.matrix_spec``), when every
       matrix of the stack has the same known layout; else ``None``.
+    replicated: the stacks handed to :meth:`to_owners` are replicated on
+      every device (per-matrix state, like Shampoo's statistics), so
+      reaching the owners is a local slice and only the results travel.
   """
 
   strategy: str | None
   mesh: Any
   axes: tuple[str, ...]
   layout: tuple | None = None
+  replicated: bool = False
 
   @property
   def active(self) -> bool:
@@ -101,28 +105,87 @@ class Placement(NamedTuple):
     ``sharding.map_matrix_groups`` (one collective each from the stack's
     layout; a local slice for replicated matrices); so few matrices that
     the padded trip would move more than gathering them (``N (W + 1) < 4
-    W``) are gathered instead. ``"gather"``: replicated. Otherwise
+    W``) are gathered instead. Stacks marked ``replicated`` travel no
+    bytes to their owners, so they are split whenever that saves work
+    (``N >= 2``: with one matrix every device would still factor one, the
+    real one or a zero pad). ``"gather"``: replicated. Otherwise
     unchanged.
     """
     if not self.active:
       return stacks
     count = stacks[0].shape[0]
-    path, dim0 = _sharding._distribute_path(
-        self.layout, self.axes, self.mesh, count
-    )
-    width = math.prod(self.mesh.shape[a] for a in dim0)
-    if self.strategy == "gather" or count * (width + 1) < 4 * width:
+    split = self._split(count)
+    if split is None:
       return tuple(self._constrain(s, P()) for s in stacks)
+    path, width = split
     padded = -(-count // width) * width
     out = []
     for s in stacks:
       if padded != count:
         pad = jnp.zeros((padded - count,) + s.shape[1:], s.dtype)
         s = jnp.concatenate([s, pad], axis=0)
+        if self.replicated:
+          # Padded where it is (else XLA may shard the concatenation
+          # along the rows and all-to-all it to the owners).
+          s = self._constrain(s, P())
       for spec in path:
-        s = self._constrain(s, spec)
+        # Stacks of vectors (eigenvalues) split along the stack axis too.
+        s = self._constrain(s, P(*spec[: s.ndim]))
       out.append(s)
     return tuple(out)
+
+  def _split(self, count: int):
+    """``(path, width)`` of :meth:`to_owners` when it splits a stack of
+    ``count`` matrices over ``width`` devices, else ``None``."""
+    path, dim0 = _sharding._distribute_path(
+        self.layout, self.axes, self.mesh, count
+    )
+    width = math.prod(self.mesh.shape[a] for a in dim0)
+    few = count < 2 if self.replicated else count * (width + 1) < 4 * width
+    if self.strategy == "gather" or few:
+      return None
+    return path, width
+
+  def on_owners(self, fn: Callable, *stacks: jax.Array):
+    """``fn(*stacks)`` run where :meth:`to_owners` places the stacks.
+
+    A split stack runs in a ``shard_map`` over its stack axis, so that
+    each device runs ``fn`` on its own matrices only; the results are
+    all-gathered at its end, one collective each. Without it XLA keeps
+    whole the work it cannot split along the stack axis (a LAPACK call,
+    the per-matrix loop of ``engines.lapack``, a loop whose stopping test
+    spans the stack): it gathers the padded stack and runs all of it on
+    every device. ``replicated`` stacks are pinned replicated first, else
+    XLA carries the owners' layout back into the products that made them
+    (an all-reduce and a permute of every statistic). Returns ``fn``'s
+    outputs, replicated stacks of the padded length; pass them to
+    :meth:`to_all`.
+    """
+    split = self._split(stacks[0].shape[0]) if self.active else None
+    if split is not None and self.replicated:
+      # Replicated first (state is), so that XLA does not carry the
+      # owners' layout back into the products that made the stacks.
+      stacks = tuple(self._constrain(s, P()) for s in stacks)
+    placed = self.to_owners(*stacks)
+    axes = None if split is None else split[0][-1][0]  # the stack axis'
+    if axes is None:  # not split (no axis splits the stack: width 1)
+      return fn(*placed)
+    axes = axes if isinstance(axes, tuple) else (axes,)
+
+    def local(*xs):
+      return jax.tree.map(
+          lambda y: jax.lax.all_gather(y, axes, axis=0, tiled=True), fn(*xs)
+      )
+
+    # No collectives but the last (each matrix is whole), so no varying
+    # axis types to check: engines' loops start from constants.
+    return jax.shard_map(
+        local,
+        mesh=self.mesh,
+        in_specs=(P(axes),) * len(placed),
+        out_specs=P(),
+        check_vma=False,
+    )(*placed)
 
   def to_all(self, count: int, *stacks: jax.Array) -> tuple[jax.Array, ...]:
     """Drops the padding of :meth:`to_owners` and replicates the stacks."""

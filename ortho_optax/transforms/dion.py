@@ -223,8 +223,9 @@ def scale_by_dion(
         layout=None if layout is None else (layout[1], ())
     )
     (p,) = factors.pin(p)
-    (p,) = factors.to_owners(p)
-    (p,) = factors.to_all(count, orthonormalize(p))
+    # On the owners, each device its own matrices' QRs (XLA would run the
+    # per-matrix LAPACK loop whole on every device).
+    (p,) = factors.to_all(count, factors.on_owners(orthonormalize, p))
     r = jnp.einsum("bmn,bnr->bmr", b, p)
     # An all-zero B has no column space (the QR returns an arbitrary
     # basis): zero update and unchanged Q, the reference's rule.

@@ -282,8 +282,11 @@ def matrix_state(params, dns, make):
 
 def owners(placement):
   """The placement of per-matrix square stacks: whole matrices per device
-  under ``sharding="distribute"`` (their layout is not the gradient's)."""
-  return placement._replace(layout=None)
+  under ``sharding="distribute"`` (their layout is not the gradient's).
+  The statistics and bases are replicated state, so the stacks are split
+  even when they hold fewer matrices than devices: the factorizations are
+  the work, and only their results are gathered back."""
+  return placement._replace(layout=None, replicated=True)
 
 
 def store_basis(

@@ -140,7 +140,10 @@ def scale_by_shampoo(
 
   Sharding: the statistics' products run where the gradient is; with
   ``sharding="distribute"`` each matrix's roots (``eigh`` or the
-  ``root_method``) run on one device and are gathered back.
+  ``root_method``) run on one device, the stacks of same-shape statistics
+  split over the devices, and are gathered back (on 8 devices each device
+  computes 1/8 of the roots; ``benchmarks/sharding.py``). The statistics
+  and roots are replicated state.
 
   Args:
     b1: the momentum's :math:`\beta_1` (0: none).
@@ -358,9 +361,11 @@ def scale_by_shampoo(
       out = []
       for s, r in zip(stats, roots):
         if s.shape[-1]:
-          (s_o,) = work.to_owners(s)
-          r_new = _matrix_roots.inverse_root(
-              s_o, p, method=root_method, eps=eps
+          r_new = work.on_owners(
+              lambda s: _matrix_roots.inverse_root(
+                  s, p, method=root_method, eps=eps
+              ),
+              s,
           )
           (r,) = work.to_all(count, r_new.astype(r.dtype))
         out.append(r)
@@ -408,11 +413,13 @@ def _refresh_quantized(g, eigs, bases, beta2, refresh, placement, shift):
         new_bases.append(q)
         continue
       lam = _kron.ldexp(lam, shift)
-      s = beta2 * _kron.rebuild(lam, q) + (1 - beta2) * _kron.gram(
-          g, axis
-      ).astype(q.dtype)
-      (s,) = work.to_owners(s)
-      lam_new, q_new = _kron.descending_eigh(s)
+      gram = _kron.gram(g, axis).astype(q.dtype)
+
+      def factor(lam, q, gram):
+        s = beta2 * _kron.rebuild(lam, q) + (1 - beta2) * gram
+        return _kron.descending_eigh(s)
+
+      lam_new, q_new = work.on_owners(factor, lam, q, gram)
       lam_new, q_new = work.to_all(
           count, lam_new.astype(lam.dtype), q_new.astype(q.dtype)
       )

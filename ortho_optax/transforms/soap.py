@@ -136,9 +136,11 @@ def scale_by_soap(
   there is the unscaled one.
 
   Sharding: the projections run where the arrays are; with
-  ``sharding="distribute"`` the ``eigh`` and the QR of each matrix run on
-  one device (the stacks of statistics are split over the devices, whole
-  matrices each) and the bases are gathered back.
+  ``sharding="distribute"`` the ``eigh`` and the power iteration and QR
+  of each matrix run on one device (the stacks of same-shape statistics
+  are split over the devices, whole matrices each; on 8 devices each
+  computes 1/8 of them, ``benchmarks/sharding.py``) and the bases are
+  gathered back. The statistics and bases are replicated state.
 
   Args:
     b1: Adam's :math:`\beta_1`.
@@ -372,8 +374,7 @@ def _refresh(g, stats, bases, v, m, beta_s, refresh, first, placement):
     out = []
     for s, q in zip(stats, bases):
       if s.shape[-1]:
-        (s,) = work.to_owners(s)
-        _, q = _kron.descending_eigh(s)
+        q = work.on_owners(lambda s: _kron.descending_eigh(s)[1], s)
         (q,) = work.to_all(count, q.astype(s.dtype))
       out.append(q)
     return tuple(out), v, m  # m is zero on the first step
@@ -383,8 +384,7 @@ def _refresh(g, stats, bases, v, m, beta_s, refresh, first, placement):
     out = []
     for axis, (s, q) in enumerate(zip(stats, bases), start=1):
       if s.shape[-1]:
-        s_o, q_o = work.to_owners(s, q)
-        q_new, idx = _kron.power_qr(s_o, q_o)
+        q_new, idx = work.on_owners(_kron.power_qr, s, q)
         q, idx = work.to_all(count, q_new.astype(s.dtype), idx)
         v = _permute(v, idx, axis)
       out.append(q)
@@ -429,12 +429,14 @@ def _refresh_quantized(g, eigs, bases, v, m, beta_s, refresh, first,
         new_bases.append(q)
         continue
       lam = _kron.ldexp(lam, shift)
-      s = beta_s * _kron.rebuild(lam, q) + (1 - beta_s) * _kron.gram(
-          g, axis - 1
-      ).astype(q.dtype)
-      s, q_o = work.to_owners(s, q)
-      lam_new, q_new = _kron.descending_eigh(s)
-      idx = jnp.argsort(-_kron.rayleigh(s, q_o), axis=-1)
+      gram = _kron.gram(g, axis - 1).astype(q.dtype)
+
+      def factor(lam, q, gram):
+        s = beta_s * _kron.rebuild(lam, q) + (1 - beta_s) * gram
+        lam_new, q_new = _kron.descending_eigh(s)
+        return lam_new, q_new, jnp.argsort(-_kron.rayleigh(s, q), axis=-1)
+
+      lam_new, q_new, idx = work.on_owners(factor, lam, q, gram)
       lam_new, q_new, idx = work.to_all(
           count, lam_new.astype(lam.dtype), q_new.astype(q.dtype), idx
       )
