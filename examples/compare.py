@@ -313,6 +313,10 @@ def train_once(config, workdir) -> dict:
     return summary
   summary = train.train_and_evaluate(config, workdir, verbose=False)
   summary["reused"] = False
+  # Every run compiles new programs; a sweep's process kept them all and
+  # failed after about 130 LM runs ("LLVM compilation error: Cannot
+  # allocate memory", then a segmentation fault).
+  jax.clear_caches()
   return summary
 
 
