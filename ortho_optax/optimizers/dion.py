@@ -60,8 +60,11 @@ def dion(
   defaults to 1 and its 160M configuration uses 1/2; 1/4 is the fraction
   the paper reports as matching full rank at 3B parameters; at the widths
   of our examples a quarter kept 16-32 directions and trained far behind
-  Muon, issue 25), and ``weight_decay=0`` (the reference's 0.01; every
-  optimizer here defaults to 0). The reference's ``lr`` default is 0.01.
+  Muon: +0.146 nats/byte against ``optax.contrib.muon`` on ``lm``, where
+  the default rule keeps the whole shorter side and Dion is +0.033 behind,
+  its default rate 0.02 the best of seven octaves; issue 25), and
+  ``weight_decay=0`` (the reference's 0.01; every optimizer here defaults
+  to 0). The reference's ``lr`` default is 0.01.
 
   Compute: Dion runs no Newton-Schulz, so it saves matmul FLOPs against
   :func:`muon` at every width, at full rank too. On a block of the
