@@ -76,7 +76,8 @@ def shampoo(
     b2: the statistics' and the graft's decay.
     eps: the roots' epsilon, relative to the largest eigenvalue.
     graft: ``"adam"`` or ``None`` (Shampoo's own scale).
-    graft_eps: the graft's epsilon.
+    graft_eps: the graft's epsilon, relative (see
+      :func:`scale_by_shampoo`, Range).
     nesterov: Nesterov momentum.
     precondition_every: the roots' period (static; ``None``: 10).
     start_preconditioning_step: the first step using the roots (static;

@@ -76,7 +76,8 @@ def soap(
       :func:`~ortho_optax.recommended_learning_rate`).
     b1: Adam's :math:`\beta_1` in the eigenbasis.
     b2: Adam's :math:`\beta_2` in the eigenbasis.
-    eps: Adam's epsilon.
+    eps: Adam's epsilon, in units of each matrix's largest
+      :math:`\sqrt{V}` (see :func:`scale_by_soap`, Range).
     shampoo_beta: decay of the statistics; ``None``: ``b2``.
     precondition_every: refresh period of the bases (static; ``None``: 10).
     max_precond_dim: sides above it are not preconditioned (static;
