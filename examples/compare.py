@@ -1063,6 +1063,82 @@ def recommend_defaults(tables: list[dict], current=None) -> dict:
   return {"table": text, "optimizers": out}
 
 
+# Issue 25's targets for a default: the regret averaged over the tasks of a
+# metric, and on any single task (``REGRET_LIMIT``).
+MEAN_REGRET_LIMIT = {"loss": 0.01, "accuracy": 0.005}
+
+
+def default_regrets(tables: list[dict]) -> dict:
+  """Each optimizer's regret at its default, on every seed, against targets.
+
+  The regret on a task is ``default_worse_than_best`` averaged over the
+  seeds: the default's value minus the own best swept rate's, seed by
+  seed (positive: the default is worse). The targets: averaged over the
+  tasks of each metric, at most ``MEAN_REGRET_LIMIT`` (0.01 nats over the
+  LMs, 0.5% on the digits); on any single task at most ``REGRET_LIMIT``
+  (0.02 nats, 1%).
+
+  Args:
+    tables: the tasks' ``compare`` results (or their ``compare.json``).
+
+  Returns:
+    ``{"table": Markdown, "optimizers": {optimizer: {"default",
+    "regrets": {task: regret}, "means": {metric: mean}, "meets": bool}}}``.
+  """
+  names: list[str] = []
+  for t in tables:
+    names += [r["optimizer"] for r in t["rows"] if r["optimizer"] not in names]
+  out = {}
+  for name in names:
+    per_task, metric_of, default = {}, {}, None
+    for t in tables:
+      row = next((r for r in t["rows"] if r["optimizer"] == name), None)
+      if row is None:
+        continue
+      g = _mean(row.get("default_worse_than_best") or [])
+      if g is None:
+        continue
+      per_task[t["task"]] = max(g, 0.0)
+      metric_of[t["task"]] = t.get("metric", "loss")
+      default = row["default_lr"]
+    means = {}
+    for metric in sorted(set(metric_of.values())):
+      means[metric] = statistics.mean(
+          g for task, g in per_task.items() if metric_of[task] == metric)
+    meets = (all(g <= REGRET_LIMIT[metric_of[task]] + 1e-12
+                 for task, g in per_task.items())
+             and all(m <= MEAN_REGRET_LIMIT[k] + 1e-12
+                     for k, m in means.items()))
+    out[name] = {"default": default, "regrets": per_task, "means": means,
+                 "meets": meets, "metric_of": metric_of}
+  tasks = [t["task"] for t in tables]
+
+  def fmt(g, metric):
+    return f"{100 * g:.2f}%" if metric == "accuracy" else f"{g:.4f}"
+
+  metrics = sorted({t.get("metric", "loss") for t in tables})
+  lines = [
+      "Regret at the default: its gap to the optimizer's own best swept"
+      " rate on the task, seed by seed, averaged over the seeds (nats of"
+      " best validation loss; points of best test accuracy). Targets:"
+      " averaged over the tasks of a metric at most 0.01 nats and 0.5%;"
+      " on any single task at most 0.02 nats and 1%.",
+      "",
+      "| optimizer | default | " + " | ".join(tasks) + " | "
+      + " | ".join(f"mean ({m})" for m in metrics) + " | targets met |",
+      "|---|---|" + "---|" * (len(tasks) + len(metrics)) + "---|",
+  ]
+  for name, r in out.items():
+    cells = [fmt(r["regrets"][t], r["metric_of"][t])
+             if t in r["regrets"] else "-" for t in tasks]
+    cells += [fmt(r["means"][m], m) if m in r["means"] else "-"
+              for m in metrics]
+    lines.append(f"| {name} | {_fmt(r['default'], '.3g')} | "
+                 + " | ".join(cells)
+                 + f" | {'yes' if r['meets'] else 'no'} |")
+  return {"table": "\n".join(lines) + "\n", "optimizers": out}
+
+
 def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
                   *, steps=None, quick=False, reuse_only=False,
                   extend_edges=0) -> dict:
@@ -1097,14 +1173,16 @@ def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
 
 
 def write_summary(tables: list[dict], out) -> dict:
-  """Writes ``summary.md``, ``summary.json`` and ``defaults.md`` to ``out``.
+  """Writes ``summary.md``, ``summary.json``, ``defaults.md`` and
+  ``regrets.md`` (``default_regrets``) to ``out``.
 
   Args:
     tables: the tasks' ``compare`` results (or their ``compare.json``).
     out: the results directory.
 
   Returns:
-    ``{"summary": the Markdown summary, "defaults": recommend_defaults'}``.
+    ``{"summary": the Markdown summary, "defaults": recommend_defaults',
+    "regrets": default_regrets'}``.
   """
   out = pathlib.Path(out)
   out.mkdir(parents=True, exist_ok=True)
@@ -1116,9 +1194,11 @@ def write_summary(tables: list[dict], out) -> dict:
        for t in tables], indent=2))
   defaults = recommend_defaults(tables)
   (out / "defaults.md").write_text(defaults["table"] + "\n" + SCALING_NOTES)
+  regret = default_regrets(tables)
+  (out / "regrets.md").write_text(regret["table"])
   print("\n" + summary, flush=True)
   print(f"Wrote {out / 'summary.md'} and {out / 'defaults.md'}.")
-  return {"summary": summary, "defaults": defaults}
+  return {"summary": summary, "defaults": defaults, "regrets": regret}
 
 
 def read_tables(results_dir) -> list[dict]:

@@ -325,6 +325,36 @@ def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):
       read[2:4], current={"muon": 0.02})["table"] == out["table"]
 
 
+def test_default_regrets_checks_the_issue_targets():
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  def table(task, metric, rows):
+    return {"task": task, "metric": metric, "rows": [
+        {"optimizer": n, "default_lr": 0.02, "default_worse_than_best": own}
+        for n, own in rows]}
+
+  tables = [
+      # "a": within 0.02 on each LM, but 0.015 on average (> 0.01).
+      # "b": 0.004 and 0.012 on the LMs (mean 0.008), 0.4% on the digits.
+      # "c": the digits 1.2% (> 1%) on one seed average.
+      table("lm", "loss", [("a", [0.01, 0.02]), ("b", [0.004, 0.004]),
+                           ("c", [0.0, 0.0])]),
+      table("lm_deep", "loss", [("a", [0.015, 0.015]), ("b", [0.02, 0.004]),
+                                ("c", [-0.01, 0.0])]),
+      table("digits_cnn", "accuracy", [("a", [0.0, 0.0]),
+                                       ("b", [0.002, 0.006]),
+                                       ("c", [0.012, 0.012])]),
+  ]
+  out = compare.default_regrets(tables)["optimizers"]
+  assert out["a"]["means"]["loss"] == pytest.approx(0.015)
+  assert [out[n]["meets"] for n in "abc"] == [False, True, False]
+  # A default better than the own best on a seed's average counts as 0.
+  assert out["c"]["regrets"]["lm_deep"] == 0.0
+  text = compare.default_regrets(tables)["table"]
+  assert "| b | 0.02 | 0.0040 | 0.0120 | 0.40% | 0.40% | 0.0080 | yes |" \
+      in text
+
+
 def test_steps_to_reach_interpolates():
   from examples import compare  # pylint: disable=g-import-not-at-top
 
