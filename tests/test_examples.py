@@ -313,6 +313,19 @@ def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):
          table("d", "loss", [(0.01, 0, 1.0), (0.02, 0, 1.01)])]
   assert compare.recommend_defaults(tie)["optimizers"]["muon"][
       "recommended"] == 0.01
+  # A sweep on two seeds: their mean ranks the rates; a rate missing a
+  # seed of the sweep is left out.
+  two = table("a", "loss", [(0.01, 0, 1.0), (0.01, 1, 1.1), (0.02, 0, 1.04),
+                            (0.02, 1, 1.0), (0.04, 0, 0.9)])
+  two["rows"][0]["sweep_seeds"] = [0, 1]
+  assert compare.regrets(two["rows"][0], "loss") == pytest.approx(
+      {0.01: 0.03, 0.02: 0.0})
+  res = {"lrs": [0.01, 0.02], "runs": {
+      (x["lr"], x["seed"]): x for x in two["rows"][0]["runs"]}}
+  assert compare._past_the_edge(res, [0, 1], compare._sort_key("loss")) \
+      == pytest.approx(0.04)
+  assert compare._past_the_edge(res, [0], compare._sort_key("loss")) \
+      == pytest.approx(0.005)
   # From the tasks' compare.json: the tasks of TASKS first, in its order.
   for t in [table("zz", "loss", [(0.02, 0, 1.0)]),
             table("digits_cnn", "accuracy", [(0.02, 0, 1.0)]),
