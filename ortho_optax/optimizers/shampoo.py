@@ -69,9 +69,6 @@ def shampoo(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.003`` (provisional: the best of an octave sweep on
-      the lm task only, one seed;
-      :func:`~ortho_optax.recommended_learning_rate`).
     b1: the momentum of the grafted update.
     b2: the statistics' and the graft's decay.
     eps: the roots' epsilon, relative to the largest eigenvalue.

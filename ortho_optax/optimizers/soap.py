@@ -71,9 +71,6 @@ def soap(
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
-      Recommended: ``0.006`` (provisional: the best of an octave sweep on
-      the lm task only, one seed; the reference's default is 0.003;
-      :func:`~ortho_optax.recommended_learning_rate`).
     b1: Adam's :math:`\beta_1` in the eigenbasis.
     b2: Adam's :math:`\beta_2` in the eigenbasis.
     eps: Adam's epsilon, in units of each matrix's largest
@@ -104,7 +101,7 @@ def soap(
     >>> import jax, jax.numpy as jnp, optax
     >>> import ortho_optax
     >>> params = {"w": jnp.ones((16, 32)), "b": jnp.zeros(32)}
-    >>> tx = ortho_optax.soap(0.006)
+    >>> tx = ortho_optax.soap(0.012)
     >>> state = tx.init(params)
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, state, params)
