@@ -64,12 +64,13 @@ def auon(
   AuON trails Muon on language models, as its paper's own LM table does
   (final loss 0.43 against Muon's 0.04). On the examples' byte-level LM
   (``lm``, seven octaves of learning rate, 2 seeds;
-  ``examples/results/octaves``) its best rate, 0.05 (the default), ends
-  0.21 nats/byte behind ``optax.contrib.muon`` at its own best; it does
-  not reach AdamW's best loss in 600 steps. On the deeper ``lm_deep`` its
-  best rate is 0.025, 0.30 behind, and 0.05 is 0.08 behind that. On the
-  digits CNN its best rate, 0.2, is within 0.2 points of
-  ``optax.contrib.muon``'s best accuracy.
+  ``examples/results/octaves``) its best rate, 0.05, ends 0.21 nats/byte
+  behind ``optax.contrib.muon`` at its own best, the default 0.025 0.34
+  behind; it does not reach AdamW's best loss in 600 steps. On the deeper
+  ``lm_deep`` 0.025 is its best rate (0.30 behind), and 0.05 is 0.08
+  behind that on one seed and 0.44 on the other. On the digits CNN its
+  best rate, 0.2, is within 0.2 points of ``optax.contrib.muon``'s best
+  accuracy.
 
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW

@@ -70,10 +70,11 @@ def dion2(
 
   Trained against ``optax.contrib.muon`` on the examples' ``lm`` (width
   128, so the default rank keeps every direction; seven octaves of learning
-  rate, 2 seeds; ``examples/results/octaves``), Dion2 ends +0.144
-  nats/byte behind at its default rate 0.04 and +0.038 at its best, 0.02
-  (at rank 1/4, the earlier default, +0.24): it trails Muon at these
-  widths.
+  rate, 2 seeds; ``examples/results/octaves``), Dion2 ends +0.038
+  nats/byte behind at its default rate, 0.02, its best there (+0.144 at
+  0.04, the earlier default; +0.24 at rank 1/4, the earlier default
+  rank); on the deeper ``lm_deep`` +0.107 at 0.02 and +0.088 at its
+  best, 0.01. It trails Muon at these widths.
 
   Defaults follow microsoft/dion's ``Dion2`` (``fraction`` 0.25,
   ``ef_decay`` 0.95, Polar Express with epsilon 1e-8, AdamW betas (0.9,

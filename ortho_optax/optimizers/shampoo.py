@@ -66,6 +66,12 @@ def shampoo(
   a coupled Newton iteration) every 10 steps from the first
   (``start_preconditioning_step`` 1; the reference's 5).
 
+  Trained on the examples' byte-level LMs (``examples/results/octaves``,
+  seven octaves of learning rate, 2 seeds), Shampoo at 0.003 ends 0.030
+  behind ``optax.contrib.muon`` on ``lm`` and 0.029 ahead on
+  ``lm_deep``, reaching AdamW's best loss in 0.49x and 0.63x of AdamW's
+  steps.
+
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.

@@ -68,6 +68,13 @@ def soap(
   ``weight_decay=0`` (the reference's 0.01; every optimizer here defaults
   to 0). The reference's ``lr`` default is 3e-3.
 
+  Trained on the examples' byte-level LMs (``examples/results/octaves``,
+  seven octaves of learning rate, 2 seeds), SOAP at 0.012 ends 0.077
+  (``lm``) and 0.049 (``lm_deep``) nats/byte behind
+  ``optax.contrib.muon``, reaching AdamW's best loss in 0.62x and 0.75x of
+  AdamW's steps; refreshed every step (``precondition_every=1``, 2.4x the
+  FLOPs) it matched Muon on ``lm`` (seed 0, at 0.006).
+
   Args:
     learning_rate: learning rate (or schedule) of the matrices, and of AdamW
       unless ``adam_learning_rate`` is given.
