@@ -551,7 +551,9 @@ def _initial_statistics(tree):
     exact = dataclasses.replace(STATISTIC_FORMAT, stochastic=False)
     return QuantizedStatistic(x, _quantized.quantize(zeros, exact))
 
-  return jax.tree.map(one, tree)
+  # Built from the parameters' tree: a Flax NNX Variable around a
+  # QuantizedStatistic would not survive nnx.split (storage.as_arrays).
+  return jax.tree.map(one, _storage.as_arrays(tree))
 
 
 def _load_statistics(tree):
