@@ -6,8 +6,10 @@ counted from ``jax.eval_shape`` (nothing is allocated or timed), with the
 state in float32 and with ``mu_dtype = nu_dtype`` = each quantized format,
 and each format's ratio to float32. A second table gives ``shampoo`` and
 ``soap``'s preconditioner state (statistics and roots or eigenbases) in
-float32 and with ``precond_dtype`` q8 / q4 (eigenvectors as block codes,
-eigenvalues in float32), each format's ratio to the same optimizer's float32
+float32 and with ``precond_dtype`` q8 / q4 (eigenvectors as block codes;
+Shampoo's eigenvalues in float32, SOAP's statistics in their bases as a
+float32 diagonal and 8-bit off-diagonals), each format's ratio to the same
+optimizer's float32
 preconditioner state, and the whole state's. Run from the repository root::
 
   python benchmarks/state_memory.py [--formats q8,q4,n4]

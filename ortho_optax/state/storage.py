@@ -255,6 +255,8 @@ ELEMENTWISE_NU_SALT = 7  # AdaMuon's elementwise second moment
 SOAP_MU_SALT, SOAP_NU_SALT = 8, 9  # SOAP's Adam moments
 SHAMPOO_MU_SALT, SHAMPOO_NU_SALT = 10, 11  # Shampoo's momentum and graft
 PRECOND_LEFT_SALT, PRECOND_RIGHT_SALT = 12, 13  # eigenvector matrices
+# Quantized SOAP's statistics (their normalized off-diagonals).
+PRECOND_STAT_LEFT_SALT, PRECOND_STAT_RIGHT_SALT = 14, 15
 
 
 def store(tree, storage: Storage, like, count=None, salt: int = 0):

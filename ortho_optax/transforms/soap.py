@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
 from typing import NamedTuple
 
 import jax
@@ -10,8 +12,11 @@ import optax
 
 from ortho_optax import checks as _checks
 from ortho_optax import routing as _routing
+from ortho_optax.engines import lapack as _lapack
+from ortho_optax.engines import matrix_roots as _matrix_roots
 from ortho_optax.parallel import sharding as _sharding
 from ortho_optax.parallel import stateful as _stateful
+from ortho_optax.state import quantized as _quantized
 from ortho_optax.state import storage as _storage
 from ortho_optax.transforms import kronecker as _kron
 from ortho_optax.transforms import low_rank as _low_rank
@@ -31,18 +36,18 @@ class ScaleBySoapState(NamedTuple):
       (each matrix's projected moment in its parameter's layout).
     nu: Adam's second moment in the eigenbasis, ``(B, m, n)`` per matrix.
     left: the left statistic :math:`L`, ``(B, m, m)``; with a quantized
-      ``precond_dtype`` its eigenvalues, ``(B, m)``; ``(B, 0, 0)`` for an
-      identity side.
-    right: the right statistic :math:`R`, ``(B, n, n)`` (or its
-      eigenvalues, ``(B, n)``).
+      ``precond_dtype`` a :class:`QuantizedStatistic`, :math:`Q_L^H L Q_L`
+      in the stored basis; ``(B, 0, 0)`` for an identity side.
+    right: the right statistic :math:`R`, ``(B, n, n)`` (or a
+      :class:`QuantizedStatistic`).
     q_left: the eigenbasis :math:`Q_L`, ``(B, m, m)`` (quantized for a
       quantized ``precond_dtype``).
     q_right: the eigenbasis :math:`Q_R`, ``(B, n, n)``.
     scale_exponent: ``(B, 2)``, integers in float32: ``mu`` holds
-      :math:`M / 2^{e_0}`, ``nu`` and the dense ``left``, ``right``
-      :math:`V / 4^{e_0}`, :math:`L / 4^{e_0}`, :math:`R / 4^{e_0}`; a quantized
-      ``precond_dtype``'s eigenvalues are in units of :math:`4^{e_1}` (see
-      Range).
+      :math:`M / 2^{e_0}`, ``nu`` and the statistics (a quantized one's
+      diagonal) :math:`V / 4^{e_0}`, :math:`L / 4^{e_0}`, :math:`R /
+      4^{e_0}` (see Range); :math:`e_1 = e_0` (the unit of the statistics
+      the bases were computed from).
   """
 
   count: jax.Array  # type: ignore[assignment]  # shape (), int32
@@ -53,6 +58,31 @@ class ScaleBySoapState(NamedTuple):
   q_left: optax.Updates
   q_right: optax.Updates
   scale_exponent: optax.Updates
+
+
+class QuantizedStatistic(NamedTuple):
+  """One side's statistic with a quantized ``precond_dtype``.
+
+  The statistic :math:`S = Q^H L Q` in the side's stored (rectified)
+  eigenbasis :math:`Q`, nearly diagonal, kept as its diagonal and its
+  off-diagonal normalized by the diagonal, :math:`C_{ij} = S_{ij} /
+  \\sqrt{S_{ii} S_{jj}}` (:math:`|C_{ij}| \\le 1`), in 8-bit codes.
+
+  Attributes:
+    diagonal: :math:`\\mathrm{diag}(S)`, ``(B, k)`` float32 (in the units
+      of ``scale_exponent``).
+    correlation: :math:`C` with a zero diagonal, ``(B, k, k)``, a
+      ``QuantizedArray`` of :data:`STATISTIC_FORMAT`.
+  """
+
+  diagonal: jax.Array
+  correlation: Any
+
+
+# The off-diagonal of a quantized SOAP statistic: 8-bit codes, rounded
+# stochastically (it is written every step; rounding to nearest could
+# swallow the (1 - beta) G G^H of a step, or keep a decayed entry).
+STATISTIC_FORMAT = _quantized.QuantFormat("q8", stochastic=True)
 
 
 def scale_by_soap(
@@ -113,18 +143,40 @@ def scale_by_soap(
   decays before, as ``optax.adamw``). Complex matrices use conjugate
   transposes and :math:`|G'|^2`.
 
-  Quantized preconditioner (``precond_dtype="q8"`` / ``"q4"``), after
-  4-bit Shampoo: the state of each side is its eigenbasis as block codes
-  and the eigenvalues of its statistic in float32, :math:`L =
-  Q \Lambda Q^H`; no dense statistic is kept. The statistics are then
-  updated at the refresh steps only (4-bit Shampoo's interval :math:`T_1`,
-  here ``precondition_every``): :math:`Q` is read back and rectified by
-  ``bjorck_steps`` Björck steps, :math:`L = \beta_s Q \Lambda Q^H +
-  (1 - \beta_s) G G^H` is factored by ``eigh`` and :math:`V` is permuted
-  to the new basis as above. On the lm example (one seed, 600 steps) this
-  cost SOAP about 0.05 nats/byte against float32, q8 and q4 alike (the
-  power step and QR in place of ``eigh`` did no better); Shampoo's 4-bit
-  state trained as well as float32.
+  Quantized preconditioner (``precond_dtype="q8"`` / ``"q4"``): the
+  eigenbases are kept as block codes (4-bit Shampoo) and read back with
+  ``bjorck_steps`` Björck steps, :math:`\hat Q`; each statistic is kept in
+  its basis, :math:`S = \hat Q^H L \hat Q` (nearly diagonal), as its
+  diagonal in float32 and its off-diagonal normalized by the diagonal,
+  :math:`S_{ij} / \sqrt{S_{ii} S_{jj}} \in [-1, 1]`, in 8-bit codes with
+  stochastic rounding (:class:`QuantizedStatistic`). Every step adds the
+  gradient as the float path does, :math:`S \leftarrow \beta_s S + (1 -
+  \beta_s) (\hat Q^H G)(\hat Q^H G)^H` (and likewise :math:`G \hat
+  Q_R`: one product more than the float path, the other two are the
+  projection's), and the refreshes are the float path's in these
+  coordinates: the power step and QR of :math:`L \hat Q = \hat Q^{-H} S`,
+  the new basis rounded and read back, and :math:`S` carried over to it
+  exactly (:math:`W^H S W`, :math:`W = \hat Q^{-1} \hat Q'`), as are
+  :math:`M` (:math:`W_L^H M W_R`) and, permuted, :math:`V`. So the
+  statistics are float SOAP's up to the 8-bit rounding of their
+  off-diagonals (relative error about 1e-2), whatever the rounding of the
+  bases, and the bases are float SOAP's power iteration up to their own
+  rounding. The preconditioner state is about 0.19x float32's with
+  ``"q4"`` (0.25x with ``"q8"``): ``benchmarks/state_memory.py``.
+
+  This differs from 4-bit Shampoo (Wang et al., 2024), which quantizes the
+  eigenvectors with float32 eigenvalues, :math:`L = Q \Lambda Q^H`, and
+  updates :math:`L` at its refresh interval from that step's gradient
+  alone; this module did so before (Shampoo still does): SOAP then lost
+  the gradients between refreshes (9 of 10 at the default period), and
+  its Adam moments, tied to the basis coordinates, followed a basis
+  refactored by ``eigh`` from a statistic rebuilt out of rounded
+  eigenvectors. On the lm example (600 steps, lr 0.006, best validation
+  loss, one seed) that cost 0.047 (q8) and 0.057 (q4) against float32;
+  see ``benchmarks/results/second_order_cpu.md`` for the current paired
+  comparison. Checkpoints of quantized SOAP from before have another
+  state layout (eigenvalues ``(B, k)`` in ``left`` / ``right``) and do not
+  restore.
 
   Range: the update does not depend on the scale of the gradients, from
   float32's smallest normal numbers to its largest: the statistics and
@@ -156,7 +208,8 @@ def scale_by_soap(
     correct_bias: Adam's bias correction (static).
     precond_dtype: storage of :math:`L, R, Q_L, Q_R`: ``None`` (float32, or
       complex64), a floating dtype, or a quantized format (``"q8"``,
-      ``"q4"``, a :class:`QuantFormat`; see above).
+      ``"q4"``, a :class:`QuantFormat`: the bases' codes, rounded to
+      nearest; the statistics are then kept as above).
     bjorck_steps: Björck steps after reading back a quantized basis (an
       int, static; ``None``: 1).
     mu_dtype: storage of :math:`M` (``None``: the parameters' dtype, float32
@@ -229,15 +282,47 @@ def scale_by_soap(
         precond_storage=pstorage,
         max_precond_dim=max_precond_dim,
     )
+    left, right = s.left, s.right
+    if quantized:
+      left, right = _initial_statistics(left), _initial_statistics(right)
     return ScaleBySoapState(
         count=s.count,
         mu=s.mu,
         nu=s.nu,
-        left=s.left,
-        right=s.right,
+        left=left,
+        right=right,
         q_left=s.basis_left,
         q_right=s.basis_right,
         scale_exponent=s.scale_exponent,
+    )
+
+  def adam(g, gp, m, v, ql_w, qr_w, first, t):
+    """Adam in the eigenbasis on the projected gradient ``gp``: the update
+    and the new moments (kept on the first step)."""
+    rd = _kron.real_dtype(g.dtype)
+    beta1 = _momentum.hyperparameter(b1, g)
+    beta2 = _momentum.hyperparameter(b2, g)
+    m_new = beta1 * m + (1 - beta1) * gp
+    v_new = beta2 * v.astype(rd) + (1 - beta2) * jnp.abs(gp) ** 2
+    rv = jnp.sqrt(v_new)
+    u = _kron.project_back(
+        m_new / (rv + _kron.relative_eps(eps, rv)).astype(rd), ql_w, qr_w
+    )
+    if correct_bias:
+      u = u * (jnp.sqrt(1 - beta2**t) / (1 - beta1**t))
+    if normalize_grads:
+      rms = jnp.sqrt(jnp.mean(jnp.abs(u) ** 2, axis=(-2, -1), keepdims=True))
+      u = u / (1e-30 + rms)
+    u = jnp.where(first, 0, u)
+    m_new = jnp.where(first, m, m_new)
+    v_new = jnp.where(first, v.astype(rd), v_new)
+    return u, m_new, v_new
+
+  def shampoo_beta_of(g):
+    beta2 = _momentum.hyperparameter(b2, g)
+    return (
+        beta2 if shampoo_beta is None
+        else _momentum.hyperparameter(shampoo_beta, g)
     )
 
   def update_fn(updates, state, params=None):
@@ -254,81 +339,117 @@ def scale_by_soap(
       (count,) = operands
       v, sl, sr, ql, qr, ex = extras
       rd = _kron.real_dtype(g.dtype)
-      beta1 = _momentum.hyperparameter(b1, g)
-      beta2 = _momentum.hyperparameter(b2, g)
-      beta_s = (
-          beta2 if shampoo_beta is None
-          else _momentum.hyperparameter(shampoo_beta, g)
-      )
+      beta_s = shampoo_beta_of(g)
       first = count == 1
       t = jnp.maximum(count - 1, 1).astype(rd)
-      # Units: M in units of 2^e, V, L, R in 4^e (a quantized basis's
-      # eigenvalues in 4^e_root).
-      e_old, e_root = (ex[:, i].astype(jnp.int32) for i in (0, 1))
-      e = _kron.unit_exponent(
-          e_old, g, (v,) if quantized else (v, sl, sr)
-      )
+      # Units: M in units of 2^e, V, L, R in 4^e.
+      e_old = ex[:, 0].astype(jnp.int32)
+      e = _kron.unit_exponent(e_old, g, (v, sl, sr))
       shift = e_old - e
       m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
-      if not quantized:
-        sl, sr = _kron.ldexp(sl, 2 * shift), _kron.ldexp(sr, 2 * shift)
+      sl, sr = _kron.ldexp(sl, 2 * shift), _kron.ldexp(sr, 2 * shift)
       g = _kron.ldexp(g, -e)
       ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
       gp = _kron.project(g, ql_w, qr_w)
-      m_new = beta1 * m + (1 - beta1) * gp
-      v_new = beta2 * v.astype(rd) + (1 - beta2) * jnp.abs(gp) ** 2
-      rv = jnp.sqrt(v_new)
-      u = _kron.project_back(
-          m_new / (rv + _kron.relative_eps(eps, rv)).astype(rd), ql_w, qr_w
-      )
-      if correct_bias:
-        u = u * (jnp.sqrt(1 - beta2**t) / (1 - beta1**t))
-      if normalize_grads:
-        rms = jnp.sqrt(jnp.mean(jnp.abs(u) ** 2, axis=(-2, -1), keepdims=True))
-        u = u / (1e-30 + rms)
-      u = jnp.where(first, 0, u)
-      m_new = jnp.where(first, m, m_new)
-      v_new = jnp.where(first, v.astype(rd), v_new)
+      u, m_new, v_new = adam(g, gp, m, v, ql_w, qr_w, first, t)
       refresh = _kron.refresh_predicate(
           first | ((count - 1) % precondition_every == 0)
       )
-      if quantized:
-        sl, sr, ql, qr, v_new, m_new = _refresh_quantized(
-            g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
-            placement, 2 * (e_root - e),
-        )
-        e_root = jnp.where(refresh, e, e_root)
-      else:
-        sl, sr, ql, qr, v_new, m_new = _refresh(
-            g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
-            placement,
-        )
-        e_root = e
-      exps = jnp.stack([e, e_root], axis=-1).astype(jnp.float32)
+      sl, sr, ql, qr, v_new, m_new = _refresh(
+          g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
+          placement,
+      )
+      exps = jnp.stack([e, e], axis=-1).astype(jnp.float32)
       return u, m_new, (v_new, sl, sr, ql, qr, exps)
 
-    updates, mu, (nu, left, right, q_left, q_right, exps) = (
-        _stateful.map_matrix_groups(
-            step, updates, mu,
-            (nu, state.left, state.right, q_left, q_right,
-             state.scale_exponent),
-            dns, sharding, layouts, operands=(count,),
-        )
-    )
+    def quantized_step(g, m, extras, placement, transposed, operands):
+      del transposed
+      (count,) = operands
+      v, dl, dr, cl, cr, ql, qr, qlc, qls, qrc, qrs, ex = extras
+      rd = _kron.real_dtype(g.dtype)
+      beta_s = shampoo_beta_of(g)
+      first = count == 1
+      t = jnp.maximum(count - 1, 1).astype(rd)
+      # Units: M in units of 2^e; V and the statistics' diagonals in 4^e
+      # (the normalized off-diagonals have none).
+      e_old = ex[:, 0].astype(jnp.int32)
+      e = _kron.unit_exponent(e_old, g, (v, dl, dr))
+      shift = e_old - e
+      m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
+      dl, dr = _kron.ldexp(dl, 2 * shift), _kron.ldexp(dr, 2 * shift)
+      g = _kron.ldexp(g, -e)
+      ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
+      # G Q_R, Q_L^H G and G' = Q_L^H G Q_R: the statistics in the stored
+      # bases, S_L = Q_L^H L Q_L and S_R = Q_R^H R Q_R, take Q_L^H G G^H Q_L
+      # and Q_R^H G^H G Q_R, exactly so for bases not quite orthonormal
+      # (read back and rectified). The first step has no basis yet: its
+      # statistics are in the identity's.
+      gr = g @ qr_w if qr_w.shape[-1] else g
+      gl = _kron.ht(ql_w) @ g if ql_w.shape[-1] else g
+      gp = _kron.ht(ql_w) @ gr if ql_w.shape[-1] else gr
+      u, m_new, v_new = adam(g, gp, m, v, ql_w, qr_w, first, t)
+      stats = []
+      for axis, (d, c, x) in enumerate(((dl, cl, gl), (dr, cr, gr))):
+        if c.shape[-1]:
+          gram = _kron.gram(jnp.where(first, g, x), axis).astype(c.dtype)
+          d = (beta_s * _join(d, c) + (1 - beta_s) * gram).astype(c.dtype)
+        stats.append(d)
+      refresh = _kron.refresh_predicate(
+          first | ((count - 1) % precondition_every == 0)
+      )
+      (sl, sr), ((qlc, qls), (qrc, qrs)), v_new, m_new = _refresh_quantized(
+          tuple(stats), (ql, qr), ((qlc, qls), (qrc, qrs)), v_new, m_new,
+          refresh, first, placement, pstorage, bjorck_steps,
+      )
+      (dl, cl), (dr, cr) = _split(sl), _split(sr)
+      exps = jnp.stack([e, e], axis=-1).astype(jnp.float32)
+      return u, m_new, (
+          v_new, dl, dr, cl, cr, ql, qr, qlc, qls, qrc, qrs, exps
+      )
+
+    if quantized:
+      dl, cl = _load_statistics(state.left)
+      dr, cr = _load_statistics(state.right)
+      # The bases' codes and scales travel with the step, which writes them
+      # on refresh steps (the basis it carries the statistic over to is the
+      # one read back from exactly these codes).
+      codes = [
+          jax.tree.map(
+              lambda b, f=f: getattr(b, f), q,
+              is_leaf=_storage.is_quantized_leaf,
+          )
+          for q in (state.q_left, state.q_right) for f in ("codes", "scales")
+      ]
+      updates, mu, (nu, dl, dr, cl, cr, _, _, *codes, exps) = (
+          _stateful.map_matrix_groups(
+              quantized_step, updates, mu,
+              (nu, dl, dr, cl, cr, q_left, q_right, *codes,
+               state.scale_exponent),
+              dns, sharding, layouts, operands=(count,),
+          )
+      )
+      q_left = _with_codes(state.q_left, *codes[:2])
+      q_right = _with_codes(state.q_right, *codes[2:])
+      left = _store_statistics(
+          dl, cl, state.left, count, _storage.PRECOND_STAT_LEFT_SALT
+      )
+      right = _store_statistics(
+          dr, cr, state.right, count, _storage.PRECOND_STAT_RIGHT_SALT
+      )
+    else:
+      updates, mu, (nu, left, right, q_left, q_right, exps) = (
+          _stateful.map_matrix_groups(
+              step, updates, mu,
+              (nu, state.left, state.right, q_left, q_right,
+               state.scale_exponent),
+              dns, sharding, layouts, operands=(count,),
+          )
+      )
     mu = _storage.store(
         mu, mu_storage, state.mu, count, salt=_storage.SOAP_MU_SALT
     )
     nu = _storage.store(
         nu, nu_storage, state.nu, count, salt=_storage.SOAP_NU_SALT
-    )
-    refresh = (count - 1) % precondition_every == 0
-    q_left = _kron.store_basis(
-        q_left, pstorage, state.q_left, count, _storage.PRECOND_LEFT_SALT,
-        refresh,
-    )
-    q_right = _kron.store_basis(
-        q_right, pstorage, state.q_right, count,
-        _storage.PRECOND_RIGHT_SALT, refresh,
     )
     return updates, ScaleBySoapState(
         count=count, mu=mu, nu=nu, left=left, right=right,
@@ -406,51 +527,176 @@ def _refresh(g, stats, bases, v, m, beta_s, refresh, first, placement):
   return (*new_stats, ql, qr, v, m)
 
 
-def _refresh_quantized(g, eigs, bases, v, m, beta_s, refresh, first,
-                       placement, shift):
-  """:func:`_refresh` for a quantized preconditioner: on ``refresh`` steps
-  only, :math:`L = \\beta_s Q \\Lambda Q^H + (1 - \\beta_s) G G^H` is
-  factored again by ``eigh`` (the stored eigenvalues first brought to the
-  gradient's units, times ``2^shift``), ``v`` permuted and ``m`` rotated
-  to the new basis."""
-  count = g.shape[0]
+def _is_statistic(x) -> bool:
+  return isinstance(x, QuantizedStatistic)
+
+
+def _with_codes(like, codes, scales):
+  """The quantized bases ``like`` with new ``codes`` and ``scales``."""
+  return jax.tree.map(
+      lambda b, c, s: dataclasses.replace(b, codes=c, scales=s),
+      like, codes, scales, is_leaf=_storage.is_quantized_leaf,
+  )
+
+
+def _initial_statistics(tree):
+  """The zero :class:`QuantizedStatistic` of each preconditioned side
+  (``tree``: :func:`kronecker.initial_state`'s eigenvalues ``(B, k)``;
+  identity sides ``(B, 0, 0)`` stay)."""
+
+  def one(x):
+    if x.ndim != 2:
+      return x
+    zeros = jnp.zeros_like(x)[:, :, None] * jnp.zeros_like(x)[:, None, :]
+    exact = dataclasses.replace(STATISTIC_FORMAT, stochastic=False)
+    return QuantizedStatistic(x, _quantized.quantize(zeros, exact))
+
+  # Built from the parameters' tree: a Flax NNX Variable around a
+  # QuantizedStatistic would not survive nnx.split (storage.as_arrays).
+  return jax.tree.map(one, _storage.as_arrays(tree))
+
+
+def _load_statistics(tree):
+  """The diagonals and the dequantized normalized off-diagonals of the
+  statistics (identity sides: their ``(B, 0, 0)`` twice)."""
+  diag = jax.tree.map(
+      lambda s: s.diagonal if _is_statistic(s) else s, tree,
+      is_leaf=_is_statistic,
+  )
+  corr = jax.tree.map(
+      lambda s: _storage.load(s.correlation) if _is_statistic(s) else s, tree,
+      is_leaf=_is_statistic,
+  )
+  return diag, corr
+
+
+def _store_statistics(diag, corr, like, count, salt: int):
+  """The statistics written back: the normalized off-diagonals in
+  :data:`STATISTIC_FORMAT` (stochastic rounding keyed by ``count`` and
+  ``salt``, one draw per leaf)."""
+  key = _storage.rounding_key(count, salt)
+  old, treedef = jax.tree.flatten(like, is_leaf=_is_statistic)
+  ds, cs = treedef.flatten_up_to(diag), treedef.flatten_up_to(corr)
+  out = []
+  for i, (o, d, c) in enumerate(zip(old, ds, cs)):
+    if _is_statistic(o):
+      c = _quantized.quantize(
+          c, STATISTIC_FORMAT, key=jax.random.fold_in(key, i)
+      )
+      out.append(QuantizedStatistic(d, c))
+    else:
+      out.append(d)
+  return treedef.unflatten(out)
+
+
+def _join(d, c):
+  """:math:`S` from its diagonal ``d`` ``(B, k)`` and normalized
+  off-diagonal ``c`` ``(B, k, k)``."""
+  r = jnp.sqrt(jnp.maximum(d, 0))
+  eye = jnp.eye(d.shape[-1], dtype=c.dtype)[None]
+  return c * (r[:, :, None] * r[:, None, :]) + eye * d[:, None, :]
+
+
+def _split(s):
+  """``(d, c)`` of :func:`_join` from :math:`S` (identity side: ``s``
+  twice); ``c`` has a zero diagonal and entries in [-1, 1]."""
+  if not s.shape[-1] or s.ndim == 2:
+    return s, s
+  d = jnp.diagonal(s, axis1=-2, axis2=-1).real
+  r = jnp.sqrt(jnp.maximum(d, 0))
+  den = r[:, :, None] * r[:, None, :]
+  c = jnp.where(den > 0, s / jnp.where(den > 0, den, 1), 0)
+  eye = jnp.eye(d.shape[-1], dtype=bool)[None]
+  return d, jnp.where(eye, 0, jnp.clip(c, -1, 1))
+
+
+def _refresh_quantized(stats, bases, codes, v, m, refresh, first, placement,
+                       storage, bjorck_steps):
+  """:func:`_refresh` for a quantized preconditioner, in the coordinates of
+  the stored bases.
+
+  ``stats`` are the statistics in the bases ``bases`` :math:`\\hat Q` (as
+  read back and rectified this step; the identity on the first step),
+  :math:`S = \\hat Q^H L \\hat Q`. On ``refresh`` steps each side is
+  refreshed as :func:`_refresh` refreshes the float statistic :math:`L =
+  \\hat Q^{-H} S \\hat Q^{-1}`: on the first step from ``eigh`` of
+  :math:`S`; later by one power step and a QR, :math:`Q =
+  \\mathrm{QR}(L \\hat Q P) = \\mathrm{QR}(\\hat Q^{-H} S P)` with
+  :math:`P` sorting the Rayleigh quotients :math:`\\mathrm{diag}(S)`
+  descending. :math:`Q` is quantized and read back as the next steps will
+  read it (:math:`\\hat Q'`), and the statistic is carried over to it,
+  :math:`S \\leftarrow W^H S W` with :math:`W = \\hat Q^{-1} \\hat Q'`:
+  the same :math:`L` in the new basis, so that the basis' rounding never
+  enters the statistic. ``v`` is permuted by :math:`P` and ``m``, the
+  projected first moment, carried over alike, :math:`W_L^H M W_R`.
+
+  ``codes`` are the bases' ``(codes, scales)``; the new ones are rounded
+  to nearest (also for a stochastic format: a basis is written once, not
+  accumulated). Returns ``(stats, codes, v, m)``.
+  """
+  count = v.shape[0]
   work = _kron.owners(placement)
+  exact = dataclasses.replace(storage, stochastic=False)
+
+  def read_back(q):
+    qa = _quantized.quantize(q, exact)
+    raw = _quantized.dequantize(qa, jnp.float32)
+    rect = _matrix_roots.bjorck(raw, bjorck_steps) if bjorck_steps else raw
+    return qa.codes, qa.scales, rect.astype(q.dtype)
 
   def keep(operands):
-    del operands
-    return tuple(eigs), tuple(bases), v, m
+    stats, v, m = operands
+    return stats, tuple(codes), v, m
 
-  def update(operands):
-    g, v, m = operands
-    new_eigs, new_bases = [], []
-    for axis, (lam, q) in enumerate(zip(eigs, bases), start=1):
-      if not q.shape[-1]:
-        new_eigs.append(lam)
-        new_bases.append(q)
-        continue
-      lam = _kron.ldexp(lam, shift)
-      gram = _kron.gram(g, axis - 1).astype(q.dtype)
+  def eigh(operands):
+    stats, v, m = operands
+    new_stats, new_codes = [], []
+    for s, cs in zip(stats, codes):
+      if s.shape[-1]:
 
-      def factor(lam, q, gram):
-        s = beta_s * _kron.rebuild(lam, q) + (1 - beta_s) * gram
-        lam_new, q_new = _kron.descending_eigh(s)
-        return lam_new, q_new, jnp.argsort(-_kron.rayleigh(s, q), axis=-1)
+        def factor(s):
+          _, z = _kron.descending_eigh(s)
+          c, sc, qh = read_back(z.astype(s.dtype))
+          return _kron.ht(qh) @ s @ qh, c, sc
 
-      lam_new, q_new, idx = work.on_owners(factor, lam, q, gram)
-      lam_new, q_new, idx = work.to_all(
-          count, lam_new.astype(lam.dtype), q_new.astype(q.dtype), idx
-      )
-      # The first step has no old basis: nothing to permute.
-      v = jnp.where(first, v, _permute(v, idx, axis))
-      new_eigs.append(lam_new)
-      new_bases.append(q_new)
-    m = jnp.where(first, m, _rotate(m, bases, new_bases))
-    return tuple(new_eigs), tuple(new_bases), v, m
+        s, *cs = work.to_all(count, *work.on_owners(factor, s))
+      new_stats.append(s)
+      new_codes.append(tuple(cs))
+    # m is zero on the first step.
+    return tuple(new_stats), tuple(new_codes), v, m
 
-  if isinstance(refresh, bool):
-    (sl, sr), (ql, qr), v, m = (update if refresh else keep)((g, v, m))
+  def power(operands):
+    stats, v, m = operands
+    new_stats, new_codes = [], []
+    for axis, (s, q, cs) in enumerate(zip(stats, bases, codes), start=1):
+      if s.shape[-1]:
+
+        def factor(s, q):
+          d = jnp.diagonal(s, axis1=-2, axis2=-1).real
+          idx = jnp.argsort(-d, axis=-1)
+          p = jnp.take_along_axis(s, idx[:, None, :], axis=-1)
+          lu = jax.scipy.linalg.lu_factor(q)
+          p = jax.scipy.linalg.lu_solve(lu, p, trans=1)  # Q^-H S P = L Q P
+          c, sc, qh = read_back(_lapack.qr_q(p / _low_rank.max_abs(p)))
+          w = jax.scipy.linalg.lu_solve(lu, qh)
+          return _kron.ht(w) @ s @ w, c, sc, w, idx
+
+        s, c, sc, w, idx = work.to_all(count, *work.on_owners(factor, s, q))
+        cs = (c, sc)
+        v = _permute(v, idx, axis)
+        m = _kron.ht(w) @ m if axis == 1 else m @ w
+      new_stats.append(s)
+      new_codes.append(tuple(cs))
+    return tuple(new_stats), tuple(new_codes), v, m
+
+  if not any(s.shape[-1] for s in stats):
+    return stats, tuple(codes), v, m
+  branches: tuple
+  branch: jax.typing.ArrayLike
+  if isinstance(refresh, bool):  # a benchmark's forced branch
+    branches = (power if refresh else keep,)
+    branch = 0
   else:
-    (sl, sr), (ql, qr), v, m = jax.lax.cond(
-        refresh, update, keep, (g, v, m)
-    )
-  return sl, sr, ql, qr, v, m
+    branches = (keep, eigh, power)
+    branch = jnp.where(first, 1, jnp.where(refresh, 2, 0))
+  return jax.lax.switch(branch, branches, (tuple(stats), v, m))
