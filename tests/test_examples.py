@@ -265,20 +265,20 @@ def test_sweep_is_in_octaves_and_goes_past_a_best_edge():
     return {"lrs": sorted(losses), "runs": runs}
 
   past = compare._past_the_edge
-  assert past(res({0.01: 1.0, 0.02: 2.0, 0.04: 3.0}), 0, key) == \
+  assert past(res({0.01: 1.0, 0.02: 2.0, 0.04: 3.0}), [0], key) == \
       pytest.approx(0.005)
-  assert past(res({0.01: 3.0, 0.02: 2.0, 0.04: 1.0}), 0, key) == \
+  assert past(res({0.01: 3.0, 0.02: 2.0, 0.04: 1.0}), [0], key) == \
       pytest.approx(0.08)
-  assert past(res({0.01: 3.0, 0.03: 2.0, 0.09: 1.0}), 0, key) == \
+  assert past(res({0.01: 3.0, 0.03: 2.0, 0.09: 1.0}), [0], key) == \
       pytest.approx(0.27)
-  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: 2.0}), 0, key) is None
-  assert past(res({0.02: 1.0}), 0, key) is None
+  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: 2.0}), [0], key) is None
+  assert past(res({0.02: 1.0}), [0], key) is None
   # A rate not run (None) is not part of the sweep: the best, 0.02, is now
   # the top edge.
-  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: None}), 0, key) == \
+  assert past(res({0.01: 3.0, 0.02: 1.0, 0.04: None}), [0], key) == \
       pytest.approx(0.04)
-  # Only the given seed's runs count.
-  assert past(res({0.01: 1.0, 0.02: 2.0}, seed=1), 0, key) is None
+  # Only the sweep's seeds' runs count.
+  assert past(res({0.01: 1.0, 0.02: 2.0}, seed=1), [0], key) is None
 
 
 def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):

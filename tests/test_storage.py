@@ -303,7 +303,7 @@ def test_public_names():
 def test_rounding_salts_are_distinct():
   # Two buffers with one salt would draw the same rounding bits each step.
   salts = {k: v for k, v in vars(S).items() if k.endswith("_SALT")}
-  assert len(salts) == 14
+  assert len(salts) == 16
   assert len(set(salts.values())) == len(salts), salts
 
 
