@@ -1017,16 +1017,29 @@ def _sweep_values(row, metric: str) -> dict[float, float]:
 
 
 def regrets(row, metric: str) -> dict[float, float]:
-  """Each swept rate's gap to the best one on the sweep's seeds (their
-  mean; >= 0)."""
+  """Each swept rate's gap to the best one (>= 0).
+
+  The best rate is the best mean over the sweep's seeds; a rate's gap is
+  its difference to the best, seed by seed, averaged over every seed both
+  were run on (a rate that was once the default or the best has more
+  than the sweep's): a rate is not scored on its lucky seed only.
+  """
   values = _sweep_values(row, metric)
   if not values:
     return {}
-  if _higher_is_better(metric):
-    best = max(values.values())
-    return {lr: best - v for lr, v in values.items()}
-  best = min(values.values())
-  return {lr: v - best for lr, v in values.items()}
+  sign = -1.0 if _higher_is_better(metric) else 1.0
+  best = min(values, key=lambda lr: sign * values[lr])
+  per_seed: dict[float, dict[int, float]] = {}
+  for x in row["runs"]:
+    v = x.get("value", x.get("loss"))
+    if v is not None:
+      per_seed.setdefault(round(x["lr"], 12), {})[x["seed"]] = v
+  out = {}
+  for lr in values:
+    seeds = [s for s in per_seed[lr] if s in per_seed[best]]
+    out[lr] = max(0.0, statistics.mean(
+        sign * (per_seed[lr][s] - per_seed[best][s]) for s in seeds))
+  return out
 
 
 def recommend_defaults(tables: list[dict], current=None) -> dict:

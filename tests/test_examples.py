@@ -326,6 +326,12 @@ def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):
       == pytest.approx(0.04)
   assert compare._past_the_edge(res, [0], compare._sort_key("loss")) \
       == pytest.approx(0.005)
+  # Every seed a rate shares with the best counts: 0.05 is 0.02 behind on
+  # the sweep's seed but 0.4 on the other (auon on lm_deep).
+  other = table("a", "loss", [(0.025, 0, 1.0), (0.025, 1, 1.0),
+                              (0.05, 0, 1.02), (0.05, 1, 1.4)])
+  assert compare.regrets(other["rows"][0], "loss") == pytest.approx(
+      {0.025: 0.0, 0.05: 0.21})
   # From the tasks' compare.json: the tasks of TASKS first, in its order.
   for t in [table("zz", "loss", [(0.02, 0, 1.0)]),
             table("digits_cnn", "accuracy", [(0.02, 0, 1.0)]),

@@ -17,7 +17,8 @@ its earlier default (and past a best rate at an edge of that grid), on
 seed 0 of the language models and on seeds 0-3 of the digits, whose
 accuracy is noisier; the default and the best rate ran on seed 1 too. On
 each task a rate's regret is its gap to the optimizer's own best rate
-there; the rate recommended has the least worst regret over the tasks,
+there (averaged over every seed it shares with the best rate); the rate
+recommended has the least worst regret over the tasks,
 each task's regret divided by its limit (0.02 nats/byte on the LMs, 1
 point of accuracy on the digits; ``compare.recommend_defaults``). The
 regrets at these defaults, task by task, are in the README ("Learning-rate
@@ -52,9 +53,8 @@ RECOMMENDED_LEARNING_RATES: dict[str, float] = {
     "normuon": 0.02,
     "adamuon": 0.01,
     "root": 0.01,
-    # The paper's LM rate is 0.055, its code's 0.24. 0.05 has the least
-    # worst regret on the sweep's seed, but on lm_deep's seed 1 it ended at
-    # 2.41 (0.025: 1.97), a regret of 0.26 over the two seeds.
+    # The paper's LM rate is 0.055, its code's 0.24. On lm_deep 0.05 ended
+    # at 2.41 on seed 1 (0.025: 1.97), a regret of 0.26 over two seeds.
     "auon": 0.025,
     "hybrid_auon": 0.02,
     "scion": 0.01,
