@@ -1229,7 +1229,7 @@ def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
     task_seeds: a task with its own ``TaskSpec.seeds`` runs on those
       instead of ``seeds``.
     sweep_seeds: as in ``compare``; ``None``: the task's
-      ``TaskSpec.sweep_seeds`` (at most the number of seeds).
+      ``TaskSpec.sweep_seeds`` (at most the number of seeds run).
 
   Returns:
     ``{"tables": the tasks' compare results, "summary": Markdown,
@@ -1245,7 +1245,9 @@ def compare_tasks(tasks, workdir, names, lr_factors, seeds, results_dir=None,
         config, workdir / spec.name, names, lr_factors, run_seeds,
         out / spec.name, metric=spec.metric, task=spec.name,
         reuse_only=reuse_only, extend_edges=extend_edges,
-        sweep_seeds=min(sweep_seeds or spec.sweep_seeds, len(run_seeds)),
+        # The task's own count fits its seeds; a given one is checked.
+        sweep_seeds=(min(spec.sweep_seeds, len(run_seeds))
+                     if sweep_seeds is None else sweep_seeds),
     ))
   tables = [t for t in tables if t["rows"]]
   return {"tables": tables} | write_summary(tables, out)

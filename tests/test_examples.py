@@ -344,6 +344,14 @@ def test_recommend_defaults_takes_the_least_worst_regret(tmp_path):
       read[2:4], current={"muon": 0.02})["table"] == out["table"]
 
 
+def test_sweep_seeds_must_be_among_the_seeds(tmp_path):
+  from examples import compare  # pylint: disable=g-import-not-at-top
+
+  for bad in (0, 3):
+    with pytest.raises(ValueError, match=r"`sweep_seeds` must be in \[1, 2\]"):
+      compare.compare(None, tmp_path, [], [1.0], [0, 1], sweep_seeds=bad)
+
+
 def test_default_regrets_checks_the_issue_targets():
   from examples import compare  # pylint: disable=g-import-not-at-top
 

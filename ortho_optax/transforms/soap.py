@@ -325,6 +325,21 @@ def scale_by_soap(
         else _momentum.hyperparameter(shampoo_beta, g)
     )
 
+  def to_units(ex, g, m, v, squares):
+    """``g``, ``m``, ``v`` and the statistics ``squares`` in the step's unit
+    ``2^e`` (M and G in 2^e, V and the statistics in 4^e), and ``e``."""
+    e_old = ex[:, 0].astype(jnp.int32)
+    e = _kron.unit_exponent(e_old, g, (v, *squares))
+    shift = e_old - e
+    m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
+    squares = tuple(_kron.ldexp(x, 2 * shift) for x in squares)
+    return _kron.ldexp(g, -e), m, v, squares, e
+
+  def is_refresh(first, count):
+    return _kron.refresh_predicate(
+        first | ((count - 1) % precondition_every == 0)
+    )
+
   def update_fn(updates, state, params=None):
     del params
     count = optax.safe_increment(state.count)
@@ -342,22 +357,13 @@ def scale_by_soap(
       beta_s = shampoo_beta_of(g)
       first = count == 1
       t = jnp.maximum(count - 1, 1).astype(rd)
-      # Units: M in units of 2^e, V, L, R in 4^e.
-      e_old = ex[:, 0].astype(jnp.int32)
-      e = _kron.unit_exponent(e_old, g, (v, sl, sr))
-      shift = e_old - e
-      m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
-      sl, sr = _kron.ldexp(sl, 2 * shift), _kron.ldexp(sr, 2 * shift)
-      g = _kron.ldexp(g, -e)
+      g, m, v, (sl, sr), e = to_units(ex, g, m, v, (sl, sr))
       ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
       gp = _kron.project(g, ql_w, qr_w)
       u, m_new, v_new = adam(g, gp, m, v, ql_w, qr_w, first, t)
-      refresh = _kron.refresh_predicate(
-          first | ((count - 1) % precondition_every == 0)
-      )
       sl, sr, ql, qr, v_new, m_new = _refresh(
-          g, (sl, sr), (ql, qr), v_new, m_new, beta_s, refresh, first,
-          placement,
+          g, (sl, sr), (ql, qr), v_new, m_new, beta_s,
+          is_refresh(first, count), first, placement,
       )
       exps = jnp.stack([e, e], axis=-1).astype(jnp.float32)
       return u, m_new, (v_new, sl, sr, ql, qr, exps)
@@ -370,14 +376,9 @@ def scale_by_soap(
       beta_s = shampoo_beta_of(g)
       first = count == 1
       t = jnp.maximum(count - 1, 1).astype(rd)
-      # Units: M in units of 2^e; V and the statistics' diagonals in 4^e
-      # (the normalized off-diagonals have none).
-      e_old = ex[:, 0].astype(jnp.int32)
-      e = _kron.unit_exponent(e_old, g, (v, dl, dr))
-      shift = e_old - e
-      m, v = _kron.ldexp(m, shift), _kron.ldexp(v, 2 * shift)
-      dl, dr = _kron.ldexp(dl, 2 * shift), _kron.ldexp(dr, 2 * shift)
-      g = _kron.ldexp(g, -e)
+      # The statistics' diagonals carry the unit (4^e); the normalized
+      # off-diagonals have none.
+      g, m, v, (dl, dr), e = to_units(ex, g, m, v, (dl, dr))
       ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
       # G Q_R, Q_L^H G and G' = Q_L^H G Q_R: the statistics in the stored
       # bases, S_L = Q_L^H L Q_L and S_R = Q_R^H R Q_R, take Q_L^H G G^H Q_L
@@ -394,12 +395,9 @@ def scale_by_soap(
           gram = _kron.gram(jnp.where(first, g, x), axis).astype(c.dtype)
           d = (beta_s * _join(d, c) + (1 - beta_s) * gram).astype(c.dtype)
         stats.append(d)
-      refresh = _kron.refresh_predicate(
-          first | ((count - 1) % precondition_every == 0)
-      )
       (sl, sr), ((qlc, qls), (qrc, qrs)), v_new, m_new = _refresh_quantized(
           tuple(stats), (ql, qr), ((qlc, qls), (qrc, qrs)), v_new, m_new,
-          refresh, first, placement, pstorage, bjorck_steps,
+          is_refresh(first, count), first, placement, pstorage, bjorck_steps,
       )
       (dl, cl), (dr, cr) = _split(sl), _split(sr)
       exps = jnp.stack([e, e], axis=-1).astype(jnp.float32)
