@@ -65,8 +65,10 @@ class SoapReference:
 
   def __init__(self, shape, *, b1=0.95, b2=0.95, shampoo_beta=None,
                eps=1e-8, freq=10, max_dim=10000, correct_bias=True,
-               normalize_grads=False):
+               normalize_grads=False, warmup=0):
     self.b1, self.b2, self.eps, self.freq = b1, b2, eps, freq
+    # Ours, not the authors': also refresh after each of the first steps.
+    self.warmup = warmup
     self.sb = b2 if shampoo_beta is None else shampoo_beta
     self.correct_bias, self.normalize_grads = correct_bias, normalize_grads
     self.step = 0
@@ -99,7 +101,9 @@ class SoapReference:
           else np.flip(np.linalg.eigh(m + 1e-30 * np.eye(len(m)))[1], 1)
           for m in self.gg
       ]
-    if self.step > 0 and self.step % self.freq == 0:
+    if self.step > 0 and (
+        self.step % self.freq == 0 or self.step < self.warmup
+    ):
       self._refresh()
     if self.step > 0:
       self.exp_avg = self.project(self.exp_avg)
@@ -189,7 +193,8 @@ def test_soap_equals_the_authors_reference_over_ten_steps():
   kw = dict(b1=0.9, b2=0.95, shampoo_beta=0.9, eps=1e-8)
   tx = optax.chain(
       ortho_optax.scale_by_soap(
-          **kw, precondition_every=3, max_precond_dim=SOAP_MAX_DIM
+          **kw, precondition_every=3, precondition_warmup=0,
+          max_precond_dim=SOAP_MAX_DIM,
       ),
       optax.scale(-LR),
   )
@@ -204,13 +209,45 @@ def test_soap_equals_the_authors_reference_over_ten_steps():
   assert max(errs.values()) < RTOL, errs
 
 
+def test_soap_with_a_refresh_warmup_equals_the_reference_over_ten_steps():
+  """``precondition_warmup``: the reference refreshed after each of its
+  first steps too (calls 2-4 here), then every third."""
+  params = {k: _normal(7 + i, s, 0.5) for i, (k, s) in enumerate(
+      SOAP_SHAPES.items())}
+  grads = _grads(SOAP_SHAPES, seed=2)
+  tx = optax.chain(
+      ortho_optax.scale_by_soap(
+          precondition_every=3, precondition_warmup=4,
+          max_precond_dim=SOAP_MAX_DIM,
+      ),
+      optax.scale(-LR),
+  )
+  actual, _ = _run(tx, params, grads)
+  expected = _reference_trajectory(
+      lambda shape: SoapReference(
+          shape, freq=3, warmup=4, max_dim=SOAP_MAX_DIM
+      ),
+      params, grads,
+  )
+  errs = _displacement_errors(actual, expected, params)
+  assert max(errs.values()) < RTOL, errs
+  # The warm-up changes the trajectory: the same reference without it is
+  # far off.
+  plain = _reference_trajectory(
+      lambda shape: SoapReference(shape, freq=3, max_dim=SOAP_MAX_DIM),
+      params, grads,
+  )
+  assert max(_displacement_errors(actual, plain, params).values()) > 100 * RTOL
+
+
 def test_soap_normalize_grads_and_no_bias_correction():
   shapes = {"square": (8, 8)}
   params = {"square": _normal(3, (8, 8), 0.5)}
   grads = _grads(shapes, seed=5, steps=6)
   tx = optax.chain(
       ortho_optax.scale_by_soap(
-          precondition_every=2, normalize_grads=True, correct_bias=False
+          precondition_every=2, precondition_warmup=0, normalize_grads=True,
+          correct_bias=False,
       ),
       optax.scale(-LR),
   )
@@ -236,7 +273,9 @@ def test_soap_step_by_step_on_a_two_sided_non_square_matrix():
   statistics, in float64): the update, the statistics, the second moment
   and the refreshed bases agree at every step."""
   shape = (6, 10)  # (fan_in, fan_out): oriented as is (6 <= 10)
-  tx = ortho_optax.scale_by_soap(b1=0.9, b2=0.95, precondition_every=2)
+  tx = ortho_optax.scale_by_soap(
+      b1=0.9, b2=0.95, precondition_every=2, precondition_warmup=0
+  )
   params = {"w": jnp.zeros(shape)}
   state = tx.init(params)
   step = jax.jit(tx.update)

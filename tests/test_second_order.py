@@ -165,7 +165,8 @@ def test_quantized_soap_statistics_take_every_gradient(code, bjorck_steps):
   rng = np.random.default_rng(0)
   m, n = 16, 24
   tx = ortho_optax.scale_by_soap(
-      precond_dtype=code, precondition_every=5, bjorck_steps=bjorck_steps
+      precond_dtype=code, precondition_every=5, precondition_warmup=0,
+      bjorck_steps=bjorck_steps,
   )
   state = tx.init({"w": jnp.zeros((m, n))})
   step = jax.jit(tx.update)
@@ -214,10 +215,39 @@ def test_quantized_soap_tracks_float32_updates(code, floor):
   assert np.mean(cos) > floor, np.mean(cos)
 
 
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize("every, warmup, refreshed", [
+    (10, 3, (1, 2, 3, 11, 21)),
+    (3, 0, (1, 4, 7, 10, 13, 16, 19)),
+    (4, 6, (1, 2, 3, 4, 5, 6, 9, 13, 17, 21)),
+])
+def test_refreshes_each_warmup_step_then_every_period(
+    name, every, warmup, refreshed
+):
+  """``precondition_warmup``: the bases (SOAP) or roots (Shampoo) change
+  at each of the first calls, then every ``precondition_every``-th call
+  from the first on, and only then."""
+  tx = TRANSFORMS[name](
+      b2=0.5, precondition_every=every, precondition_warmup=warmup
+  )
+  params = {"w": jnp.zeros((5, 7))}
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  changed = []
+  for t in range(1, 22):
+    old = np.asarray(getattr(state, BASES[name][0])["w"])
+    _, state = step({"w": _normal(t, (5, 7))}, state)
+    if not np.array_equal(old, np.asarray(getattr(state, BASES[name][0])["w"])):
+      changed.append(t)
+  assert tuple(changed) == refreshed
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(TRANSFORMS))
 def test_quantized_codes_change_on_refresh_steps_only(name):
-  tx = TRANSFORMS[name](precond_dtype="q4", precondition_every=3)
+  tx = TRANSFORMS[name](
+      precond_dtype="q4", precondition_every=3, precondition_warmup=0
+  )
   params = _tree()
   state = tx.init(params)
   step = jax.jit(tx.update)
@@ -417,6 +447,7 @@ def test_distribute_matches_single_device(name, code):
     shapes, kw = [(8, 16), (16, 8), (8, 16)], {"eps": 1e-2}
   seeds = (0, 1, 2) if name == "soap" else (0, 1)
   trees = [_sharded_tree(shapes, seed, mesh) for seed in seeds]
+  kw["precondition_warmup"] = 0
   single = TRANSFORMS[name](precondition_every=2, **kw)
   dist = TRANSFORMS[name](precondition_every=2, sharding="distribute", **kw)
   s1 = single.init(trees[0][0])

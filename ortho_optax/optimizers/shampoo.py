@@ -19,6 +19,7 @@ def shampoo(
     eps: jax.typing.ArrayLike = 1e-6, graft: str | None = "adam",
     graft_eps: jax.typing.ArrayLike = 1e-8, nesterov: bool = True,
     precondition_every: int | None = None,
+    precondition_warmup: int | None = None,
     start_preconditioning_step: int | None = None,
     max_precond_dim: int | None = None, root_method: str = "eigh",
     precond_dtype=None, bjorck_steps: int | None = None,
@@ -83,6 +84,9 @@ def shampoo(
       :func:`scale_by_shampoo`, Range).
     nesterov: Nesterov momentum.
     precondition_every: the roots' period (static; ``None``: 10).
+    precondition_warmup: the roots are also recomputed at each of the first
+      this many steps (static; ``None``: 0, the period alone; see
+      :func:`scale_by_shampoo`).
     start_preconditioning_step: the first step using the roots (static;
       ``None``: 1).
     max_precond_dim: sides above it are not preconditioned (static;
@@ -134,6 +138,7 @@ def shampoo(
           graft_eps=graft_eps,
           nesterov=nesterov,
           precondition_every=precondition_every,
+          precondition_warmup=precondition_warmup,
           start_preconditioning_step=start_preconditioning_step,
           max_precond_dim=max_precond_dim,
           root_method=root_method,

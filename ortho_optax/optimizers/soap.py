@@ -18,7 +18,9 @@ def soap(
     b1: jax.typing.ArrayLike = 0.95, b2: jax.typing.ArrayLike = 0.95,
     eps: jax.typing.ArrayLike = 1e-8,
     shampoo_beta: jax.typing.ArrayLike | None = None,
-    precondition_every: int | None = None, max_precond_dim: int | None = None,
+    precondition_every: int | None = None,
+    precondition_warmup: int | None = None,
+    max_precond_dim: int | None = None,
     normalize_grads: bool = False, precond_dtype=None,
     bjorck_steps: int | None = None,
     update_rms: float | None = None,
@@ -84,12 +86,16 @@ def soap(
       :math:`\sqrt{V}` (see :func:`scale_by_soap`, Range).
     shampoo_beta: decay of the statistics; ``None``: ``b2``.
     precondition_every: refresh period of the bases (static; ``None``: 10).
+    precondition_warmup: the bases are also refreshed after each of the
+      first this many steps (static; ``None``: 100; 0: the reference's
+      schedule; see :func:`scale_by_soap`, Refresh schedule).
     max_precond_dim: sides above it are not preconditioned (static;
       ``None``: 10000).
     normalize_grads: divide each matrix's update by its RMS.
     precond_dtype: storage of the statistics and bases: ``None``
       (float32), a floating dtype, or ``"q8"`` / ``"q4"`` (eigenvectors as
-      block codes, eigenvalues in float32; see :func:`scale_by_soap`).
+      block codes, each statistic in its basis as a float32 diagonal and an
+      8-bit off-diagonal; see :func:`scale_by_soap`).
     bjorck_steps: Björck steps on a quantized basis read back (static;
       ``None``: 1).
     mu_dtype: storage of both first moments (SOAP's and AdamW's):
@@ -130,6 +136,7 @@ def soap(
           eps,
           shampoo_beta=shampoo_beta,
           precondition_every=precondition_every,
+          precondition_warmup=precondition_warmup,
           max_precond_dim=max_precond_dim,
           normalize_grads=normalize_grads,
           precond_dtype=precond_dtype,

@@ -55,6 +55,13 @@ NO_EXPONENT = -(1 << 20)
 MAX_PRECOND_DIM = 10000
 
 
+def is_refresh_step(count, every: int, warmup: int = 0):
+  """Whether the call ``count`` (1-based; traced) refreshes the
+  preconditioner: each of the first ``warmup`` calls, then every
+  ``every``-th call from the first on (``(count - 1) % every == 0``)."""
+  return ((count - 1) % every == 0) | (count <= warmup)
+
+
 def check_max_precond_dim(value, name: str = "max_precond_dim") -> int:
   """A side bound: a Python int >= 0 (0: no side is preconditioned)."""
   return check_every(value, name, low=0)

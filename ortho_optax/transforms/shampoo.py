@@ -67,6 +67,7 @@ def scale_by_shampoo(
     graft_eps: jax.typing.ArrayLike = 1e-8,
     nesterov: bool = True,
     precondition_every: int | None = None,
+    precondition_warmup: int | None = None,
     start_preconditioning_step: int | None = None,
     max_precond_dim: int | None = None,
     root_method: str = "eigh",
@@ -154,6 +155,13 @@ def scale_by_shampoo(
     nesterov: Nesterov momentum (static).
     precondition_every: the roots' period, an int >= 1 (static; ``None``:
       10).
+    precondition_warmup: the roots are also recomputed at each of the first
+      this many steps (an int >= 0, static; ``None``: 0, the period
+      alone). SOAP defaults to 100 (:func:`scale_by_soap`, Refresh
+      schedule); Shampoo, whose roots are exact at each refresh, gained
+      nothing on ``lm`` from 50 (1.5850 against 1.5843 nats/byte at 0.003,
+      seed 0) and 0.014 on ``lm_deep``, less than its seeds differ by there
+      (0.033).
     start_preconditioning_step: the first step (1-based) that uses the
       roots; before it, the graft (static int; ``None``: 1).
     max_precond_dim: sides above it are not preconditioned (static int;
@@ -207,6 +215,10 @@ def scale_by_shampoo(
   precondition_every = _kron.check_every(
       10 if precondition_every is None else precondition_every,
       "precondition_every",
+  )
+  precondition_warmup = _kron.check_every(
+      0 if precondition_warmup is None else precondition_warmup,
+      "precondition_warmup", low=0,
   )
   start = _kron.check_every(
       1 if start_preconditioning_step is None else start_preconditioning_step,
@@ -265,7 +277,7 @@ def scale_by_shampoo(
       beta1 = _momentum.hyperparameter(b1, g)
       beta2 = _momentum.hyperparameter(b2, g)
       refresh = _kron.refresh_predicate(
-          (count - 1) % precondition_every == 0
+          _kron.is_refresh_step(count, precondition_every, precondition_warmup)
       )
       p = 2 * sum(1 for r in (rl, rr) if r.shape[-1])
       # Units: V, L, R in units of 4^e, the roots from statistics in units
@@ -331,7 +343,9 @@ def scale_by_shampoo(
     nu = _storage.store(
         nu, nu_storage, state.nu, count, salt=_storage.SHAMPOO_NU_SALT
     )
-    refresh = (count - 1) % precondition_every == 0
+    refresh = _kron.is_refresh_step(
+        count, precondition_every, precondition_warmup
+    )
     root_left = _kron.store_basis(
         root_left, pstorage, state.root_left, count,
         _storage.PRECOND_LEFT_SALT, refresh,
