@@ -485,21 +485,33 @@ def second_order(args) -> str:
   rows = {}
   muon_tx = ortho_optax.muon(0.02)
   configs = [("muon", None, lambda: muon_tx)]
+  # precondition_warmup=0: the steady state after SOAP's warm-up (its
+  # first 100 steps all refresh; the timed steps would fall in it).
   for name in SECOND_ORDER:
     for every in (1, 10):
       configs.append((
           f"{name} (every {every})", every,
           lambda name=name, every=every: getattr(ortho_optax, name)(
-              0.003, precondition_every=every
+              0.003, precondition_every=every, precondition_warmup=0
           ),
       ))
+  # The MLP's long side (4 x width) not preconditioned (one-sided there).
+  for name in SECOND_ORDER:
+    configs.append((
+        f"{name}, max_precond_dim={2 * width} (every 10)", 10,
+        lambda name=name: getattr(ortho_optax, name)(
+            0.003, precondition_every=10, precondition_warmup=0,
+            max_precond_dim=2 * width,
+        ),
+    ))
   # Shampoo's matmul-only roots (engines/matrix_roots.py) in place of
   # LAPACK's eigh, which runs one matrix at a time on the CPU.
   for method in ("newton", "prism"):
     configs.append((
         f"shampoo, root_method={method} (every 10)", 10,
         lambda method=method: ortho_optax.shampoo(
-            0.003, precondition_every=10, root_method=method
+            0.003, precondition_every=10, precondition_warmup=0,
+            root_method=method,
         ),
     ))
   for label, every, factory in configs:
