@@ -171,8 +171,10 @@ def scale_by_soap(
   shorter period did (every 2: 1.5379, 3: 1.5449, 5: 1.5687), at 2-5x the
   refreshes all along. PSGD's Kron updates its preconditioner at every
   step for a flat start too (then with a decaying probability). The
-  warm-up costs ``precondition_warmup`` refreshes once: about 1% more
-  preconditioner work over 10,000 steps at period 10.
+  warm-up costs 90 refreshes more than the period alone, once: on the
+  GPT-like tree of ``benchmarks/step.py`` (a refresh adds 2544 GFLOP to a
+  step of 1355) about 1.4% more matmul FLOPs over 10,000 steps at period
+  10.
 
   Quantized preconditioner (``precond_dtype="q8"`` / ``"q4"``): the
   eigenbases are kept as block codes (4-bit Shampoo) and read back with
@@ -204,7 +206,8 @@ def scale_by_soap(
   refactored by ``eigh`` from a statistic rebuilt out of rounded
   eigenvectors. On the lm example (600 steps, lr 0.006, best validation
   loss, one seed) that cost 0.047 (q8) and 0.057 (q4) against float32;
-  now q4 is +0.004 (± 0.004) behind float32, paired over 4 seeds
+  now q4 is +0.004 (± 0.004) behind float32 there, paired over 4 seeds,
+  and +0.001 (± 0.007) at the default (0.012, with the refresh warm-up)
   (``benchmarks/results/second_order_cpu.md``). Checkpoints of quantized SOAP from before have another
   state layout (eigenvalues ``(B, k)`` in ``left`` / ``right``) and do not
   restore.
