@@ -227,10 +227,10 @@ def inverse_root(
   is uncertain by up to about :math:`u / (p \epsilon)`. Measured against
   float64 (32 x 32, log-uniform spectra, ``p = 4``): with ``eps=1e-6``
   (condition number of :math:`A_\epsilon` up to :math:`10^6`) ``newton``
-  and ``prism`` are within 2.1e-4 up to a condition number of 1e6 of ``a``
-  and 6.1e-4 at 1e8 (up to 6.7e-4 on other draws; rounding
+  and ``prism`` are within 2.2e-4 up to a condition number of 1e6 of ``a``
+  and 6.2e-4 at 1e8 (up to 6.7e-4 on other draws; rounding
   :math:`A_\epsilon` to float32 alone costs 2.8e-4); with ``eps=1e-5``
-  within 8e-5 at every condition number (float32 ``eigh``: 2.4e-2 and
+  within 8.1e-5 at every condition number (float32 ``eigh``: 2.4e-2 and
   4.8e-3). Most of the error is the rounding of the first products
   :math:`T^p M`, while :math:`M`'s smallest eigenvalues are still near
   :math:`\epsilon`: each product takes its exact part :math:`\tau M` (a

@@ -378,6 +378,12 @@ def scale_by_soap(
     squares = tuple(_kron.ldexp(x, 2 * shift) for x in squares)
     return _kron.ldexp(g, -e), m, v, squares, e
 
+  def clock(g, count):
+    """The statistics' decay, whether this is the first call (which only
+    initializes) and Adam's step :math:`t` (from the second call)."""
+    t = jnp.maximum(count - 1, 1).astype(_kron.real_dtype(g.dtype))
+    return shampoo_beta_of(g), count == 1, t
+
   def is_refresh(first, count):
     return _kron.refresh_predicate(
         first
@@ -397,10 +403,7 @@ def scale_by_soap(
       del transposed
       (count,) = operands
       v, sl, sr, ql, qr, ex = extras
-      rd = _kron.real_dtype(g.dtype)
-      beta_s = shampoo_beta_of(g)
-      first = count == 1
-      t = jnp.maximum(count - 1, 1).astype(rd)
+      beta_s, first, t = clock(g, count)
       g, m, v, (sl, sr), e = to_units(ex, g, m, v, (sl, sr))
       ql_w, qr_w = ql.astype(g.dtype), qr.astype(g.dtype)
       gp = _kron.project(g, ql_w, qr_w)
@@ -416,10 +419,7 @@ def scale_by_soap(
       del transposed
       (count,) = operands
       v, dl, dr, cl, cr, ql, qr, qlc, qls, qrc, qrs, ex = extras
-      rd = _kron.real_dtype(g.dtype)
-      beta_s = shampoo_beta_of(g)
-      first = count == 1
-      t = jnp.maximum(count - 1, 1).astype(rd)
+      beta_s, first, t = clock(g, count)
       # The statistics' diagonals carry the unit (4^e); the normalized
       # off-diagonals have none.
       g, m, v, (dl, dr), e = to_units(ex, g, m, v, (dl, dr))
